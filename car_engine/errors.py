@@ -1,0 +1,43 @@
+"""The errors a user can act on, and the exit code each one maps to."""
+
+from __future__ import annotations
+
+import errno
+
+from car_engine.corpus import CorpusError
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug: please report it)",
+    2: "usage error (bad flags)",
+    3: "bad input data (the message names the file and line or item)",
+    4: "cannot write output (no space, no permission)",
+    5: "model or checkpoint problem (missing, unsafe or mismatched)",
+    130: "interrupted",
+}
+
+
+class UsageError(ValueError):
+    """A combination of arguments that cannot work; the message says which."""
+
+
+class ModelError(RuntimeError):
+    """A model or checkpoint that is missing, unsafe to load, or does not fit."""
+
+
+def exit_code_for(err: BaseException) -> tuple[int, str]:
+    """Map an exception to (exit code, one-line message)."""
+    if isinstance(err, CorpusError):
+        return 3, str(err)
+    if isinstance(err, UsageError):
+        return 2, str(err)
+    if isinstance(err, ModelError):
+        return 5, str(err)
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+            return 4, f"{err.strerror}{where}"
+        return 4, f"{err.strerror or err}{where}"
+    if isinstance(err, ValueError):
+        return 3, str(err)
+    return 1, f"{type(err).__name__}: {err}"

@@ -1,0 +1,31 @@
+// car_engine._native: the selection arithmetic, in C++ with the GIL released.
+#include "dedup.hpp"
+#include "merge.hpp"
+#include "topk.hpp"
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "Native top-k, per-cluster top-k, sharded merge, text hashing and dedup.";
+    m.def("topk", &car::topk, py::arg("scores"), py::arg("k"),
+          "Indices of the k highest scores (float32/float64), best first; ties by lower index; "
+          "NaN never selected.");
+    m.def("topk_per_cluster", &car::topk_per_cluster, py::arg("scores"), py::arg("labels"),
+          py::arg("n_per_cluster"), py::arg("n_clusters") = -1,
+          "Indices of the top n of every cluster, grouped by cluster ascending, best first "
+          "within a cluster. Negative labels and NaN scores are skipped.");
+    m.def("merge_topk", &car::merge_topk, py::arg("scores_lists"), py::arg("id_lists"),
+          py::arg("k"),
+          "Merge per-shard (scores float64, ids int64) lists, each sorted best-first, into the "
+          "global top k. Returns (scores, ids).");
+    m.def("hash_texts", &car::hash_texts, py::arg("texts"),
+          "64-bit hashes of texts after collapsing whitespace (callers NFC-normalise and "
+          "case-fold first).");
+    m.def("hash_bytes", [](const py::bytes& b) {
+              std::string s = b;
+              return car::hash_bytes(s.data(), s.size());
+          }, py::arg("data"), "The 64-bit hash of raw bytes (no normalisation).");
+    m.def("dedup", &car::dedup, py::arg("hashes"), py::arg("scores") = py::none(),
+          "Sorted indices that survive dedup over uint64 hashes: the first occurrence, or with "
+          "scores the best-scored one (ties by lower index; NaN ranks last).");
+    m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
+          "Union of int64 index arrays in order of first appearance.");
+}
