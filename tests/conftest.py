@@ -1,0 +1,27 @@
+"""Shared fixtures: small real data (ShareGPT pairs, the expert-revision CSVs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from car_engine.corpus import load_corpus
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sharegpt_records() -> pa.Table:
+    """The first 500 real ShareGPT records (built-in corpus)."""
+    return load_corpus("builtin:sharegpt", limit=520).records.slice(0, 500)
+
+
+@pytest.fixture(scope="session")
+def expert_revised_dir() -> Path:
+    """../shared/data/expert-revised, or a clean skip when it is absent."""
+    folder = SHARED_DATA / "expert-revised"
+    if not (folder / "APE_score_valid.csv").is_file():
+        pytest.skip(f"{folder} is absent: the IQS data lives in ../shared/data beside the repo")
+    return folder
