@@ -3,19 +3,25 @@
 A *record* is one instruction pair (SPEC §0): ``id`` (the item's own id, else its 0-based
 position), ``position``, ``instruction``, ``input``, ``output`` and ``turns`` (the whole
 conversation as JSON for multi-turn items, else null). Every item read ends up either as a
-record or as a :class:`Rejection` naming its line (JSONL) or item index (JSON, Parquet).
+record or as a :class:`Rejection` naming its line (JSONL) or item index (JSON, Parquet), so
+``records + rejections == items read`` always holds.
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import gzip
 import io
 import json
 import os
+import re
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,6 +42,9 @@ BUILTIN_SHAREGPT = "builtin:sharegpt"
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
 _JSON_CHUNK = 1 << 20
+# What a damaged or cut-short (gzipped) file raises while it is being read.
+_STREAM_ERRORS = (EOFError, OSError, zlib.error)
+_JSON_WS = re.compile(r"[ \t\r\n]*")
 
 
 class CorpusError(ValueError):
@@ -50,12 +59,14 @@ class Rejection:
     location: str  # "line 12" (JSONL) or "item 5" (JSON array, Parquet)
     reason: str
     id: str | None = None
+    position: int | None = None  # the item's 0-based position among the items read
 
     def message(self) -> str:
         """One line a user can act on: file, place, reason."""
         return f"{self.source} {self.location}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The rejection as a plain dict (for a rejected.jsonl report)."""
         return asdict(self)
 
 
@@ -98,6 +109,8 @@ def _text(item: dict, key: str, *, required: bool = True) -> str:
 
 
 def _check_utf8(value: str, where: str) -> None:
+    if value.isascii():  # the common case, and much cheaper than encoding
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:  # lone surrogates: the bytes were not valid UTF-8
@@ -115,6 +128,7 @@ def _turns(item: dict, key: str, role_key: str, text_key: str) -> list[dict[str,
         role, text = turn.get(role_key), turn.get(text_key)
         if not isinstance(role, str) or not isinstance(text, str):
             raise _BadItem(f"{key}[{n}] needs string '{role_key}' and '{text_key}'")
+        _check_utf8(role, f"{key}[{n}].{role_key}")
         _check_utf8(text, f"{key}[{n}].{text_key}")
         role = role.lower()
         role = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else role
@@ -123,7 +137,7 @@ def _turns(item: dict, key: str, role_key: str, text_key: str) -> list[dict[str,
 
 
 def _first_pair(turns: list[dict[str, str]], key: str) -> tuple[str, str]:
-    for a, b in zip(turns, turns[1:]):
+    for a, b in zip(turns, turns[1:], strict=False):
         if a["role"] == "user" and b["role"] == "assistant":
             return a["content"], b["content"]
     raise _BadItem(f"'{key}' has no user turn followed by an assistant turn")
@@ -135,7 +149,20 @@ def _record_id(item: dict, position: int) -> str:
     value = item["id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _BadItem(f"field 'id' must be a string or integer, got {type(value).__name__}")
+    if isinstance(value, str):
+        _check_utf8(value, "id")
     return str(value)
+
+
+def _id_of(item: Any) -> str | None:
+    """The id a rejected item claims, if it is one a report can carry."""
+    if not isinstance(item, dict):
+        return None
+    value = item.get("id")
+    try:
+        return _record_id(item, -1) if value is not None else None
+    except _BadItem:
+        return None
 
 
 def to_record(item: Any, position: int) -> dict[str, Any]:
@@ -144,12 +171,13 @@ def to_record(item: Any, position: int) -> dict[str, Any]:
         raise _BadItem(f"item must be a JSON object, got {type(item).__name__}")
     rid = _record_id(item, position)
     turns_json = None
-    if "conversations" in item:
+    # A null 'conversations'/'messages' is absent: mixed-shape Parquet files carry such nulls.
+    if item.get("conversations") is not None:
         turns = _turns(item, "conversations", "from", "value")
         instruction, output = _first_pair(turns, "conversations")
         inp = ""
         turns_json = json.dumps(turns, ensure_ascii=False)
-    elif "messages" in item:
+    elif item.get("messages") is not None:
         turns = _turns(item, "messages", "role", "content")
         instruction, output = _first_pair(turns, "messages")
         inp = ""
@@ -170,6 +198,52 @@ def to_record(item: Any, position: int) -> dict[str, Any]:
         "output": output,
         "turns": turns_json,
     }
+
+
+class _IdIndex:
+    """Finds duplicate ids. Only ids an item brings itself are kept in memory: an item without
+    one has the id ``str(position)``, which one bit per position remembers."""
+
+    def __init__(self) -> None:
+        self._own: dict[str, str] = {}  # id -> location where it was first seen
+        self._positional = bytearray()  # 1 at p when the item at position p has the id str(p)
+
+    def claim(self, rid: str, position: int, location: str) -> None:
+        """Register the id of the record at ``position``; raise _BadItem if it is taken."""
+        first = self._own.get(rid)
+        if first is None and _is_position(rid):
+            p = int(rid)
+            if p < len(self._positional) and self._positional[p]:
+                first = f"item position {p}"
+        if first is not None:
+            raise _BadItem(f"duplicate id '{rid}' (first seen at {first})")
+        if rid == str(position):
+            self._positional.extend(bytes(position + 1 - len(self._positional)))
+            self._positional[position] = 1
+        else:
+            self._own[rid] = location
+
+
+def _is_position(rid: str) -> bool:
+    # Only canonical decimals ("0", "17", not "017") can equal str(position).
+    return len(rid) < 19 and rid.isascii() and rid.isdigit() and (rid == "0" or rid[0] != "0")
+
+
+class _RecordColumns:
+    """Records gathered column by column, turned into one Arrow table per batch."""
+
+    def __init__(self) -> None:
+        self._columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self._columns["id"])
+
+    def add(self, record: dict[str, Any]) -> None:
+        for name, column in self._columns.items():
+            column.append(record[name])
+
+    def table(self) -> pa.Table:
+        return pa.table(self._columns, schema=RECORD_SCHEMA)
 
 
 # --------------------------------------------------------------------------- raw readers
@@ -205,107 +279,164 @@ def _format_of(path: Path) -> str:
     )
 
 
+def _parse_json_line(raw: bytes) -> Any:
+    """One JSONL line as a value, or a _BadItem saying why it is not one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _BadItem(f"invalid UTF-8 at byte {err.start}")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        return _BadItem(f"malformed JSON: {err.msg} at column {err.colno}")
+    except RecursionError:
+        return _BadItem("malformed JSON: nested too deeply")
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        return _BadItem(f"malformed JSON: {err}")
+
+
 def _jsonl_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
+    number = 0
     try:
         for number, raw in enumerate(stream, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue  # blank lines are not items
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield f"line {number}", _BadItem(f"invalid UTF-8 at byte {err.start}")
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                yield f"line {number}", _BadItem(f"malformed JSON: {err.msg} at column {err.colno}")
-            except RecursionError:
-                yield f"line {number}", _BadItem("malformed JSON: nested too deeply")
-    except (EOFError, OSError, gzip.BadGzipFile) as err:
-        yield "end of file", _BadItem(f"file is cut short or corrupt: {err}")
+            yield f"line {number}", _parse_json_line(raw)
+    except _STREAM_ERRORS as err:
+        yield f"line {number + 1}", _BadItem(f"file is cut short or corrupt: {err}")
+
+
+class _TextWindow:
+    """A sliding window of decoded text over a byte stream, refilled on demand.
+
+    Invalid UTF-8 bytes become lone surrogates (``surrogateescape``), so an item holding them
+    is rejected by name instead of stopping the whole file."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self.error: BaseException | None = None  # why the stream ended early, if it did
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._started = False
+
+    def fill(self) -> bool:
+        """Read more text (at least as much as is held, so re-parsing stays linear); False at
+        the end of the stream."""
+        if self.eof:
+            return False
+        want = max(_JSON_CHUNK, len(self.text) - self.pos)
+        try:
+            chunk = self.stream.read(want)
+        except _STREAM_ERRORS as err:
+            chunk, self.error = b"", err
+        if chunk:
+            text = self._decoder.decode(chunk)
+        else:
+            self.eof = True
+            text = self._decoder.decode(b"", final=True)
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        self.text = self.text[self.pos:] + text
+        self.pos = 0
+        return bool(chunk)
+
+    def peek(self) -> str | None:
+        """The next non-whitespace character (consuming the whitespace), or None at the end."""
+        while True:
+            self.pos = _JSON_WS.match(self.text, self.pos).end()
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.fill():
+                return None
+
+    def ended_early(self, what: str) -> str:
+        """Why the text stopped before ``what`` was complete."""
+        if self.error is not None:
+            return f"file is cut short or corrupt ({self.error}); {what}"
+        return f"file ends before {what}"
+
+
+def _needs_more_text(err: json.JSONDecodeError, length: int) -> bool:
+    # A value cut by the window's end fails at (or a few characters before) the end, or as a
+    # string with no closing quote; any other failure is malformed JSON.
+    return err.pos >= length - 8 or err.msg.startswith("Unterminated string")
 
 
 def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
     """Decode a JSON array element by element, so a file cut off part-way still yields its
     whole elements (the ShareGPT dump is such a file) and memory stays bounded."""
-    import codecs
-
     decoder = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-    buf, pos, eof, index = "", 0, False, 0
-
-    def fill() -> bool:
-        nonlocal buf, pos, eof
-        try:
-            chunk = stream.read(_JSON_CHUNK)
-        except (EOFError, OSError, gzip.BadGzipFile):
-            chunk, eof = b"", True
-        if not chunk:
-            eof = True
-            buf = buf[pos:] + utf8.decode(b"", final=True)
-        else:
-            buf = buf[pos:] + utf8.decode(chunk)
-        pos = 0
-        return bool(chunk)
-
-    def skip_ws() -> None:
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            if pos < len(buf) or eof or not fill():
-                return
-
-    skip_ws()
-    if pos >= len(buf):
+    window = _TextWindow(stream)
+    first = window.peek()
+    if first is None:
+        if window.error is not None:
+            yield "item 0", _BadItem(window.ended_early("no item could be read"))
         return  # an empty file holds no items
-    if buf[pos] != "[":
+    if first != "[":
         yield "item 0", _BadItem("a .json corpus must be a JSON array of objects")
         return
-    pos += 1
+    window.pos += 1
+    index = 0
     while True:
-        skip_ws()
-        if pos < len(buf) and buf[pos] == "]":
+        here = f"item {index}"
+        next_char = window.peek()
+        if next_char == "]":
             return
-        if pos < len(buf) and buf[pos] == "," and index > 0:
-            pos += 1
-            skip_ws()
-        if pos >= len(buf):
-            if index > 0 or eof:
-                yield f"item {index}", _BadItem("file ends before the array is closed")
+        if index > 0 and next_char == ",":
+            window.pos += 1
+            next_char = window.peek()
+        elif index > 0 and next_char is not None:
+            yield here, _BadItem(f"malformed JSON: expected ',' or ']' after item {index - 1}; "
+                                 "the rest of the file cannot be read")
+            return
+        if next_char is None:
+            yield here, _BadItem(window.ended_early("the array is closed"))
             return
         while True:
             try:
-                item, end = decoder.raw_decode(buf, pos)
-                break
+                item, end = decoder.raw_decode(window.text, window.pos)
             except json.JSONDecodeError as err:
-                if eof or not fill():
-                    reason = (f"malformed or cut-off JSON ({err.msg}); the rest of the file "
-                              f"({len(buf) - pos} characters) cannot be read")
-                    yield f"item {index}", _BadItem(reason)
-                    return
-            except RecursionError:
-                yield f"item {index}", _BadItem("malformed JSON: nested too deeply; "
-                                                "the rest of the file cannot be read")
+                cut = _needs_more_text(err, len(window.text))
+                if cut and window.fill():
+                    continue
+                reason = (window.ended_early(f"{here} is complete")
+                          if cut or window.error is not None else f"malformed JSON ({err.msg})")
+                yield here, _BadItem(f"{reason}; the rest of the file cannot be read")
                 return
-        pos = end
-        yield f"item {index}", item
+            except RecursionError:
+                yield here, _BadItem("malformed JSON: nested too deeply; "
+                                     "the rest of the file cannot be read")
+                return
+            except ValueError as err:  # e.g. an integer longer than Python converts
+                yield here, _BadItem(f"malformed JSON: {err}; the rest of the file cannot be read")
+                return
+            # A number ending exactly at the window's end may go on in the next chunk.
+            if end == len(window.text) and window.fill():
+                continue
+            break
+        window.pos = end
+        yield here, item
         index += 1
 
 
 def _parquet_items(stream: BinaryIO, batch_size: int) -> Iterator[tuple[str, Any]]:
+    index = 0
     try:
         # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
         seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
         parquet = pq.ParquetFile(seekable)
-    except (pa.ArrowException, OSError, EOFError) as err:
-        yield "item 0", _BadItem(f"not a readable Parquet file: {err}")
-        return
-    index = 0
-    for batch in parquet.iter_batches(batch_size=batch_size):
-        for item in batch.to_pylist():
-            yield f"item {index}", item
-            index += 1
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            for item in batch.to_pylist():
+                yield f"item {index}", item
+                index += 1
+    except (pa.ArrowException, *_STREAM_ERRORS) as err:
+        what = "not a readable Parquet file" if index == 0 else "the rest of the file is unreadable"
+        yield f"item {index}", _BadItem(f"{what}: {err}")
 
 
 def _sharegpt_path() -> Path:
@@ -361,35 +492,35 @@ def read_corpus(
     ``source`` is a .json/.jsonl/.parquet file (optionally gzipped) or ``builtin:sharegpt``.
     Bad items become :class:`Rejection` entries of the batch they were met in; with
     ``strict=True`` the first one raises :class:`CorpusError` with the same message.
-    ``limit`` stops after that many items (good or bad) have been read.
+    ``limit`` stops after that many items (good or bad) have been read. A batch holds at most
+    ``batch_size`` records and at most ``batch_size`` rejections, so memory stays bounded.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be at least 0, got {limit}")
     path = resolve_source(source)
     name = BUILTIN_SHAREGPT if str(source) == BUILTIN_SHAREGPT else str(path)
-    seen_ids: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
-    rejected: list[Rejection] = []
-    for position, (location, item) in enumerate(_raw_items(path, batch_size)):
-        if limit is not None and position >= limit:
-            break
-        try:
-            if isinstance(item, _BadItem):
-                raise item
-            record = to_record(item, position)
-            first = seen_ids.setdefault(record["id"], location)
-            if first != location:
-                raise _BadItem(f"duplicate id '{record['id']}' (first seen at {first})")
-            rows.append(record)
-        except _BadItem as err:
-            rid = item.get("id") if isinstance(item, dict) else None
-            rejection = Rejection(name, location, str(err), None if rid is None else str(rid))
-            if strict:
-                raise CorpusError(rejection.message()) from None
-            rejected.append(rejection)
-        if len(rows) >= batch_size:
-            yield CorpusBatch(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), rejected)
-            rows, rejected = [], []
-    if rows or rejected:
-        yield CorpusBatch(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), rejected)
+    ids = _IdIndex()
+    rows, rejected = _RecordColumns(), []
+    with closing(_raw_items(path, batch_size)) as items:
+        for position, (location, item) in enumerate(islice(items, limit)):
+            try:
+                if isinstance(item, _BadItem):
+                    raise item
+                record = to_record(item, position)
+                ids.claim(record["id"], position, location)
+                rows.add(record)
+            except _BadItem as err:
+                rejection = Rejection(name, location, str(err), _id_of(item), position)
+                if strict:
+                    raise CorpusError(rejection.message()) from None
+                rejected.append(rejection)
+            if len(rows) >= batch_size or len(rejected) >= batch_size:
+                yield CorpusBatch(rows.table(), rejected)
+                rows, rejected = _RecordColumns(), []
+    if len(rows) or rejected:
+        yield CorpusBatch(rows.table(), rejected)
 
 
 def load_corpus(
@@ -406,16 +537,20 @@ def load_corpus(
 
 def records_from_items(items: Iterable[dict[str, Any]], *, strict: bool = True) -> Corpus:
     """Records from in-memory items (the Python API's entry point for lists of dicts)."""
-    rows, rejected = [], []
+    ids = _IdIndex()
+    rows, rejected = _RecordColumns(), []
     for position, item in enumerate(items):
+        location = f"item {position}"
         try:
-            rows.append(to_record(item, position))
+            record = to_record(item, position)
+            ids.claim(record["id"], position, location)
+            rows.add(record)
         except _BadItem as err:
-            rejection = Rejection("<items>", f"item {position}", str(err))
+            rejection = Rejection("<items>", location, str(err), _id_of(item), position)
             if strict:
                 raise CorpusError(rejection.message()) from None
             rejected.append(rejection)
-    return Corpus(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), rejected)
+    return Corpus(rows.table(), rejected)
 
 
 def pair_text(instruction: str, input: str, output: str) -> str:
@@ -426,36 +561,61 @@ def pair_text(instruction: str, input: str, output: str) -> str:
 def pair_texts(records: pa.Table) -> list[str]:
     """:func:`pair_text` for every row of a records table."""
     cols = [records.column(c).to_pylist() for c in ("instruction", "input", "output")]
-    return [pair_text(i, x, o) for i, x, o in zip(*cols)]
+    return [pair_text(i, x, o) for i, x, o in zip(*cols, strict=True)]
 
 
 # --------------------------------------------------------------------------- atomic writers
 
 
+@functools.lru_cache(maxsize=1)
+def _new_file_mode() -> int:
+    # mkstemp makes 0600 files; a finished output gets the mode open() would have given it.
+    # The umask can only be read by setting it, so it is set straight back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds,
-    so no half-written file ever carries the final name."""
+    so no half-written file ever carries the final name (an old file there stays intact)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _new_file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Make the rename itself durable; some filesystems cannot fsync a folder, which is harmless.
+    with suppress(OSError):
+        folder = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as JSON Lines atomically; returns the number of rows written."""
+    """Write rows as JSON Lines atomically; returns the number of rows written.
+
+    A row JSON cannot hold (NaN, a non-JSON type, invalid text) raises :class:`CorpusError`
+    naming it, and nothing is written."""
     count = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            try:
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+                line.encode("utf-8")  # lone surrogates would fail half-way through the write
+            except (TypeError, ValueError) as err:
+                raise CorpusError(f"{path} row {count}: cannot be written as JSON: {err}") from None
+            out.write(line + "\n")
             count += 1
     return count
 
@@ -466,35 +626,50 @@ def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
+def _table_rows(table: pa.Table, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+    """The rows of a table as dicts, a chunk at a time (never the whole table as dicts)."""
+    for batch in table.to_batches(max_chunksize=chunk):
+        yield from batch.to_pylist()
+
+
 def write_table(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a table as Parquet or JSONL, by the path's extension."""
     if str(path).endswith((".jsonl", ".ndjson")):
-        write_jsonl(path, table.to_pylist())
+        write_jsonl(path, _table_rows(table))
     elif str(path).endswith((".parquet", ".pq")):
         write_parquet(path, table)
     else:
         raise CorpusError(f"{path}: output must end in .parquet or .jsonl")
 
 
+def _table_from(stream: BinaryIO, fmt: str, path: Path) -> pa.Table:
+    if fmt == "parquet":
+        # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
+        seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
+        return pq.read_table(seekable)
+    rows = []
+    items = _jsonl_items(stream) if fmt == "jsonl" else _json_array_items(stream)
+    for location, item in items:
+        if isinstance(item, _BadItem) or not isinstance(item, dict):
+            reason = item if isinstance(item, _BadItem) else "not a JSON object"
+            raise CorpusError(f"{path} {location}: {reason}")
+        rows.append(item)
+    return pa.Table.from_pylist(rows)
+
+
 def read_table(path: str | os.PathLike) -> pa.Table:
-    """Read a keyed table (scores, clusters) from Parquet or JSONL, with ``id`` as string."""
+    """Read a keyed table (scores, clusters) from Parquet, JSONL or a JSON array (each
+    optionally gzipped), with ``id`` as string."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
     fmt = _format_of(path)
-    if fmt == "parquet":
-        table = pq.read_table(path)
-    else:
-        rows = []
-        with _open_binary(path) as stream:
-            for location, item in (_jsonl_items(stream) if fmt == "jsonl"
-                                   else _json_array_items(stream)):
-                if isinstance(item, _BadItem) or not isinstance(item, dict):
-                    reason = item if isinstance(item, _BadItem) else "not a JSON object"
-                    raise CorpusError(f"{path} {location}: {reason}")
-                rows.append(item)
-        table = pa.Table.from_pylist(rows)
-    if "id" not in table.column_names:
-        raise CorpusError(f"{path}: no 'id' column")
-    ids = table.column("id").cast(pa.string())
+    with _open_binary(path) as stream:  # a file that cannot be opened is an OSError as it is
+        try:
+            table = _table_from(stream, fmt, path)
+            if "id" not in table.column_names:
+                raise CorpusError(f"{path}: no 'id' column")
+            ids = table.column("id").cast(pa.string())
+        except (pa.ArrowException, *_STREAM_ERRORS) as err:  # pyarrow's IO error is an OSError
+            raise CorpusError(f"{path}: not a readable table: {err}") from None
     return table.set_column(table.column_names.index("id"), "id", ids)
