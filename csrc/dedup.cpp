@@ -79,20 +79,25 @@ template <typename S>
 std::vector<uint8_t> dedup_impl(const uint64_t* h, int64_t n, const S* scores) {
     std::vector<uint8_t> keep(static_cast<size_t>(n), 0);
     if (n == 0) return keep;
+    // Buckets of ~8k entries: each bucket's table (16k slots x 16 B) stays in L2.
     int bits = 0;
-    while ((int64_t{1} << bits) * 32768 < n && bits < 16) ++bits;
+    while ((int64_t{1} << bits) * 8192 < n && bits < 16) ++bits;
     const int64_t B = int64_t{1} << bits;
     auto bucket_of = [&](uint64_t x) -> int64_t {
         return bits == 0 ? 0 : static_cast<int64_t>(finalize(x) >> (64 - bits));
     };
+    std::vector<uint32_t> bucket(static_cast<size_t>(n));
     std::vector<int64_t> start(B + 1, 0);
-    for (int64_t i = 0; i < n; ++i) ++start[bucket_of(h[i]) + 1];
+    for (int64_t i = 0; i < n; ++i) ++start[(bucket[i] = static_cast<uint32_t>(bucket_of(h[i]))) + 1];
     for (int64_t b = 0; b < B; ++b) start[b + 1] += start[b];
-    std::vector<int64_t> order(static_cast<size_t>(n));
+    // Scatter (hash, index) pairs together so each bucket is then read sequentially;
+    // the scatter is stable, so within a bucket indices stay ascending.
+    std::vector<Slot> pairs(static_cast<size_t>(n));
     {
         std::vector<int64_t> cursor(start.begin(), start.end() - 1);
-        for (int64_t i = 0; i < n; ++i) order[cursor[bucket_of(h[i])]++] = i;  // stable
+        for (int64_t i = 0; i < n; ++i) pairs[cursor[bucket[i]]++] = {h[i], i};
     }
+    std::vector<uint32_t>().swap(bucket);
     auto resolve = [&](int64_t b_lo, int64_t b_hi) {
         std::vector<Slot> table;
         for (int64_t b = b_lo; b < b_hi; ++b) {
@@ -102,9 +107,9 @@ std::vector<uint8_t> dedup_impl(const uint64_t* h, int64_t n, const S* scores) {
             while (cap < static_cast<size_t>(size) * 2) cap <<= 1;
             table.assign(cap, Slot{0, -1});
             for (int64_t j = start[b]; j < start[b + 1]; ++j) {
-                const int64_t i = order[j];
-                const uint64_t x = h[i];
-                size_t pos = (x * kMul1) & (cap - 1);
+                const uint64_t x = pairs[j].hash;
+                const int64_t i = pairs[j].index;
+                size_t pos = ((x * kMul1) >> 20) & (cap - 1);
                 while (table[pos].index >= 0 && table[pos].hash != x) pos = (pos + 1) & (cap - 1);
                 Slot& slot = table[pos];
                 if (slot.index < 0) {

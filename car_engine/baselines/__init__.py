@@ -1,0 +1,1 @@
+"""Plain reference implementations that tests and benchmarks compare the engine against."""

@@ -1,0 +1,92 @@
+"""`car-engine select`: CaR or IFD selection from score (and cluster) files."""
+
+from __future__ import annotations
+
+import argparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from car_engine.corpus import CorpusError, load_corpus, read_table, write_table
+from car_engine.errors import UsageError
+from car_engine.select import (
+    RECORD_FIELDS,
+    STRATEGIES,
+    Selection,
+    attach,
+    picked_rows,
+    select_car_table,
+    select_ifd_table,
+    unique_ids,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="select records from scores (CaR: + clusters; or --ifd)",
+        description="CaR: the top --n1 records by score plus the top --n2 of every cluster "
+        "(SPEC §4). With --ifd: drop IFD >= 1, then the top fraction/count by IFD (SPEC §2). "
+        "Writes the selected records in final order with their scores.",
+    )
+    p.add_argument("--scores", required=True, help="scores file (.parquet/.jsonl) keyed by id")
+    p.add_argument("--clusters", help="clusters file keyed by id with a 'cluster' column (CaR)")
+    p.add_argument("--out", required=True, help="selected records (.jsonl or .parquet)")
+    p.add_argument("--corpus", help="corpus to take the record fields from, when the scores "
+                   "file lacks them; also the base of --ifd-frac (its rejected items count)")
+    car = p.add_argument_group("CaR")
+    car.add_argument("--n1", type=int, default=1000, help="top records by score (default 1000)")
+    car.add_argument("--n2", type=int, default=1, help="top records per cluster (default 1)")
+    car.add_argument("--strategy", choices=STRATEGIES, default="n1+k*n2",
+                     help="n1+k*n2 (paper) or k*topn (cluster picks only)")
+    car.add_argument("--score-column", default="iqs", help="score column (default iqs)")
+    car.add_argument("--no-dedup", action="store_true",
+                     help="do not collapse records of identical (normalised) content")
+    ifd = p.add_argument_group("IFD")
+    ifd.add_argument("--ifd", action="store_true", help="IFD selection instead of CaR")
+    ifd.add_argument("--ifd-column", default="ifd_ppl", help="ifd_ppl (default) or ifd_loss")
+    ifd.add_argument("--ifd-frac", type=float, help="fraction of the input to keep (e.g. 0.05)")
+    ifd.add_argument("--ifd-count", type=int, help="number of records to keep")
+    ifd.add_argument("--keep-equal-one", action="store_true",
+                     help="drop only IFD > 1 (Cherry LLM keeps exactly 1)")
+    p.set_defaults(func=run)
+
+
+def _with_record_fields(scores: pa.Table, corpus_path: str | None) -> tuple[pa.Table, int]:
+    """Attach the corpus' record fields to the scores by id; returns (table, rejected count)."""
+    if corpus_path is None:
+        return scores, 0
+    corpus = load_corpus(corpus_path)
+    missing = pc.invert(pc.is_in(unique_ids(scores, "scores"), value_set=corpus.records["id"]))
+    if pc.any(missing).as_py():
+        first = scores["id"].filter(missing)[0]
+        raise CorpusError(f"scores: id '{first}' is not in the corpus {corpus_path}")
+    fields = [*RECORD_FIELDS, "turns", "position"]
+    return attach(scores, corpus.records, fields, corpus_path), len(corpus.rejected)
+
+
+def _summary(counts: dict[str, int], rejected: int, out: str) -> str:
+    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()]
+    return f"wrote {counts['selected']} records to {out} ({'; '.join(parts)}; rejected: {rejected})"
+
+
+def run(args: argparse.Namespace) -> int:
+    scores, rejected = _with_record_fields(read_table(args.scores), args.corpus)
+    selection: Selection
+    if args.ifd:
+        if (args.ifd_frac is None) == (args.ifd_count is None):
+            raise UsageError("--ifd needs exactly one of --ifd-frac or --ifd-count")
+        table, selection = select_ifd_table(
+            scores, ifd_column=args.ifd_column, fraction=args.ifd_frac, count=args.ifd_count,
+            keep_equal_one=args.keep_equal_one, base=scores.num_rows + rejected,
+        )
+    else:
+        if not args.clusters:
+            raise UsageError("CaR selection needs --clusters (or use --ifd)")
+        table, selection = select_car_table(
+            scores, read_table(args.clusters), score_column=args.score_column, n1=args.n1,
+            n2=args.n2, strategy=args.strategy, dedup_content=not args.no_dedup,
+        )
+    write_table(args.out, picked_rows(table, selection))
+    print(_summary(selection.counts, rejected, args.out))
+    return 0

@@ -1,0 +1,81 @@
+"""Typed wrappers over the C++ selection routines in ``car_engine._native``.
+
+Every ranking here orders by score descending and breaks ties by the lower index (input
+order); NaN scores are never selected. Arrays of the native dtypes (float32/float64 scores,
+int32/int64 labels, uint64 hashes) pass through without a copy; others are converted once.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from car_engine import _native
+
+
+def _scores(scores: np.ndarray | Sequence[float]) -> np.ndarray:
+    arr = np.asarray(scores)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    return np.ascontiguousarray(arr)
+
+
+def topk(scores: np.ndarray | Sequence[float], k: int) -> np.ndarray:
+    """Indices (int64) of the ``k`` highest scores, best first. Fewer come back when fewer
+    than ``k`` scores are not NaN."""
+    return _native.topk(_scores(scores), int(k))
+
+
+def topk_per_cluster(
+    scores: np.ndarray | Sequence[float],
+    labels: np.ndarray | Sequence[int],
+    n: int,
+    n_clusters: int | None = None,
+) -> np.ndarray:
+    """Indices of the top ``n`` scores of every cluster, in one pass: grouped by cluster
+    ascending, best first within a cluster. Records with a negative label are skipped."""
+    lab = np.asarray(labels)
+    if lab.dtype not in (np.int32, np.int64):
+        lab = lab.astype(np.int64)
+    return _native.topk_per_cluster(
+        _scores(scores), np.ascontiguousarray(lab), int(n), -1 if n_clusters is None else n_clusters
+    )
+
+
+def merge_topk(
+    shards: Iterable[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard ``(scores, ids)`` lists, each already sorted best-first (as
+    :func:`topk` returns them), into the global top ``k``: ``(scores float64, ids int64)``."""
+    scores, ids = [], []
+    for s, i in shards:
+        scores.append(np.ascontiguousarray(s, dtype=np.float64))
+        ids.append(np.ascontiguousarray(i, dtype=np.int64))
+    return _native.merge_topk(scores, ids, int(k))
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, NFC-normalised text; whitespace is collapsed natively by :func:`hash_texts`."""
+    return unicodedata.normalize("NFC", text.casefold())
+
+
+def hash_texts(texts: Iterable[str]) -> np.ndarray:
+    """64-bit content hashes (uint64) of texts, equal for texts that differ only in Unicode
+    composition, letter case or whitespace."""
+    return _native.hash_texts([normalize_text(t) for t in texts])
+
+
+def dedup(hashes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of the records that survive dedup: the first of every group of equal
+    hashes, or with ``scores`` the best-scored one (ties by lower index, NaN last)."""
+    h = np.ascontiguousarray(hashes)
+    if h.dtype != np.uint64:
+        raise ValueError(f"hashes: expected dtype uint64, got {h.dtype}")
+    return _native.dedup(h, None if scores is None else _scores(scores))
+
+
+def union(index_arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """Union of index arrays (int64) in order of first appearance."""
+    return _native.union_ordered([np.ascontiguousarray(a, dtype=np.int64) for a in index_arrays])

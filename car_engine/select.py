@@ -1,0 +1,236 @@
+"""CaR and IFD selection (SPEC §2, §4) on the native top-k / dedup routines.
+
+The array functions work on row positions; the ``*_table`` functions join keyed tables by
+``id`` and return the selected records in final order. Every row gets a ``why``: the reason it
+was or was not selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from car_engine import native
+from car_engine.corpus import CorpusError, pair_text
+from car_engine.errors import UsageError
+
+STRATEGIES = ("n1+k*n2", "k*topn")
+RECORD_FIELDS = ("instruction", "input", "output")
+
+# The reasons a row carries in ``Selection.why``.
+WHY_N1 = "selected: top n1 by score"
+WHY_CLUSTER = "selected: top of its cluster"
+WHY_IFD = "selected: top by IFD"
+WHY_DUPLICATE = "not selected: duplicate content of a better-scored record"
+WHY_UNSCORED = "not selected: no score"
+WHY_BELOW = "not selected: below the cut"
+WHY_MISALIGNED = "not selected: IFD >= 1 (the instruction does not help the answer)"
+WHY_MISALIGNED_STRICT = "not selected: IFD > 1 (the instruction does not help the answer)"
+
+
+@dataclass
+class Selection:
+    """What a selection picked: ``order`` holds row positions in final order, ``via`` the
+    reason of each pick, ``why`` a reason for every row, ``counts`` the summary."""
+
+    order: np.ndarray
+    via: list[str]
+    why: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _sort_best_first(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort((rows, -scores[rows]))] if rows.size else rows
+
+
+def select_car(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n1: int = 1000,
+    n2: int = 1,
+    strategy: str = "n1+k*n2",
+    hashes: np.ndarray | None = None,
+) -> Selection:
+    """CaR selection over rows in input order: the top ``n1`` by score, then the top ``n2`` of
+    every cluster not already picked (by score). ``strategy="k*topn"`` keeps only the cluster
+    picks. With ``hashes``, rows of equal content collapse to their best-scored copy first.
+    NaN scores are never selected; a negative label means "no cluster"."""
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
+    if n1 < 0 or n2 < 0:
+        raise UsageError("n1 and n2 must be >= 0")
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.shape[0]} labels for {scores.shape[0]} scores")
+    n = scores.shape[0]
+    why = np.full(n, WHY_BELOW, dtype=object)
+    why[np.isnan(scores)] = WHY_UNSCORED
+    eligible = scores
+    duplicates = 0
+    if hashes is not None:
+        keep = np.zeros(n, dtype=bool)
+        keep[native.dedup(hashes, scores)] = True
+        dup_rows = ~keep & ~np.isnan(scores)
+        duplicates = int(dup_rows.sum())
+        why[dup_rows] = WHY_DUPLICATE
+        eligible = np.where(keep, scores, np.nan)
+    top = native.topk(eligible, n1) if strategy == "n1+k*n2" else np.empty(0, np.int64)
+    per_cluster = native.topk_per_cluster(eligible, labels, n2)
+    in_top = np.zeros(n, dtype=bool)
+    in_top[top] = True
+    cluster_picks = _sort_best_first(per_cluster[~in_top[per_cluster]], eligible)
+    order = native.union([top, cluster_picks])
+    why[top] = WHY_N1
+    why[cluster_picks] = WHY_CLUSTER
+    counts = {
+        "total": n,
+        "scored": int((~np.isnan(scores)).sum()),
+        "duplicates_collapsed": duplicates,
+        "clusters": int(np.unique(labels[labels >= 0]).size),
+        "from_n1": int(top.size),
+        "added_by_clusters": int(cluster_picks.size),
+        "selected": int(order.size),
+    }
+    via = ["n1"] * top.size + ["cluster"] * cluster_picks.size
+    return Selection(order, via, why, counts)
+
+
+def select_ifd(
+    ifd: np.ndarray,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    keep_equal_one: bool = False,
+    base: int | None = None,
+) -> Selection:
+    """IFD selection (SPEC §2): drop IFD >= 1 (or > 1 with ``keep_equal_one``) and rows without
+    a score (NaN), then keep the highest IFD: ``count`` rows, or ``fraction`` of ``base`` (the
+    whole input, rejected records included, when the caller passes it; else these rows)."""
+    if (fraction is None) == (count is None):
+        raise UsageError("give exactly one of fraction or count")
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise UsageError(f"fraction must be in [0, 1], got {fraction}")
+    ifd = np.asarray(ifd, dtype=np.float64)
+    n = ifd.shape[0]
+    if count is None:
+        count = int(fraction * (n if base is None else base))
+    if count < 0:
+        raise UsageError("count must be >= 0")
+    why = np.full(n, WHY_BELOW, dtype=object)
+    unscored = np.isnan(ifd)
+    misaligned = (ifd > 1) if keep_equal_one else (ifd >= 1)
+    why[unscored] = WHY_UNSCORED
+    why[misaligned] = WHY_MISALIGNED_STRICT if keep_equal_one else WHY_MISALIGNED
+    order = native.topk(np.where(misaligned, np.nan, ifd), count)
+    why[order] = WHY_IFD
+    counts = {
+        "total": n,
+        "scored": int((~unscored).sum()),
+        "misaligned": int(misaligned.sum()),
+        "target": count,
+        "selected": int(order.size),
+    }
+    return Selection(order, ["ifd"] * order.size, why, counts)
+
+
+# --------------------------------------------------------------------------- keyed tables
+
+
+def unique_ids(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """The ``id`` column as strings, or a clear error naming a repeated id."""
+    if "id" not in table.column_names:
+        raise CorpusError(f"{name}: no 'id' column")
+    ids = table.column("id").cast(pa.string())
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"]
+        raise CorpusError(f"{name}: id '{repeated}' appears more than once")
+    return ids
+
+
+def attach(base: pa.Table, other: pa.Table, columns: list[str], name: str) -> pa.Table:
+    """Left-join ``columns`` of ``other`` onto ``base`` by id (null where ``other`` lacks it)."""
+    where = pc.index_in(unique_ids(base, "base"), value_set=unique_ids(other, name))
+    for col in columns:
+        if col not in other.column_names:
+            raise CorpusError(f"{name}: no '{col}' column")
+        values = other.column(col).take(where)
+        if col in base.column_names:
+            base = base.set_column(base.column_names.index(col), col, values)
+        else:
+            base = base.append_column(col, values)
+    return base
+
+
+def in_input_order(table: pa.Table) -> pa.Table:
+    """Rows by input position when the table carries one: ties break by input order."""
+    if "position" in table.column_names:
+        return table.take(pc.sort_indices(table, [("position", "ascending")]))
+    return table
+
+
+def content_hashes(table: pa.Table) -> np.ndarray | None:
+    """Hashes of the SPEC §1 pair text of every row, or None when the fields are absent."""
+    if not all(f in table.column_names for f in RECORD_FIELDS):
+        return None
+    cols = [table.column(f).to_pylist() for f in RECORD_FIELDS]
+    return native.hash_texts(pair_text(i or "", x or "", o or "") for i, x, o in zip(*cols))
+
+
+def _float_column(table: pa.Table, column: str, name: str) -> np.ndarray:
+    if column not in table.column_names:
+        raise CorpusError(f"{name}: no '{column}' column (have: {', '.join(table.column_names)})")
+    return table.column(column).cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def picked_rows(table: pa.Table, selection: Selection) -> pa.Table:
+    """The selected rows in final order, each with its ``selected_by`` reason."""
+    rows = table.take(pa.array(selection.order, type=pa.int64()))
+    return rows.append_column("selected_by", pa.array(selection.via, type=pa.string()))
+
+
+def select_car_table(
+    scores: pa.Table,
+    clusters: pa.Table,
+    *,
+    score_column: str = "iqs",
+    n1: int = 1000,
+    n2: int = 1,
+    strategy: str = "n1+k*n2",
+    dedup_content: bool = True,
+) -> tuple[pa.Table, Selection]:
+    """CaR over keyed tables: ``scores`` (id, score column, and the record fields for content
+    dedup and output) and ``clusters`` (id, cluster). Returns (all rows in input order with
+    their cluster, the Selection over those rows)."""
+    table = in_input_order(attach(scores, clusters, ["cluster"], "clusters"))
+    s = _float_column(table, score_column, "scores")
+    labels = table.column("cluster").fill_null(-1).cast(pa.int64()).to_numpy()
+    hashes = content_hashes(table) if dedup_content else None
+    return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes)
+
+
+def select_ifd_table(
+    scores: pa.Table,
+    *,
+    ifd_column: str = "ifd_ppl",
+    fraction: float | None = None,
+    count: int | None = None,
+    keep_equal_one: bool = False,
+    base: int | None = None,
+) -> tuple[pa.Table, Selection]:
+    """IFD selection over a keyed scores table (rows whose ``status`` is not "ok" have no
+    score and are never selected). Returns (rows in input order, the Selection)."""
+    unique_ids(scores, "scores")
+    table = in_input_order(scores)
+    ifd = _float_column(table, ifd_column, "scores")
+    if "status" in table.column_names:
+        ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+        ifd = np.where(ok, ifd, np.nan)
+    selection = select_ifd(ifd, fraction=fraction, count=count,
+                           keep_equal_one=keep_equal_one, base=base)
+    return table, selection
