@@ -7,6 +7,7 @@ was or was not selected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,11 +55,13 @@ def select_car(
     n2: int = 1,
     strategy: str = "n1+k*n2",
     hashes: np.ndarray | None = None,
+    topk: Callable[[np.ndarray, int], np.ndarray] = native.topk,
 ) -> Selection:
     """CaR selection over rows in input order: the top ``n1`` by score, then the top ``n2`` of
     every cluster not already picked (by score). ``strategy="k*topn"`` keeps only the cluster
     picks. With ``hashes``, rows of equal content collapse to their best-scored copy first.
-    NaN scores are never selected; a negative label means "no cluster"."""
+    NaN scores are never selected; a negative label means "no cluster". ``topk`` may be a
+    sharded top-k (per-shard lists + native merge) with the same result."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
     if n1 < 0 or n2 < 0:
@@ -79,7 +82,7 @@ def select_car(
         duplicates = int(dup_rows.sum())
         why[dup_rows] = WHY_DUPLICATE
         eligible = np.where(keep, scores, np.nan)
-    top = native.topk(eligible, n1) if strategy == "n1+k*n2" else np.empty(0, np.int64)
+    top = topk(eligible, n1) if strategy == "n1+k*n2" else np.empty(0, np.int64)
     per_cluster = native.topk_per_cluster(eligible, labels, n2)
     in_top = np.zeros(n, dtype=bool)
     in_top[top] = True

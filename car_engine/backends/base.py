@@ -1,0 +1,76 @@
+"""What every backend shares: the job shape and how one shard is processed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from car_engine.corpus import atomic_path, write_parquet
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One unit of work: score the records in ``source``, write the result to ``target``."""
+
+    source: str
+    target: str
+
+
+def process_shard(worker: Callable[[pa.Table], Any], job: ShardJob) -> ShardJob:
+    """Run a worker on one records shard and write its output atomically (a table becomes
+    Parquet, a matrix becomes .npy)."""
+    records = pq.read_table(job.source)
+    result = worker(records)
+    if isinstance(result, np.ndarray):
+        if result.shape[0] != records.num_rows:
+            raise RuntimeError(f"{job.source}: worker returned {result.shape[0]} rows "
+                               f"for {records.num_rows} records")
+        with atomic_path(job.target) as tmp, open(tmp, "wb") as f:
+            np.save(f, result)
+    else:
+        if result.num_rows != records.num_rows:
+            raise RuntimeError(f"{job.source}: worker returned {result.num_rows} rows "
+                               f"for {records.num_rows} records")
+        write_parquet(job.target, result)
+    return job
+
+
+class Backend:
+    """Runs a stage worker over shards; subclasses decide where."""
+
+    def map_shards(self, stage: str, params: Any, jobs: Sequence[ShardJob],
+                   on_done: Callable[[ShardJob], None]) -> None:
+        raise NotImplementedError
+
+    def topk_lists(self, score_shards: Sequence[np.ndarray], k: int) -> list:
+        """Per-shard top-k lists, best first: [(scores, global row ids), ...]."""
+        from car_engine import native
+
+        lists, offset = [], 0
+        for scores in score_shards:
+            top = native.topk(scores, k)
+            lists.append((scores[top], top + offset))
+            offset += len(scores)
+        return lists
+
+    def sharded_topk(self, scores: np.ndarray, k: int, shard_sizes: Sequence[int]) -> np.ndarray:
+        """Global top-k row ids of ``scores`` from per-shard top-k lists merged natively:
+        the distributed way, equal to one top-k over everything."""
+        from car_engine import native
+
+        bounds = np.cumsum([0, *shard_sizes])
+        shards = [scores[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return native.merge_topk(self.topk_lists(shards, k), k)[1]
+
+    def shutdown(self) -> None:
+        """Release what the backend holds (workers, cluster connection)."""
+
+
+def target_exists(job: ShardJob) -> bool:
+    return Path(job.target).is_file()

@@ -1,0 +1,93 @@
+"""Run shards on a Ray cluster: Ray Data ``map_batches`` over an actor pool, one model per
+actor, a GPU fraction per actor when the cluster has GPUs.
+
+Point it at a real cluster with ``RAY_ADDRESS=ray://head:10001`` (or ``auto`` on a node of
+the cluster); without it a local cluster with ``workers`` CPUs is started. Shard files must
+be on storage every node sees (a shared filesystem), since actors read and write them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from car_engine.backends.base import Backend, ShardJob, process_shard
+from car_engine.errors import UsageError
+from car_engine.stages import WORKERS
+
+
+class _ShardActor:
+    """A Ray actor: builds the stage worker once, then processes batches of shard jobs."""
+
+    def __init__(self, stage: str, params: Any) -> None:
+        self.worker = WORKERS[stage](params)
+
+    def __call__(self, batch: dict) -> dict:
+        for source, target in zip(batch["source"], batch["target"]):
+            process_shard(self.worker, ShardJob(str(source), str(target)))
+        return {"source": batch["source"], "target": batch["target"]}
+
+
+class RayBackend(Backend):
+    def __init__(self, *, workers: int = 2, progress: bool = True) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise UsageError("--backend ray needs Ray: pip install 'car-engine[ray]'") from err
+        self.ray = ray
+        self.workers = max(1, workers)
+        self.progress = progress
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            address = os.environ.get("RAY_ADDRESS")
+            ray.init(address=address, num_cpus=None if address else self.workers,
+                     include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+
+    def gpu_fraction(self) -> float:
+        """Each actor's share of a GPU: the cluster's GPUs spread over the actors, at most 1."""
+        gpus = self.ray.cluster_resources().get("GPU", 0)
+        return min(1.0, gpus / self.workers) if gpus else 0.0
+
+    def map_shards(self, stage: str, params: Any, jobs: Sequence[ShardJob],
+                   on_done: Callable[[ShardJob], None]) -> None:
+        if not jobs:
+            return
+        items = [{"source": j.source, "target": j.target} for j in jobs]
+        data = self.ray.data.from_items(items, override_num_blocks=len(items))
+        done = data.map_batches(
+            _ShardActor,
+            fn_constructor_args=(stage, params),
+            batch_size=1,
+            concurrency=min(self.workers, len(items)),
+            num_cpus=1,
+            num_gpus=self.gpu_fraction(),
+        )
+        for row in tqdm(done.iter_rows(), total=len(items), desc=f"{stage} (ray)", unit="shard",
+                        disable=not self.progress):
+            on_done(ShardJob(str(row["source"]), str(row["target"])))
+
+    def topk_lists(self, score_shards: Sequence[Any], k: int) -> list:
+        """Per-shard top-k lists computed by Ray tasks: [(scores, global ids), ...]."""
+        @self.ray.remote(num_cpus=1)
+        def shard_topk(scores, offset, k):
+            from car_engine import native
+
+            top = native.topk(scores, k)
+            return scores[top], top + offset
+
+
+        refs, offset = [], 0
+        for scores in score_shards:
+            refs.append(shard_topk.remote(scores, offset, k))
+            offset += len(scores)
+        return self.ray.get(refs)
+
+    def shutdown(self) -> None:
+        if self._started_here and self.ray.is_initialized():
+            self.ray.shutdown()

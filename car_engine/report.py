@@ -1,0 +1,196 @@
+"""RUN_DIR/report.html: what was kept and why, with PNG plots beside it.
+
+Built only from a run's outputs (scores.parquet, summary.json, the records shards and the
+embeddings), so `car-engine report RUN_DIR` can rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from car_engine.corpus import CorpusError, atomic_path
+
+EXAMPLES = 5
+MAP_POINTS = 20_000
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path.name
+
+
+def _histogram(values: np.ndarray, selected: np.ndarray, title: str, xlabel: str,
+               cuts: dict[str, float], path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    finite = np.isfinite(values)
+    bins = np.histogram_bin_edges(values[finite], bins=60) if finite.any() else 10
+    ax.hist(values[finite], bins=bins, color="#9db4cf", label="all records")
+    ax.hist(values[finite & selected], bins=bins, color="#d9534f", label="selected")
+    for label, x in cuts.items():
+        ax.axvline(x, color="black", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, ax.get_ylim()[1] * 0.92), rotation=90, fontsize=8,
+                    ha="right", va="top")
+    ax.set(title=title, xlabel=xlabel, ylabel="records")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _scatter(iqs: np.ndarray, ifd: np.ndarray, selected: np.ndarray, path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ok = np.isfinite(iqs) & np.isfinite(ifd)
+    ax.scatter(iqs[ok & ~selected], ifd[ok & ~selected], s=4, alpha=0.4, color="#9db4cf",
+               label="not selected")
+    ax.scatter(iqs[ok & selected], ifd[ok & selected], s=8, color="#d9534f", label="selected")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set(title="IQS vs IFD", xlabel="IQS (higher = better quality)",
+           ylabel="IFD (ppl ratio; >= 1 dropped)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _cluster_sizes(labels: np.ndarray, selected: np.ndarray, path: Path) -> str:
+    plt = _plt()
+    k = int(labels.max()) + 1
+    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    picks = np.bincount(labels[(labels >= 0) & selected], minlength=k)
+    order = np.argsort(-sizes, kind="stable")
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(k)
+    ax.bar(x, sizes[order], color="#9db4cf", width=1.0, label="cluster size")
+    ax.bar(x, picks[order], color="#d9534f", width=1.0, label="selected from cluster")
+    ax.set(title=f"{k} clusters, largest first", xlabel="cluster (by size)", ylabel="records")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _cluster_map(vectors: np.ndarray, labels: np.ndarray, selected: np.ndarray,
+                 path: Path) -> str:
+    plt = _plt()
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(labels), min(MAP_POINTS, len(labels)), replace=False))
+    x = np.asarray(vectors[rows], dtype=np.float64)
+    x -= x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)  # the top 2 principal axes
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.scatter(xy[:, 0], xy[:, 1], c=labels[rows] % 20, cmap="tab20", s=4, alpha=0.5)
+    sel = selected[rows]
+    ax.scatter(xy[sel, 0], xy[sel, 1], s=22, facecolors="none", edgecolors="black",
+               linewidths=0.8, label="selected")
+    ax.set(title="Clusters on the first two principal components (colour = cluster)",
+           xlabel="PC 1", ylabel="PC 2")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
+    """Top and bottom records by ``column``, with their text."""
+    values = scores[column].to_numpy(zero_copy_only=False).astype(float)
+    ok = np.flatnonzero(np.isfinite(values))
+    if ok.size == 0:
+        return ""
+    order = ok[np.argsort(-values[ok], kind="stable")]
+    wanted = {"top": order[:EXAMPLES], "bottom": order[::-1][:EXAMPLES]}
+    manifest = json.loads((run_dir / "stages" / "read" / "manifest.json").read_text())
+    shards = [pq.read_table(run_dir / "stages" / "read" / s,
+                            columns=["instruction", "input", "output"])
+              for s in manifest["info"]["shards"]]
+    texts = pa.concat_tables(shards)
+    parts = []
+    for side, rows in wanted.items():
+        parts.append(f"<h3>{side.title()} {EXAMPLES} by {column}</h3><table class=ex>")
+        parts.append("<tr><th>id</th><th>score</th><th>instruction</th><th>output</th></tr>")
+        for r in rows:
+            rec = texts.slice(int(r), 1).to_pylist()[0]
+            instruction = (rec["instruction"] + (" " + rec["input"] if rec["input"] else ""))
+            parts.append(
+                f"<tr><td>{html.escape(str(scores['id'][int(r)]))}</td>"
+                f"<td>{values[r]:.4f}</td><td>{html.escape(instruction[:400])}</td>"
+                f"<td>{html.escape(rec['output'][:600])}</td></tr>")
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/report.html and its PNG plots from a finished run's outputs."""
+    run_dir = Path(run_dir)
+    for need in ("scores.parquet", "summary.json"):
+        if not (run_dir / need).is_file():
+            raise CorpusError(f"{run_dir}: no {need}; run `car-engine run ... --out {run_dir}`")
+    scores = pq.read_table(run_dir / "scores.parquet")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    counts, cfg = summary["counts"], summary["config"]
+    selected = scores["selected"].to_numpy(zero_copy_only=False)
+    cols = scores.column_names
+    plots: list[tuple[str, str]] = []
+    if "iqs" in cols:
+        iqs = scores["iqs"].to_numpy(zero_copy_only=False).astype(float)
+        n1_picks = iqs[np.flatnonzero(np.asarray(scores["why"].to_pylist(), dtype=object)
+                                      == "selected: top n1 by score")]
+        cuts = {f"top-n1 cut {n1_picks.min():.3f}": float(n1_picks.min())} if n1_picks.size \
+            else {}
+        plots.append(("IQS scores", _histogram(iqs, selected, "IQS score distribution", "IQS",
+                                               cuts, run_dir / "iqs_hist.png")))
+    if "ifd_ppl" in cols:
+        ifd = scores["ifd_ppl"].to_numpy(zero_copy_only=False).astype(float)
+        cuts = {"IFD = 1": 1.0}
+        if summary["method"] == "ifd" and selected.any():
+            cuts[f"selection cut {np.nanmin(ifd[selected]):.3f}"] = float(np.nanmin(ifd[selected]))
+        plots.append(("IFD scores", _histogram(ifd, selected, "IFD (ppl ratio) distribution",
+                                               "IFD", cuts, run_dir / "ifd_hist.png")))
+    if "iqs" in cols and "ifd_ppl" in cols:
+        plots.append(("IQS vs IFD", _scatter(iqs, ifd, selected, run_dir / "iqs_vs_ifd.png")))
+    if "cluster" in cols:
+        labels = scores["cluster"].to_numpy(zero_copy_only=False)
+        plots.append(("Cluster sizes", _cluster_sizes(labels, selected,
+                                                      run_dir / "cluster_sizes.png")))
+        emb = run_dir / "stages" / "cluster" / "embeddings.npy"
+        if emb.is_file():
+            vectors = np.load(emb, mmap_mode="r")
+            plots.append(("Cluster map", _cluster_map(vectors, labels, selected,
+                                                      run_dir / "cluster_map.png")))
+    rank_col = "iqs" if "iqs" in cols else "ifd_ppl"
+    rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"
+                   for k, v in counts.items())
+    figures = "".join(f"<figure><img src='{html.escape(png)}' alt='{html.escape(t)}'>"
+                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, png in plots)
+    params = html.escape(json.dumps({k: cfg[k] for k in ("method", "n1", "n2", "strategy",
+                                                            "ifd_frac", "limit")}, indent=1))
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>car-engine report: {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;
+vertical-align:top}}table.ex td{{font-size:12px;max-width:480px}}figure{{display:inline-block;
+margin:8px}}img{{max-width:520px}}</style></head><body>
+<h1>car-engine report</h1>
+<p>Method <b>{html.escape(summary["method"])}</b>: kept {counts.get("selected", 0)} of
+{counts.get("items", 0)} input items. Outputs: selected.jsonl, scores.parquet
+(every record, with why), rejected.jsonl.</p>
+<h2>Counts</h2><table>{rows}</table>
+<h2>Parameters</h2><pre>{params}</pre>
+<h2>Plots</h2>{figures}
+<h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
+</body></html>"""
+    out = run_dir / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
