@@ -328,11 +328,7 @@ class _TextWindow:
         the end of the stream."""
         if self.eof:
             return False
-        want = max(_JSON_CHUNK, len(self.text) - self.pos)
-        try:
-            chunk = self.stream.read(want)
-        except _STREAM_ERRORS as err:
-            chunk, self.error = b"", err
+        chunk = self._read(max(_JSON_CHUNK, len(self.text) - self.pos))
         if chunk:
             text = self._decoder.decode(chunk)
         else:
@@ -345,6 +341,22 @@ class _TextWindow:
         self.pos = 0
         return bool(chunk)
 
+    def _read(self, want: int) -> bytes:
+        # read1 piece by piece: a cut-short gzip stream raises from read(), dropping what that
+        # call had already decompressed; pieces read before the error are kept here.
+        pieces, got = [], 0
+        while got < want and self.error is None:
+            try:
+                piece = self.stream.read1(want - got)
+            except _STREAM_ERRORS as err:
+                self.error = err
+                break
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
     def peek(self) -> str | None:
         """The next non-whitespace character (consuming the whitespace), or None at the end."""
         while True:
@@ -354,17 +366,28 @@ class _TextWindow:
             if not self.fill():
                 return None
 
-    def ended_early(self, what: str) -> str:
-        """Why the text stopped before ``what`` was complete."""
+    def ended_early(self, when: str) -> str:
+        """Why the text stopped ``when`` it did ("before item 3 is complete")."""
         if self.error is not None:
-            return f"file is cut short or corrupt ({self.error}); {what}"
-        return f"file ends before {what}"
+            return f"file is cut short or corrupt ({self.error}) {when}"
+        return f"file ends {when}"
 
 
 def _needs_more_text(err: json.JSONDecodeError, length: int) -> bool:
     # A value cut by the window's end fails at (or a few characters before) the end, or as a
     # string with no closing quote; any other failure is malformed JSON.
     return err.pos >= length - 8 or err.msg.startswith("Unterminated string")
+
+
+_JSON_WORDS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+
+
+def _is_cut_off(err: json.JSONDecodeError) -> bool:
+    """At the end of the text: did the value fail only because the text stopped?"""
+    rest = err.doc[err.pos:].rstrip()
+    return (not rest or err.msg.startswith("Unterminated string")
+            or any(w.startswith(rest) for w in _JSON_WORDS)
+            or (rest.startswith("\\") and len(rest) < 6))  # an escape cut in half
 
 
 def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
@@ -375,7 +398,7 @@ def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
     first = window.peek()
     if first is None:
         if window.error is not None:
-            yield "item 0", _BadItem(window.ended_early("no item could be read"))
+            yield "item 0", _BadItem(window.ended_early("before any item could be read"))
         return  # an empty file holds no items
     if first != "[":
         yield "item 0", _BadItem("a .json corpus must be a JSON array of objects")
@@ -395,18 +418,19 @@ def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
                                  "the rest of the file cannot be read")
             return
         if next_char is None:
-            yield here, _BadItem(window.ended_early("the array is closed"))
+            yield here, _BadItem(window.ended_early("before the array is closed"))
             return
         while True:
             try:
                 item, end = decoder.raw_decode(window.text, window.pos)
             except json.JSONDecodeError as err:
-                cut = _needs_more_text(err, len(window.text))
-                if cut and window.fill():
+                if _needs_more_text(err, len(window.text)) and window.fill():
                     continue
-                reason = (window.ended_early(f"{here} is complete")
-                          if cut or window.error is not None else f"malformed JSON ({err.msg})")
-                yield here, _BadItem(f"{reason}; the rest of the file cannot be read")
+                if window.error is not None or _is_cut_off(err):
+                    reason = window.ended_early(f"before {here} is complete")
+                else:
+                    reason = f"malformed JSON ({err.msg}); the rest of the file cannot be read"
+                yield here, _BadItem(reason)
                 return
             except RecursionError:
                 yield here, _BadItem("malformed JSON: nested too deeply; "
@@ -653,6 +677,8 @@ def _table_from(stream: BinaryIO, fmt: str, path: Path) -> pa.Table:
         if isinstance(item, _BadItem) or not isinstance(item, dict):
             reason = item if isinstance(item, _BadItem) else "not a JSON object"
             raise CorpusError(f"{path} {location}: {reason}")
+        if isinstance(item.get("id"), int):  # JSON ids may mix numbers and strings
+            item["id"] = str(item["id"])
         rows.append(item)
     return pa.Table.from_pylist(rows)
 

@@ -1,0 +1,51 @@
+"""Test helper: put items on disk in each corpus format, byte for byte as a user's file would be."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# (format, gzipped) for every reader the corpus module has.
+FORMATS = [("json", False), ("json", True), ("jsonl", False), ("jsonl", True),
+           ("parquet", False), ("parquet", True)]
+
+
+def encode(items: list[Any], fmt: str) -> bytes:
+    """The bytes of a JSON array, JSON Lines or Parquet file holding ``items``."""
+    if fmt == "json":
+        return json.dumps(items, ensure_ascii=False, indent=1).encode("utf-8")
+    if fmt == "jsonl":
+        return "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items).encode("utf-8")
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        # pa.array infers one type from every item (from_pylist would look at the first only),
+        # so mixed shapes become one table with nulls where an item lacks a field.
+        pq.write_table(pa.Table.from_struct_array(pa.array(items)), buffer)
+        return buffer.getvalue()
+    raise ValueError(f"unknown format {fmt}")
+
+
+def write_bytes(folder: Path, data: bytes, fmt: str, *, gz: bool = False,
+                name: str = "corpus") -> Path:
+    """Write raw corpus bytes to ``folder/name.fmt[.gz]`` and return the path."""
+    path = folder / f"{name}.{fmt}{'.gz' if gz else ''}"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_items(folder: Path, items: list[Any], fmt: str, *, gz: bool = False,
+                name: str = "corpus") -> Path:
+    """Write ``items`` as a corpus file of the given format (optionally gzipped)."""
+    return write_bytes(folder, encode(items, fmt), fmt, gz=gz, name=name)
+
+
+def gzip_cut_short(data: bytes, keep: float = 0.6) -> bytes:
+    """A gzip stream of ``data`` with its tail (and so its end-of-stream marker) cut off."""
+    compressed = gzip.compress(data)
+    return compressed[: int(len(compressed) * keep)]
