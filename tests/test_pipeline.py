@@ -1,0 +1,135 @@
+"""`car-engine run` end to end on real data: outputs, accounting, resume after kill -9,
+stage invalidation, and the Ray backend giving exactly the local backend's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from car_engine.cli import main
+
+N_GOOD = 90
+SHARD = 15
+RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(SHARD), "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sharegpt_records) -> Path:
+    """90 real ShareGPT pairs (as Alpaca items) with bad lines and an exact duplicate mixed in."""
+    rows = sharegpt_records.slice(0, N_GOOD).to_pylist()
+    lines = [json.dumps({"id": r["id"], "instruction": r["instruction"], "input": r["input"],
+                         "output": r["output"]}) for r in rows]
+    dup = dict(json.loads(lines[3]), id="dup-of-3")
+    lines[10:10] = ['{"instruction": "cut', json.dumps({"instruction": "x", "output": ""}),
+                    json.dumps(dup)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    assert main(["run", str(corpus), "--out", str(out), *RUN_ARGS]) == 0
+    return out
+
+
+def test_every_record_is_accounted_for(reference_run, corpus):
+    scores = pq.read_table(reference_run / "scores.parquet")
+    rejected = [json.loads(x) for x in (reference_run / "rejected.jsonl").read_text().splitlines()]
+    assert scores.num_rows + len(rejected) == N_GOOD + 3
+    assert {r["location"] for r in rejected} == {"line 11", "line 12"}
+    selected = [json.loads(x) for x in (reference_run / "selected.jsonl").read_text().splitlines()]
+    summary = json.loads((reference_run / "summary.json").read_text())["counts"]
+    assert len(selected) == summary["selected"] == sum(scores["selected"].to_pylist())
+    assert summary["duplicates_collapsed"] == 1
+    assert summary["from_n1"] == 5 and summary["added_by_clusters"] >= 1
+    # the n1 picks are the best IQS scores, in order
+    by_score = sorted(scores.to_pylist(), key=lambda r: (-r["iqs"], r["position"]))
+    dup_ids = {r["id"] for r in scores.to_pylist() if "duplicate" in r["why"]}
+    best = [r["id"] for r in by_score if r["id"] not in dup_ids][:5]
+    assert [r["id"] for r in selected[:5]] == best
+    assert all(r["selected_by"] == "cluster" for r in selected[5:])
+    assert set(scores["why"].to_pylist()) >= {"selected: top n1 by score",
+                                              "selected: top of its cluster"}
+    html = (reference_run / "report.html").read_text()
+    for png in ("iqs_hist.png", "cluster_sizes.png", "cluster_map.png"):
+        assert png in html and (reference_run / png).stat().st_size > 5_000
+
+
+KILLER = """
+import os, sys
+from car_engine import backends, manifest
+from car_engine.backends import base
+when, after = sys.argv[1], int(sys.argv[2])
+if when == "after-record":  # killed right after the manifest records a shard
+    original = manifest.StageDir.mark_done
+    def mark_done(self, shard):
+        original(self, shard)
+        if self.name == "embed" and len(self._state["done"]) >= after:
+            os.kill(os.getpid(), 9)
+    manifest.StageDir.mark_done = mark_done
+else:  # killed between writing a shard file and recording it
+    original = base.process_shard
+    count = [0]
+    def process_shard(worker, job):
+        result = original(worker, job)
+        count[0] += 1
+        if "/embed/" in job.target and count[0] >= after:
+            os.kill(os.getpid(), 9)
+        return result
+    base.process_shard = process_shard
+    import car_engine.backends.local as local
+    local.process_shard = process_shard
+from car_engine.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["after-record", "before-record"])
+def test_resume_after_kill_9_is_byte_identical(tmp_path, corpus, reference_run, when):
+    out = tmp_path / "killed"
+    args = ["run", str(corpus), "--out", str(out), *RUN_ARGS]
+    killed = subprocess.run([sys.executable, "-c", KILLER, when, "2", *args],
+                            capture_output=True, text=True, env=dict(os.environ))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    embed_manifest = json.loads((out / "stages" / "embed" / "manifest.json").read_text())
+    assert not embed_manifest["complete"] and not (out / "selected.jsonl").exists()
+    assert main(args) == 0  # resume
+    for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl"):
+        assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_changed_n1_reruns_only_selection(tmp_path, corpus, reference_run):
+    import shutil
+
+    out = tmp_path / "rerun"
+    shutil.copytree(reference_run, out)
+    stage_files = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*") if p.is_file()}
+    assert main(["run", str(corpus), "--out", str(out), *RUN_ARGS[:-1], "--n1", "8"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stage_files} == stage_files  # nothing recomputed
+    summary = json.loads((out / "summary.json").read_text())["counts"]
+    assert summary["from_n1"] == 8
+    assert (out / "selected.jsonl").read_bytes() != (reference_run / "selected.jsonl").read_bytes()
+    # a clustering parameter reruns clustering and selection, not the scoring stages
+    assert main(["run", str(corpus), "--out", str(out), *RUN_ARGS, "--k", "3"]) == 0
+    iqs_shards = [p for p in stage_files if "/iqs/" in str(p) and p.suffix == ".parquet"]
+    assert all(p.stat().st_mtime_ns == stage_files[p] for p in iqs_shards)
+    assert json.loads((out / "stages" / "cluster" / "manifest.json").read_text())["info"]["k"] == 3
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_local(tmp_path, corpus, reference_run):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    code = main(["run", str(corpus), "--out", str(out), *RUN_ARGS, "--backend", "ray",
+                 "--workers", "2"])
+    assert code == 0
+    for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl"):
+        assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name
