@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/car-engine run builtin:sharegpt --limit 2000 --out runs/demo
 
 bench: setup
-	$(PY) -m benchmarks.bench_select
+	$(VENV)/bin/car-engine bench --stage all --results benchmarks/RESULTS.md
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -43,8 +43,10 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=find_packages(include=["car_engine", "car_engine.*"]) + ["car_engine.kernels"],
-    package_dir={"car_engine.kernels": "kernels"},
+    # kernels/ and benchmarks/ sit at the top level but install inside our namespace.
+    packages=find_packages(include=["car_engine", "car_engine.*"])
+    + ["car_engine.kernels", "car_engine.benchmarks"],
+    package_dir={"car_engine.kernels": "kernels", "car_engine.benchmarks": "benchmarks"},
     package_data={"car_engine": ["assets/**/*"]},
     ext_modules=[CMakeExtension("car_engine._native")],
     cmdclass={"build_ext": CMakeBuild},

@@ -9,9 +9,10 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import best_time, format_table, row
 from car_engine import native
 from car_engine.baselines import select as ref
+
+from .common import best_time, format_table, row
 
 TARGETS = {"select-topk": 10.0, "select-topk-per-cluster": 20.0, "select-dedup": 3.0}
 
