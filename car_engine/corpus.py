@@ -380,14 +380,17 @@ def _needs_more_text(err: json.JSONDecodeError, length: int) -> bool:
 
 
 _JSON_WORDS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+# What is left of a \uXXXX escape (or a surrogate pair of them) that the text cut short.
+_CUT_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}(\\\\(u[0-9a-fA-F]{0,3})?)?")
 
 
 def _is_cut_off(err: json.JSONDecodeError) -> bool:
     """At the end of the text: did the value fail only because the text stopped?"""
     rest = err.doc[err.pos:].rstrip()
+    if err.msg.startswith("Invalid \\uXXXX escape"):
+        return _CUT_ESCAPE.fullmatch(rest) is not None
     return (not rest or err.msg.startswith("Unterminated string")
-            or any(w.startswith(rest) for w in _JSON_WORDS)
-            or (rest.startswith("\\") and len(rest) < 6))  # an escape cut in half
+            or any(w.startswith(rest) for w in _JSON_WORDS))
 
 
 def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
@@ -626,6 +629,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.close(folder)
 
 
+# json.dumps leaves these line breaks raw inside strings (it escapes those below U+0020);
+# escaped, no line splitter (str.splitlines, JavaScript) can break a row apart.
+_LINE_BREAKS_ESCAPED = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows as JSON Lines atomically; returns the number of rows written.
 
@@ -639,6 +647,8 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
                 line.encode("utf-8")  # lone surrogates would fail half-way through the write
             except (TypeError, ValueError) as err:
                 raise CorpusError(f"{path} row {count}: cannot be written as JSON: {err}") from None
+            if not line.isascii():
+                line = line.translate(_LINE_BREAKS_ESCAPED)
             out.write(line + "\n")
             count += 1
     return count
