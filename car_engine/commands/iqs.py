@@ -1,0 +1,149 @@
+"""`car-engine iqs`: train, evaluate, export and run the IQS quality scorer (CaR ranking)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from car_engine.models import DEFAULT
+
+MODEL_HELP = ("IQS model: 'default' (shipped, all-MiniLM-L6-v2 backbone), a folder written by "
+              "`iqs train`, or a CaR/COMET .ckpt (hparams.yaml two folders up)")
+
+
+def register(subparsers) -> None:
+    """Add `iqs` and its train/eval/export/score subcommands."""
+    parser = subparsers.add_parser("iqs", help="IQS quality scorer: train, eval, export, score",
+                                   description=__doc__)
+    sub = parser.add_subparsers(dest="iqs_command", metavar="ACTION", required=True)
+
+    train = sub.add_parser("train", help="train an IQS model on expert-revision pairs",
+                           description="Train on adjacent (original=0, revised=1) CSV rows; "
+                           "keep the epoch with the best pairwise accuracy on --valid.")
+    train.add_argument("--train", required=True, metavar="CSV", help="training pairs (src,score)")
+    train.add_argument("--valid", required=True, metavar="CSV", help="validation pairs")
+    train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    train.add_argument("--backbone", default=DEFAULT, metavar="PATH",
+                       help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--freeze-backbone", action="store_true",
+                       help="train only the layer mix and head (same as --train-blocks 0)")
+    train.add_argument("--train-blocks", type=int, default=-1, metavar="N",
+                       help="fine-tune the top N encoder blocks (-1 = all; embeddings stay frozen)")
+    train.add_argument("--loss", default="mse", choices=["mse", "margin", "mse+margin"],
+                       help="CaR's MSE on 0/1 targets, a pairwise hinge, or both")
+    train.add_argument("--margin", type=float, default=0.3, help="hinge margin")
+    train.add_argument("--batch-pairs", type=int, default=16, help="pairs per optimizer step")
+    train.add_argument("--head-lr", type=float, default=1e-3)
+    train.add_argument("--encoder-lr", type=float, default=3e-5)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--hidden-sizes", default="2048,1024", help="head widths, comma-separated")
+    train.add_argument("--dropout", type=float, default=0.1)
+    train.add_argument("--layer-transform", default="sparsemax", choices=["sparsemax", "softmax"])
+    train.add_argument("--max-length", type=int, default=512,
+                       help="token limit (capped at the encoder's own)")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=run_train)
+
+    evaluate = sub.add_parser("eval", help="pairwise accuracy on expert-revision pairs",
+                              description="Paper's metric: revised beats original by >= 0.01.")
+    evaluate.add_argument("--pairs", required=True, metavar="CSV")
+    _add_runtime_args(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=run_eval)
+
+    export = sub.add_parser("export", help="export the whole scorer to ONNX")
+    export.add_argument("--model", default=DEFAULT, help=MODEL_HELP)
+    export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="fp32; fp16 (GPUs); int8 dynamic quantization (CPUs)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    export.set_defaults(func=run_export)
+
+    score = sub.add_parser("score", help="score a corpus: writes id, iqs")
+    score.add_argument("input", metavar="INPUT", help="corpus file or builtin:sharegpt")
+    score.add_argument("--out", required=True, metavar="SCORES", help=".parquet or .jsonl")
+    score.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    _add_runtime_args(score)
+    score.set_defaults(func=run_score)
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT, help=MODEL_HELP)
+    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--precision", default="fp32",
+                        help="onnx: fp32|fp16|int8; torch: fp32|fp16|bf16")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def _scorer(args: argparse.Namespace):
+    from car_engine.iqs import IQSScorer
+
+    return IQSScorer.load(args.model, runtime=args.runtime, precision=args.precision,
+                          device=args.device, batch_size=args.batch_size)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """`iqs train`."""
+    from car_engine.errors import UsageError
+    from car_engine.iqs.train import TrainOptions, train
+
+    try:
+        hidden = [int(h) for h in args.hidden_sizes.split(",") if h.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: comma-separated "
+                         "integers") from None
+    options = TrainOptions(
+        epochs=args.epochs, train_blocks=0 if args.freeze_backbone else args.train_blocks,
+        batch_pairs=args.batch_pairs, head_lr=args.head_lr, encoder_lr=args.encoder_lr,
+        weight_decay=args.weight_decay, loss=args.loss, margin=args.margin, seed=args.seed,
+        hidden_sizes=hidden, dropout=args.dropout, layer_transform=args.layer_transform,
+        max_length=args.max_length)
+    result = train(args.train, args.valid, args.out, backbone=args.backbone, options=options)
+    best = result["best"]
+    print(f"best epoch {best['epoch']}: valid pairwise accuracy {best['valid_accuracy']:.4f} "
+          f"({best['valid_correct']}/{best['valid_pairs']}, ties {best['valid_ties']}) "
+          f"-> {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`iqs eval`."""
+    from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
+
+    pairs = read_pairs(args.pairs)
+    scorer = _scorer(args)
+    metrics = pairwise_accuracy(scorer.score_texts(pairs.texts))
+    metrics.update(pairs_file=args.pairs, model=args.model, runtime=scorer.describe())
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"pairwise accuracy {metrics['accuracy']:.4f}: {metrics['correct']} of "
+              f"{metrics['pairs']} pairs correct, {metrics['ties']} ties, {metrics['wrong']} "
+              f"wrong ({scorer.describe()})")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """`iqs export`."""
+    from car_engine.iqs.onnx import export, export_info
+    from car_engine.iqs.score import load_any
+
+    model, tokenizer = load_any(args.model)
+    path = export(model, args.out, args.precision, tokenizer.pad_token_id or 0)
+    print(export_info(path))
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """`iqs score`."""
+    from car_engine.corpus import load_corpus, write_table
+
+    corpus = load_corpus(args.input, limit=args.limit)
+    for rejection in corpus.rejected[:5]:
+        print(f"skipped: {rejection.message()}", file=sys.stderr)
+    scores = _scorer(args).score(corpus.records)
+    write_table(args.out, scores)
+    print(f"{scores.num_rows} records scored -> {args.out}")
+    return 0

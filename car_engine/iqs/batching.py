@@ -1,0 +1,52 @@
+"""Tokenize pair texts once, then cut them into length-bucketed, padded batches.
+
+Sorting by token length before batching means each batch pads to nearly its own length,
+which is most of what makes scoring cheap; scores go back to input order afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (specials included), truncated to ``max_length``."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=False)
+    return encoded["input_ids"]
+
+
+def length_batches(token_ids: list[list[int]], batch_size: int) -> Iterator[np.ndarray]:
+    """Indices of ``token_ids`` in batches of similar length (longest first, so memory use
+    peaks at the start and a too-large batch fails fast)."""
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64, right-padded) for the chosen texts."""
+    width = max(len(token_ids[i]) for i in indices)
+    ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    for row, i in enumerate(indices):
+        seq = token_ids[i]
+        ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad per-text hidden states ``[tokens, hidden]`` into ``[batch, tokens, hidden]``
+    plus the matching attention mask."""
+    width = max(s.shape[0] for s in states)
+    out = states[0].new_zeros((len(states), width, states[0].shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(states), width), dtype=torch.int64)
+    for row, s in enumerate(states):
+        out[row, :s.shape[0]] = s
+        mask[row, :s.shape[0]] = 1
+    return out, mask

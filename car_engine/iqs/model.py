@@ -1,0 +1,174 @@
+"""The CaR/COMET IQS estimator (SPEC §1) over any Hugging Face encoder.
+
+encoder (all hidden states) -> scalar layer mix (sparsemax or softmax, times gamma)
+-> mean pooling over non-padding tokens -> feed-forward head (Tanh, dropout) -> score.
+
+Mean pooling and the layer mix are both linear, so ``pool(mix(h)) == mix(pool(h))``: the
+trainer uses that to cache pooled per-layer vectors of frozen layers (see ``train.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from car_engine.errors import ModelError
+
+LAYER_TRANSFORMS = ("sparsemax", "softmax")
+ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "GELU": nn.GELU, "Sigmoid": nn.Sigmoid}
+# Roberta-style encoders count positions from padding_idx + 1, so two positions are unusable.
+_POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
+
+
+def sparsemax(scores: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over a 1-D tensor (Martins & Astudillo, 2016): the Euclidean projection onto
+    the probability simplex, so low-scoring layers get exactly zero weight."""
+    sorted_scores, _ = torch.sort(scores, descending=True)
+    ranks = torch.arange(1, scores.numel() + 1, dtype=scores.dtype, device=scores.device)
+    cumulative = torch.cumsum(sorted_scores, dim=0)
+    in_support = (1 + ranks * sorted_scores) > cumulative
+    support = in_support.to(torch.int64).sum()  # the support is a prefix of the sorted scores
+    tau = (cumulative[support - 1] - 1) / support.to(scores.dtype)
+    return torch.clamp(scores - tau, min=0)
+
+
+class LayerMix(nn.Module):
+    """``gamma * sum_k w_k * tensor_k`` with ``w = sparsemax(s)`` (or softmax): the COMET
+    layer-wise attention without layer norm (CaR trains with ``layer_norm: False``)."""
+
+    def __init__(self, num_layers: int, transform: str = "sparsemax") -> None:
+        super().__init__()
+        if transform not in LAYER_TRANSFORMS:
+            raise ModelError(f"layer transform must be one of {LAYER_TRANSFORMS}, "
+                             f"not {transform!r}")
+        self.transform = transform
+        self.scalar_parameters = nn.Parameter(torch.zeros(num_layers))
+        self.gamma = nn.Parameter(torch.ones(1))
+
+    def weights(self) -> torch.Tensor:
+        """The normalised layer weights (they sum to 1)."""
+        if self.transform == "sparsemax":
+            return sparsemax(self.scalar_parameters)
+        return torch.softmax(self.scalar_parameters, dim=0)
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Mix a ``[layers, ...]`` stack along its first axis."""
+        weights = self.weights().view(-1, *([1] * (stacked.dim() - 1)))
+        return self.gamma * (weights * stacked).sum(dim=0)
+
+
+def build_head(in_dim: int, hidden_sizes: list[int], activation: str,
+               dropout: float) -> nn.Sequential:
+    """The COMET feed-forward estimator: (Linear, activation, Dropout) per hidden size, then a
+    Linear to one unbounded output. Module indices match COMET's ``estimator.ff``."""
+    if activation not in ACTIVATIONS:
+        raise ModelError(f"activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for size in hidden_sizes:
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the non-padding tokens of ``states[..., batch, tokens, hidden]``."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1.0)
+
+
+def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's list of transformer blocks (BERT's ``encoder.layer`` and its kin)."""
+    for _, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return module
+    raise ModelError(f"{type(encoder).__name__}: cannot find its list of transformer blocks")
+
+
+def run_blocks(blocks, states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Run encoder ``blocks`` on hidden ``states`` (the trainer's cached lower layers) and
+    return each block's mean-pooled output."""
+    additive = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
+    pooled = []
+    for block in blocks:
+        out = block(states, attention_mask=additive)
+        states = out[0] if isinstance(out, tuple) else out
+        pooled.append(masked_mean(states, mask))
+    return pooled
+
+
+def encoder_max_length(config, tokenizer=None) -> int:
+    """The longest input (specials included) the encoder's position table allows."""
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS:
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (1 if pad is None else int(pad)) + 1
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
+        limit = tokenizer_limit
+    return limit
+
+
+@dataclass
+class IQSConfig:
+    """Everything needed to rebuild an :class:`IQSModel` besides its weights (stored as JSON)."""
+
+    backbone: str = "default"  # "default" (all-MiniLM-L6-v2) or a local HF folder
+    num_layers: int = 0  # hidden states mixed: embeddings + every block
+    hidden_size: int = 0
+    hidden_sizes: list[int] = field(default_factory=lambda: [2048, 1024])
+    activation: str = "Tanh"
+    dropout: float = 0.1
+    layer_transform: str = "sparsemax"
+    max_length: int = 512
+    trained_encoder_layers: list[int] = field(default_factory=list)  # blocks stored with the head
+    train_embeddings: bool = False
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> IQSConfig:
+        """Read a config file, naming unknown fields clearly."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelError(f"{path}: unknown IQS config fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class IQSModel(nn.Module):
+    """Scores tokenized pairs: ``forward(input_ids, attention_mask) -> [batch]`` scores."""
+
+    def __init__(self, encoder: nn.Module, config: IQSConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        self.layer_mix = LayerMix(config.num_layers, config.layer_transform)
+        self.head = build_head(config.hidden_size, config.hidden_sizes, config.activation,
+                               config.dropout)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """All hidden states (embeddings + every block), stacked as
+        ``[layers, batch, tokens, hidden]``."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=True, return_dict=True)
+        return torch.stack(out.hidden_states, dim=0)
+
+    def score_pooled(self, pooled_layers: torch.Tensor) -> torch.Tensor:
+        """Scores from per-layer mean-pooled vectors ``[layers, batch, hidden]``."""
+        return self.head(self.layer_mix(pooled_layers)).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unbounded quality scores, higher is better."""
+        states = self.hidden_states(input_ids, attention_mask)
+        # Mix first, pool second: the order of the reference (same result, less memory).
+        mixed = self.layer_mix(states)
+        return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)

@@ -1,0 +1,234 @@
+"""Export the whole IQS scorer (encoder + layer mix + pooling + head) to ONNX and run it
+with ONNX Runtime.
+
+- fp32: the exported graph, with ONNX Runtime's transformer fusions (attention, layer
+  norm, GELU) applied offline when they load cleanly.
+- fp16: for GPUs; weights and activations in half precision, inputs/outputs kept as they
+  are (int64 ids in, fp32 score out), normalisation kept in fp32.
+- int8: dynamic quantization of the MatMul weights, for CPUs.
+Files are cached next to the model's weights (or in the cache folder when that is not
+writable) and re-exported when the weights change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from car_engine.errors import ModelError, UsageError
+from car_engine.iqs.model import IQSModel, masked_mean
+from car_engine.models import cache_dir
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OPSET = 17
+
+
+class _FrozenMixScorer(nn.Module):
+    """Inference form of :class:`IQSModel` for export: the mix weights (sparsemax/softmax of
+    the scalars, times gamma) are a constant, so the graph needs no sort."""
+
+    def __init__(self, model: IQSModel) -> None:
+        super().__init__()
+        self.encoder, self.head = model.encoder, model.head
+        with torch.no_grad():
+            mix = model.layer_mix.gamma * model.layer_mix.weights()
+        self.register_buffer("mix", mix.detach().clone())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=True, return_dict=True)
+        mixed = sum(w * h for w, h in zip(self.mix, out.hidden_states))
+        return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
+
+
+def _example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Two rows of different lengths so the traced graph keeps the padding-mask path.
+    ids = torch.full((2, 16), 1000, dtype=torch.int64)
+    mask = torch.ones((2, 16), dtype=torch.int64)
+    ids[1, 9:], mask[1, 9:] = pad_id, 0
+    return ids, mask
+
+
+def export_fp32(model: IQSModel, out: Path, pad_id: int = 0) -> Path:
+    """Trace ``model`` to an fp32 ONNX graph with dynamic batch and sequence axes."""
+    model = model.eval()
+    if hasattr(model.encoder, "set_attn_implementation"):
+        model.encoder.set_attn_implementation("eager")  # plain ops trace and fuse reliably
+    wrapper = _FrozenMixScorer(model).eval()
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"},
+               "attention_mask": {0: "batch", 1: "sequence"}, "score": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, _example_inputs(pad_id), str(out), input_names=INPUT_NAMES,
+                          output_names=["score"], dynamic_axes=dynamic, opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True)
+    return out
+
+
+def _fuse_transformer_ops(path: Path, model: IQSModel) -> None:
+    """Apply ONNX Runtime's BERT fusions in place (attention, skip layer norm, GELU); keep
+    the plain graph if the optimizer cannot handle it."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = model.encoder.config
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimized = optimize_model(str(path), model_type="bert",
+                                       num_heads=cfg.num_attention_heads,
+                                       hidden_size=cfg.hidden_size, opt_level=1)
+        optimized.save_model_to_file(str(path))
+    except Exception as err:  # noqa: BLE001 - fusion is an optimisation, never a requirement
+        warnings.warn(f"ONNX Runtime fusions skipped ({type(err).__name__}: {err})", stacklevel=2)
+
+
+def to_fp16(src: Path, out: Path) -> Path:
+    """An fp16 copy of an fp32 graph, int64 inputs and the fp32 score output unchanged."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # ONNX Runtime's default block list keeps numerically touchy ops in fp32.
+    graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(graph, str(out))
+    return out
+
+
+def to_int8(src: Path, out: Path) -> Path:
+    """Dynamic int8 quantization of the weight matrices (activations quantized at run time)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Fused ops (com.microsoft domain) defeat shape inference; their outputs are fp32.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint at WARNING
+    try:
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return out
+
+
+def export(model: IQSModel, out: str | os.PathLike, precision: str = "fp32",
+           pad_id: int = 0) -> Path:
+    """Write the whole scorer as ONNX at ``precision`` (fp32, fp16 or int8) to ``out``."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = out if precision == "fp32" else out.with_name(out.stem + ".fp32-tmp.onnx")
+    try:
+        export_fp32(model, fp32, pad_id)
+        _fuse_transformer_ops(fp32, model)
+        if precision == "fp16":
+            to_fp16(fp32, out)
+        elif precision == "int8":
+            to_int8(fp32, out)
+    finally:
+        if fp32 != out:
+            fp32.unlink(missing_ok=True)
+    return out
+
+
+def weights_fingerprint(paths: list[Path], extra: str = "") -> str:
+    """A short hash of the weight files (path, size, mtime) and library versions, used to
+    tell a stale cached export from a current one."""
+    import onnxruntime
+    import transformers
+
+    parts = [extra, torch.__version__, transformers.__version__, onnxruntime.__version__]
+    for p in paths:
+        st = p.stat()
+        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cached_export_path(weights: Path, precision: str, fingerprint: str) -> Path:
+    """Where the exported file lives: ``onnx/`` beside the weights when writable, else the
+    car-engine cache folder."""
+    beside = weights.parent / "onnx"
+    try:
+        beside.mkdir(exist_ok=True)
+        probe = beside / ".write-test"
+        probe.touch()
+        probe.unlink()
+        folder = beside
+    except OSError:
+        folder = cache_dir() / "iqs-onnx" / fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{weights.stem}-{precision}-{fingerprint}.onnx"
+
+
+def ensure_export(model_loader, weights: Path, precision: str, pad_id: int) -> Path:
+    """The cached export for ``weights`` at ``precision``, exporting (via ``model_loader()``,
+    called only when needed) if it is missing or stale."""
+    fingerprint = weights_fingerprint([weights], extra=precision)
+    path = cached_export_path(weights, precision, fingerprint)
+    if not path.is_file():
+        for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+        try:
+            export(model_loader(), tmp, precision, pad_id)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def providers(device: str | None = None) -> list[str]:
+    """Execution providers: CUDA first when present (and not asked for CPU), then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device and device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+        raise ModelError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
+                         "(pip install onnxruntime-gpu)")
+    chosen = []
+    if "CUDAExecutionProvider" in available and (device is None or device.startswith("cuda")):
+        chosen.append("CUDAExecutionProvider")
+    return chosen + ["CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """Runs an exported scorer: ``runner(input_ids, attention_mask) -> scores`` (numpy)."""
+
+    def __init__(self, path: str | os.PathLike, device: str | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types
+            raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
+        self.provider = self.session.get_providers()[0]
+        self.path = Path(path)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.session.run(None, feeds)[0].astype(np.float64)
+
+    def describe(self) -> str:
+        """Which file and execution provider score."""
+        return f"onnxruntime {self.provider} {self.path.name}"
+
+
+def export_info(path: Path) -> str:
+    """A one-line JSON summary of an exported file (size, inputs, outputs)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return json.dumps({"file": str(path), "mb": round(path.stat().st_size / 2**20, 2),
+                       "inputs": [i.name for i in graph.input],
+                       "outputs": [o.name for o in graph.output]})

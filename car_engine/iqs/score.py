@@ -1,0 +1,157 @@
+"""Score records with an IQS model: ``IQSScorer.load(...).score(records) -> id, iqs``.
+
+Two runtimes share the tokenization and length-bucketed batching: ``torch`` (eager
+PyTorch, the reference) and ``onnx`` (ONNX Runtime on the exported scorer, the fast one).
+A model is ``default`` (the shipped all-MiniLM-L6-v2 scorer), an IQS model folder, or a
+CaR/COMET ``.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from car_engine.corpus import load_corpus, pair_texts
+from car_engine.errors import ModelError, UsageError
+from car_engine.iqs.batching import length_batches, pad_batch, tokenize
+from car_engine.iqs.checkpoint import load_comet_checkpoint
+from car_engine.iqs.model import IQSModel
+from car_engine.iqs.onnx import PRECISIONS, OrtRunner, ensure_export
+from car_engine.iqs.store import WEIGHTS_FILE, load_model, resolve_model_dir
+from car_engine.models import DEFAULT
+
+RUNTIMES = ("onnx", "torch")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_any(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, object]:
+    """An IQS model and tokenizer from ``default``, a model folder or a COMET ``.ckpt``."""
+    if str(model).endswith(".ckpt"):
+        return load_comet_checkpoint(model)
+    return load_model(model)
+
+
+def weights_path(model: str | os.PathLike = DEFAULT) -> Path:
+    """The file whose contents define the model (exports are cached beside it)."""
+    if str(model).endswith(".ckpt"):
+        if not Path(model).is_file():
+            raise ModelError(f"{model}: no such checkpoint")
+        return Path(model)
+    return resolve_model_dir(model) / WEIGHTS_FILE
+
+
+class TorchRunner:
+    """Eager PyTorch scoring (the reference): ``runner(input_ids, attention_mask) -> scores``."""
+
+    def __init__(self, model: IQSModel, device: str | None = None, precision: str = "fp32"):
+        if precision not in TORCH_DTYPES:
+            raise UsageError(f"torch precision must be one of {sorted(TORCH_DTYPES)}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = TORCH_DTYPES[precision]
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(attention_mask).to(self.device)
+        low_precision = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=low_precision):
+            scores = self.model(ids, mask)
+        return scores.float().cpu().numpy().astype(np.float64)
+
+    def describe(self) -> str:
+        """Which device and dtype score."""
+        return f"torch {self.device} {str(self.dtype).removeprefix('torch.')}"
+
+
+class IQSScorer:
+    """Tokenize, batch by length, run, and put the scores back in input order."""
+
+    def __init__(self, runner: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer,
+                 max_length: int, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise UsageError("batch_size must be at least 1")
+        self.runner, self.tokenizer = runner, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def load(cls, model: str = DEFAULT, *, runtime: str = "onnx", precision: str = "fp32",
+             device: str | None = None, batch_size: int = 32) -> IQSScorer:
+        """A scorer for ``model`` (``default``, an IQS folder or a COMET ``.ckpt``) on
+        ``runtime`` ``onnx`` (exported once and cached beside the weights) or ``torch``."""
+        if runtime not in RUNTIMES:
+            raise UsageError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        if runtime == "torch":
+            iqs, tokenizer = load_any(model)
+            return cls(TorchRunner(iqs, device, precision), tokenizer, iqs.config.max_length,
+                       batch_size)
+        if precision not in PRECISIONS:
+            raise UsageError(f"onnx precision must be one of {PRECISIONS}, not {precision!r}")
+        loaded: dict = {}
+
+        def load_once() -> IQSModel:
+            if "model" not in loaded:
+                loaded["model"], loaded["tokenizer"] = load_any(model)
+            return loaded["model"]
+
+        if str(model).endswith(".ckpt"):
+            load_once()  # a checkpoint carries its tokenizer folder in its hparams
+            tokenizer, max_length = loaded["tokenizer"], loaded["model"].config.max_length
+        else:
+            tokenizer, max_length = _tokenizer_of(model)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        path = ensure_export(load_once, weights_path(model), precision, pad_id)
+        return cls(OrtRunner(path, device), tokenizer, max_length, batch_size)
+
+    def score_texts(self, texts: list[str], *, progress: bool = True) -> np.ndarray:
+        """Scores (float64) of pair texts, in input order."""
+        token_ids = tokenize(self.tokenizer, texts, self.max_length)
+        scores = np.empty(len(texts), dtype=np.float64)
+        with tqdm(total=len(texts), desc="iqs", unit="pair", disable=not progress) as bar:
+            for idx in length_batches(token_ids, self.batch_size):
+                ids, mask = pad_batch(token_ids, idx, self.pad_id)
+                scores[idx] = self.runner(ids, mask)
+                bar.update(len(idx))
+        return scores
+
+    def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
+        """IQS of every record (SPEC §1 text): columns ``id`` (string) and ``iqs`` (float64),
+        one row per record, in input order."""
+        for column in ("id", "instruction", "input", "output"):
+            if column not in records.column_names:
+                raise UsageError(f"records table has no '{column}' column")
+        scores = self.score_texts(pair_texts(records), progress=progress)
+        return pa.table({"id": records.column("id").cast(pa.string()),
+                         "iqs": pa.array(scores, type=pa.float64())})
+
+    def describe(self) -> str:
+        """Runtime, device and file in one line (for logs and reports)."""
+        return self.runner.describe()
+
+
+def _tokenizer_of(model: str | os.PathLike):
+    """Tokenizer and max length of a model folder without building the encoder."""
+    from transformers import AutoTokenizer
+
+    from car_engine.iqs.model import IQSConfig
+    from car_engine.iqs.store import CONFIG_FILE
+    from car_engine.models import resolve_encoder
+
+    config = IQSConfig.from_file(resolve_model_dir(model) / CONFIG_FILE)
+    return AutoTokenizer.from_pretrained(resolve_encoder(config.backbone)), config.max_length
+
+
+def score_iqs(records: pa.Table | str, **kwargs) -> pa.Table:
+    """IQS for a records table or a corpus path: ``id, iqs``. ``kwargs`` go to
+    :meth:`IQSScorer.load` (model, runtime, precision, device, batch_size) and ``progress``."""
+    progress = kwargs.pop("progress", True)
+    if not isinstance(records, pa.Table):
+        records = load_corpus(records).records
+    return IQSScorer.load(**kwargs).score(records, progress=progress)
