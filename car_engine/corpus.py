@@ -167,6 +167,11 @@ def _id_of(item: Any) -> str | None:
 
 def to_record(item: Any, position: int) -> dict[str, Any]:
     """Turn one raw item (Alpaca, ShareGPT or chat shape) into a record dict, or raise."""
+    return dict(zip(RECORD_SCHEMA.names, _record_values(item, position), strict=True))
+
+
+def _record_values(item: Any, position: int) -> tuple[str, int, str, str, str, str | None]:
+    """A record as a tuple in RECORD_SCHEMA's order (the readers' hot path: no dict)."""
     if not isinstance(item, dict):
         raise _BadItem(f"item must be a JSON object, got {type(item).__name__}")
     rid = _record_id(item, position)
@@ -190,14 +195,7 @@ def to_record(item: Any, position: int) -> dict[str, Any]:
         raise _BadItem("empty instruction")
     if not output.strip():
         raise _BadItem("empty output")
-    return {
-        "id": rid,
-        "position": position,
-        "instruction": instruction,
-        "input": inp,
-        "output": output,
-        "turns": turns_json,
-    }
+    return rid, position, instruction, inp, output, turns_json
 
 
 class _IdIndex:
@@ -211,17 +209,21 @@ class _IdIndex:
     def claim(self, rid: str, position: int, location: str) -> None:
         """Register the id of the record at ``position``; raise _BadItem if it is taken."""
         first = self._own.get(rid)
-        if first is None and _is_position(rid):
-            p = int(rid)
-            if p < len(self._positional) and self._positional[p]:
-                first = f"item position {p}"
-        if first is not None:
-            raise _BadItem(f"duplicate id '{rid}' (first seen at {first})")
-        if rid == str(position):
-            self._positional.extend(bytes(position + 1 - len(self._positional)))
-            self._positional[position] = 1
-        else:
-            self._own[rid] = location
+        if first is None:
+            if rid == str(position):  # the common case: an item without an id of its own
+                bits = self._positional
+                if position >= len(bits):
+                    bits.extend(bytes(max(position + 1 - len(bits), len(bits))))  # doubling
+                bits[position] = 1
+                return
+            if _is_position(rid):  # it may be the position id of an earlier item
+                p = int(rid)
+                if p < len(self._positional) and self._positional[p]:
+                    first = f"item position {p}"
+            if first is None:
+                self._own[rid] = location
+                return
+        raise _BadItem(f"duplicate id '{rid}' (first seen at {first})")
 
 
 def _is_position(rid: str) -> bool:
@@ -229,21 +231,20 @@ def _is_position(rid: str) -> bool:
     return len(rid) < 19 and rid.isascii() and rid.isdigit() and (rid == "0" or rid[0] != "0")
 
 
-class _RecordColumns:
-    """Records gathered column by column, turned into one Arrow table per batch."""
+class _RecordRows:
+    """Record tuples gathered for one batch, turned into one Arrow table."""
 
     def __init__(self) -> None:
-        self._columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+        self._rows: list[tuple] = []
+        self.add = self._rows.append
 
     def __len__(self) -> int:
-        return len(self._columns["id"])
-
-    def add(self, record: dict[str, Any]) -> None:
-        for name, column in self._columns.items():
-            column.append(record[name])
+        return len(self._rows)
 
     def table(self) -> pa.Table:
-        return pa.table(self._columns, schema=RECORD_SCHEMA)
+        columns = zip(*self._rows, strict=True) if self._rows else [[]] * len(RECORD_SCHEMA)
+        arrays = [pa.array(c, type=f.type) for c, f in zip(columns, RECORD_SCHEMA, strict=True)]
+        return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
 
 
 # --------------------------------------------------------------------------- raw readers
@@ -301,7 +302,7 @@ def _jsonl_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
         for number, raw in enumerate(stream, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
-            if not raw.strip():
+            if raw.isspace():
                 continue  # blank lines are not items
             yield f"line {number}", _parse_json_line(raw)
     except _STREAM_ERRORS as err:
@@ -529,14 +530,14 @@ def read_corpus(
     path = resolve_source(source)
     name = BUILTIN_SHAREGPT if str(source) == BUILTIN_SHAREGPT else str(path)
     ids = _IdIndex()
-    rows, rejected = _RecordColumns(), []
+    rows, rejected = _RecordRows(), []
     with closing(_raw_items(path, batch_size)) as items:
         for position, (location, item) in enumerate(islice(items, limit)):
             try:
                 if isinstance(item, _BadItem):
                     raise item
-                record = to_record(item, position)
-                ids.claim(record["id"], position, location)
+                record = _record_values(item, position)
+                ids.claim(record[0], position, location)
                 rows.add(record)
             except _BadItem as err:
                 rejection = Rejection(name, location, str(err), _id_of(item), position)
@@ -545,7 +546,7 @@ def read_corpus(
                 rejected.append(rejection)
             if len(rows) >= batch_size or len(rejected) >= batch_size:
                 yield CorpusBatch(rows.table(), rejected)
-                rows, rejected = _RecordColumns(), []
+                rows, rejected = _RecordRows(), []
     if len(rows) or rejected:
         yield CorpusBatch(rows.table(), rejected)
 
@@ -565,12 +566,12 @@ def load_corpus(
 def records_from_items(items: Iterable[dict[str, Any]], *, strict: bool = True) -> Corpus:
     """Records from in-memory items (the Python API's entry point for lists of dicts)."""
     ids = _IdIndex()
-    rows, rejected = _RecordColumns(), []
+    rows, rejected = _RecordRows(), []
     for position, item in enumerate(items):
         location = f"item {position}"
         try:
-            record = to_record(item, position)
-            ids.claim(record["id"], position, location)
+            record = _record_values(item, position)
+            ids.claim(record[0], position, location)
             rows.add(record)
         except _BadItem as err:
             rejection = Rejection("<items>", location, str(err), _id_of(item), position)
