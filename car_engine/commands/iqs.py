@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     train.add_argument("--head-lr", type=float, default=1e-3)
     train.add_argument("--encoder-lr", type=float, default=3e-5)
     train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--hidden-sizes", default="2048,1024", help="head widths, comma-separated")
+    train.add_argument("--hidden-sizes", default="",
+                       help="head widths, comma-separated (default: 2H,H for an H-wide encoder)")
     train.add_argument("--dropout", type=float, default=0.1)
     train.add_argument("--layer-transform", default="sparsemax", choices=["sparsemax", "softmax"])
     train.add_argument("--max-length", type=int, default=512,

@@ -121,7 +121,7 @@ class IQSConfig:
     backbone: str = "default"  # "default" (all-MiniLM-L6-v2) or a local HF folder
     num_layers: int = 0  # hidden states mixed: embeddings + every block
     hidden_size: int = 0
-    hidden_sizes: list[int] = field(default_factory=lambda: [2048, 1024])
+    hidden_sizes: list[int] = field(default_factory=list)  # empty: [2H, H] for an H-wide encoder
     activation: str = "Tanh"
     dropout: float = 0.1
     layer_transform: str = "sparsemax"
@@ -152,6 +152,8 @@ class IQSModel(nn.Module):
         self.encoder = encoder
         self.config = config
         self.layer_mix = LayerMix(config.num_layers, config.layer_transform)
+        if not config.hidden_sizes:  # the reference's 1024 -> 2048 -> 1024 shape, scaled
+            config.hidden_sizes = [2 * config.hidden_size, config.hidden_size]
         self.head = build_head(config.hidden_size, config.hidden_sizes, config.activation,
                                config.dropout)
 

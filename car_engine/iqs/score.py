@@ -136,6 +136,38 @@ class IQSScorer:
         return self.runner.describe()
 
 
+@torch.inference_mode()
+def reference_scores(model: IQSModel, tokenizer, texts: list[str], batch_size: int = 16,
+                     *, progress: bool = False) -> np.ndarray:
+    """The reference way to score (what CaR's COMET-based scorer does): eager PyTorch fp32,
+    texts sorted by character length, each batch tokenized and padded on its own. Tests
+    and the benchmark compare the engine against this one function."""
+    model = model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = np.empty(len(texts), dtype=np.float64)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="iqs reference", unit="batch", disable=not progress):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=model.config.max_length, return_tensors="pt")
+        scores[idx] = model(batch["input_ids"], batch["attention_mask"]).double().numpy()
+    return scores
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors (average ranks for ties)."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=np.float64)
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=r)
+        return sums[inverse] / counts[inverse]
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
 def _tokenizer_of(model: str | os.PathLike):
     """Tokenizer and max length of a model folder without building the encoder."""
     from transformers import AutoTokenizer

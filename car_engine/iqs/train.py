@@ -44,7 +44,7 @@ class TrainOptions:
     loss: str = "mse"  # CaR's MSE on 0/1 targets; "margin" is a pairwise hinge
     margin: float = 0.3
     seed: int = 0
-    hidden_sizes: list[int] = field(default_factory=lambda: [2048, 1024])
+    hidden_sizes: list[int] = field(default_factory=list)  # empty: [2H, H] (H = encoder width)
     dropout: float = 0.1
     layer_transform: str = "sparsemax"
     max_length: int = 512

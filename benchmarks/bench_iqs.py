@@ -1,0 +1,69 @@
+"""IQS scoring: the reference (PyTorch eager fp32, batch 16, texts sorted by character length)
+vs the engine on ONNX Runtime (fp32 and int8), in one run, on the same real ShareGPT pairs.
+
+Checks: ORT fp32 max |score diff| vs the reference < 1e-4; int8 Spearman vs the reference
+>= 0.99. Export time is not counted (the exported file is cached beside the weights).
+
+    .venv/bin/python benchmarks/bench_iqs.py [--quick] [--n N] [--model default]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.common import best_time, format_table, machine, row
+from car_engine.corpus import load_corpus, pair_texts
+from car_engine.iqs import IQSScorer
+from car_engine.iqs.score import load_any, reference_scores, spearman
+
+DEFAULT_N = 1000
+QUICK_N = 64
+TARGETS = {"fp32": 1.3, "int8": 2.5}
+
+
+def sharegpt_pair_texts(n: int) -> list[str]:
+    """The first ``n`` real ShareGPT records as IQS pair texts."""
+    records = load_corpus("builtin:sharegpt", limit=n + 50).records.slice(0, n)
+    if records.num_rows < n:
+        raise ValueError(f"builtin:sharegpt gave only {records.num_rows} records, {n} asked")
+    return pair_texts(records)
+
+
+def run(quick: bool = False, n: int | None = None, model: str = "default") -> list[dict]:
+    """Time the reference and the ONNX Runtime engine (fp32, int8) on ``n`` pairs."""
+    n = n or (QUICK_N if quick else DEFAULT_N)
+    repeat = 1 if not quick else 2
+    texts = sharegpt_pair_texts(n)
+    iqs, tokenizer = load_any(model)
+    scorers = {p: IQSScorer.load(model, runtime="onnx", precision=p) for p in TARGETS}
+    reference_s, reference = best_time(lambda: reference_scores(iqs, tokenizer, texts, 16),
+                                       repeat)
+    rows = []
+    for precision, scorer in scorers.items():
+        engine_s, scores = best_time(lambda s=scorer: s.score_texts(texts, progress=False),
+                                     repeat)
+        if precision == "fp32":
+            value = float(abs(scores - reference).max())
+            check, ok = "max_abs_diff_vs_torch", value < 1e-4
+        else:
+            value = spearman(scores, reference)
+            check, ok = "spearman_vs_torch", value >= 0.99
+        rows.append(row(f"iqs-onnx-{precision}", n, engine_s, reference_s, check, value, ok,
+                        target_speedup=TARGETS[precision], provider=scorer.describe()))
+    return rows
+
+
+def main() -> None:
+    """Command line: print the rows as a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_N} pairs")
+    parser.add_argument("--n", type=int, default=None, help=f"pairs (default {DEFAULT_N})")
+    parser.add_argument("--model", default="default")
+    args = parser.parse_args()
+    rows = run(quick=args.quick, n=args.n, model=args.model)
+    print(f"machine: {machine()}")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
