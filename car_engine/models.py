@@ -90,6 +90,7 @@ def _convert_smollm2(target: Path) -> None:
         model.load_state_dict(quantized.state_dict())
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
             os.replace(tmp, target)
         except OSError:
