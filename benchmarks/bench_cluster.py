@@ -1,0 +1,221 @@
+"""Diversity stages against the reference, in one run, on the same real ShareGPT texts.
+
+- embed: one ``SentenceTransformer.encode`` per text vs :class:`car_engine.embed.Embedder`
+  (length-sorted batches), in fp32 and bf16; checks max |diff| (fp32) / min cosine (bf16).
+- cluster: scikit-learn ``PCA(0.95)`` + ``KMeans(k, n_init=10)`` vs :func:`car_engine.cluster.
+  cluster` on 20,000 real all-MiniLM-L6-v2 embeddings (made once, cached under cache_dir());
+  checks inertia ratio engine / reference <= 1.01.
+- cluster-1M: a 1,000,000 x 384 synthetic run (k = 707) in a child process, for time and peak RSS.
+
+    .venv/bin/python benchmarks/bench_cluster.py [--quick] [--n N] [--no-synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import resource
+import time
+
+import numpy as np
+
+from car_engine.baselines.diversity import reference_cluster, reference_embed, reference_encoder
+from car_engine.cluster import cluster
+from car_engine.corpus import atomic_path, load_corpus, pair_text, pair_texts
+from car_engine.embed import Embedder
+from car_engine.models import cache_dir, minilm_path
+
+REAL_N = 20_000
+CACHE_PART = 1_000
+SYNTHETIC_N, SYNTHETIC_D, SYNTHETIC_K = 1_000_000, 384, 707
+COLUMNS = ["stage", "items", "engine_per_s", "reference_per_s", "speedup", "peak_rss_mb",
+           "check", "check_value", "check_ok"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sharegpt_texts(n: int) -> list[str]:
+    """``n`` real ShareGPT pair texts: every conversation's first human->gpt pair, then (to go
+    past the 17,345 conversations) their later pairs, in corpus order."""
+    records = load_corpus("builtin:sharegpt").records
+    texts = pair_texts(records)
+    for turns in records.column("turns").to_pylist():
+        if len(texts) >= n:
+            break
+        turns = json.loads(turns) if turns else []
+        pairs = [(a["content"], b["content"]) for a, b in zip(turns, turns[1:])
+                 if a["role"] == "user" and b["role"] == "assistant"]
+        texts.extend(pair_text(i, "", o) for i, o in pairs[1:])
+    if len(texts) < n:
+        raise ValueError(f"builtin:sharegpt has only {len(texts)} pairs, {n} asked")
+    return texts[:n]
+
+
+def real_embeddings(n: int, *, progress: bool = True) -> np.ndarray:
+    """``n`` all-MiniLM-L6-v2 (bf16 compute) embeddings of :func:`sharegpt_texts`, cached under
+    ``cache_dir()/bench`` in parts of CACHE_PART rows: they take an hour or more on two busy
+    cores, so an interrupted build resumes where it stopped."""
+    folder = cache_dir() / "bench" / "sharegpt-minilm-bf16"
+    folder.mkdir(parents=True, exist_ok=True)
+    texts, embedder, parts = None, None, []
+    for part in range(math.ceil(n / CACHE_PART)):
+        path = folder / f"part-{part:05d}.npy"
+        if not path.is_file():
+            texts = texts or sharegpt_texts(n)
+            embedder = embedder or Embedder(dtype="bf16")
+            vectors = embedder.embed(texts[part * CACHE_PART:(part + 1) * CACHE_PART],
+                                     progress=progress)
+            with atomic_path(path) as tmp, open(tmp, "wb") as out:
+                np.save(out, vectors)
+        parts.append(np.load(path))
+    return np.concatenate(parts)[:n]
+
+
+def cached_real_count() -> int:
+    """How many real embeddings :func:`real_embeddings` can return without embedding more."""
+    folder = cache_dir() / "bench" / "sharegpt-minilm-bf16"
+    count = 0
+    while (folder / f"part-{count:05d}.npy").is_file():
+        count += 1
+    return count * CACHE_PART
+
+
+def _row(stage: str, items: int, engine_s: float, reference_s: float | None, check: str,
+         value: float, ok: bool) -> dict:
+    return {
+        "stage": stage, "items": items,
+        "engine_per_s": items / engine_s,
+        "reference_per_s": items / reference_s if reference_s else None,
+        "speedup": reference_s / engine_s if reference_s else None,
+        "peak_rss_mb": peak_rss_mb(), "check": check, "check_value": value, "check_ok": ok,
+    }
+
+
+def bench_embed(n: int) -> list[dict]:
+    """Reference per-text encode vs the engine in fp32 and bf16, on the same ``n`` texts."""
+    texts = sharegpt_texts(n)
+    encoder = reference_encoder(minilm_path())
+    start = time.perf_counter()
+    reference = reference_embed(texts, encoder)
+    reference_s = time.perf_counter() - start
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        embedder = Embedder(dtype=dtype)
+        embedder.embed(texts[:8], progress=False)  # warm-up: first-call allocations
+        start = time.perf_counter()
+        vectors = embedder.embed(texts, progress=False)
+        engine_s = time.perf_counter() - start
+        if dtype == "fp32":
+            diff = float(np.abs(vectors - reference).max())
+            rows.append(_row("embed-fp32", n, engine_s, reference_s, "max_abs_diff", diff,
+                             diff <= 1e-5))
+        else:
+            cosine = float((vectors * reference).sum(axis=1).min())
+            rows.append(_row("embed-bf16", n, engine_s, reference_s, "min_cosine", cosine,
+                             cosine >= 0.999))
+    return rows
+
+
+def bench_cluster(n: int) -> list[dict]:
+    """scikit-learn PCA(0.95) + KMeans(n_init=10) vs ours on ``n`` real embeddings."""
+    vectors = np.ascontiguousarray(real_embeddings(n))
+    k = int(math.sqrt(n / 2))
+    start = time.perf_counter()
+    reference = reference_cluster(vectors, k)
+    reference_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours = cluster(vectors, k=k, progress=False)
+    engine_s = time.perf_counter() - start
+    ratio = ours.inertia / reference.inertia
+    row = _row("cluster", n, engine_s, reference_s, "inertia_ratio", ratio, ratio <= 1.01)
+    row["n_components"] = (ours.n_components, reference.n_components)
+    return [row]
+
+
+def synthetic_vectors(n: int, d: int, centers: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around ``centers`` random directions with a decaying spectrum, like
+    sentence embeddings (float32, generated in blocks to keep memory at one copy)."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(np.arange(1, d + 1))).astype(np.float32)
+    means = rng.standard_normal((centers, d), dtype=np.float32) * scale
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        block = means[rng.integers(0, centers, stop - start)]
+        block += 0.5 * rng.standard_normal(block.shape, dtype=np.float32) * scale
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def _synthetic_child(n: int, d: int, k: int) -> dict:
+    vectors = synthetic_vectors(n, d, k)
+    start = time.perf_counter()
+    result = cluster(vectors, k=k, progress=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "inertia": result.inertia,
+            "n_components": result.n_components, "clusters_used": int(np.unique(
+                result.labels).size)}
+
+
+def bench_synthetic(n: int = SYNTHETIC_N, d: int = SYNTHETIC_D, k: int = SYNTHETIC_K) -> dict:
+    """PCA + k-means on ``n`` x ``d`` synthetic vectors in a fresh process (its own peak RSS)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        figures = pool.apply(_synthetic_child, (n, d, k))
+    row = _row(f"cluster-{n // 1000}k-synthetic", n, figures["seconds"], None, "clusters_used",
+               figures["clusters_used"], figures["clusters_used"] == k)
+    row["peak_rss_mb"] = figures["peak_rss_mb"]
+    row["n_components"] = figures["n_components"]
+    return row
+
+
+def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None) -> list[dict]:
+    """All rows: embed (fp32, bf16), cluster (real), and unless ``quick`` the 1M synthetic.
+
+    ``n`` is the number of real embeddings clustered (default 20,000; quick: up to 2,000 of
+    those already cached, at least 300); the embed
+    comparison runs on ``n // 100`` texts (quick: 24), since the reference does one at a time.
+    """
+    n = n or (max(300, min(2_000, cached_real_count())) if quick else REAL_N)
+    rows = bench_embed(24 if quick else max(24, n // 100))
+    rows += bench_cluster(n)
+    if synthetic if synthetic is not None else not quick:
+        rows.append(bench_synthetic())
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as an aligned text table."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "-" if value is None else str(value)
+
+    lines = [[c for c in COLUMNS]] + [[cell(r.get(c)) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)
+
+
+def main() -> None:
+    """Command line: run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, no 1M synthetic run")
+    parser.add_argument("--n", type=int, default=None, help="real embeddings to cluster")
+    parser.add_argument("--no-synthetic", action="store_true", help="skip the 1M synthetic run")
+    parser.add_argument("--build-cache", action="store_true",
+                        help="only make the cached real embeddings (slow, once)")
+    args = parser.parse_args()
+    if args.build_cache:
+        real_embeddings(args.n or REAL_N)
+        return
+    rows = run(quick=args.quick, n=args.n, synthetic=False if args.no_synthetic else None)
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""PCA + k-means on FAISS (SPEC §3): the "clustering" half of CaR.
+
+PCA keeps the fewest components reaching ``pca_var`` of the variance (or exactly ``pca_dim``).
+k-means is seeded with greedy k-means++ (scikit-learn's flavour: a few candidates per step, keep
+the one that lowers the potential most), restarted ``n_init`` times with a short Lloyd run each;
+the best start is run to convergence with FAISS Lloyd iterations. For large n the fit uses a
+sample of ``max_points_per_centroid * k`` points, and every point is then assigned in batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+# OpenMP threads spin while they wait by default. On a shared machine (CI, a busy workstation)
+# the spinning steals the very cores the working threads need, and a FAISS Lloyd step gets
+# several times slower; passive waiting costs nothing measurable when the machine is idle.
+# setdefault: a user's own setting wins. It must precede the first OpenMP runtime load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from car_engine.errors import UsageError
+
+BATCH = 65_536  # rows per transform / assignment batch: a few tens of MB at d = 384
+PROBE_ITER = 10  # Lloyd iterations given to every restart before the best one is picked
+CHECK_EVERY = 10  # Lloyd iterations between convergence checks
+PCA_POINTS_PER_DIM = 1000  # as FAISS's own PCAMatrix.max_points_per_d
+INIT_POINTS = 20_000  # k-means++ seeds from at most max(INIT_POINTS, 32 k) points: it is O(nkd)
+
+
+@dataclass
+class PCA:
+    """A fitted PCA: ``transform(x) = (x - mean) @ components.T``."""
+
+    mean: np.ndarray  # float32 [d_in]
+    components: np.ndarray  # float32 [n_components, d_in], by decreasing variance
+    eigenvalues: np.ndarray  # float64 [d_in]: the full spectrum, decreasing
+
+    @property
+    def n_components(self) -> int:
+        """Dimensions kept."""
+        return self.components.shape[0]
+
+    @property
+    def explained_variance(self) -> float:
+        """Fraction of the total variance the kept components explain."""
+        total = self.eigenvalues.sum()
+        return float(self.eigenvalues[: self.n_components].sum() / total) if total > 0 else 1.0
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Project float vectors [n, d_in] (an array or a memmap) to float32 [n, n_components]."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"vectors of shape {vectors.shape} do not fit a PCA "
+                             f"from {self.mean.shape[0]} dimensions")
+        out = np.empty((vectors.shape[0], self.n_components), dtype=np.float32)
+        for start in range(0, vectors.shape[0], BATCH):
+            block = np.asarray(vectors[start:start + BATCH], dtype=np.float32) - self.mean
+            out[start:start + BATCH] = block @ self.components.T
+        return out
+
+
+def components_for(eigenvalues: np.ndarray, pca_var: float) -> int:
+    """The fewest leading components whose variance is >= ``pca_var`` of the total."""
+    total = eigenvalues.sum()
+    if total <= 0:
+        return 1
+    cumulative = np.cumsum(eigenvalues) / total
+    return int(min(len(eigenvalues), np.searchsorted(cumulative, pca_var, side="left") + 1))
+
+
+def fit_pca(vectors: np.ndarray, *, pca_var: float = 0.95, pca_dim: int | None = None,
+            seed: int = 42) -> PCA:
+    """Fit a FAISS PCA and keep ``pca_dim`` components, or the fewest reaching ``pca_var``.
+    Beyond PCA_POINTS_PER_DIM * d vectors the covariance comes from a seeded sample."""
+    n, d = vectors.shape
+    if pca_dim is not None and not 1 <= pca_dim <= d:
+        raise UsageError(f"--pca-dim must be in 1..{d}, got {pca_dim}")
+    if not 0 < pca_var <= 1:
+        raise UsageError(f"--pca-var must be in (0, 1], got {pca_var}")
+    if n > PCA_POINTS_PER_DIM * d:  # sample first, so a memmapped input is never read whole
+        rows = np.sort(np.random.default_rng(seed).choice(n, PCA_POINTS_PER_DIM * d, replace=False))
+        vectors = vectors[rows]
+    rank = min(d, vectors.shape[0])  # fewer points than dimensions span only n directions
+    matrix = faiss.PCAMatrix(d, rank, 0, False)
+    matrix.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    eigenvalues = np.clip(faiss.vector_to_array(matrix.eigenvalues).astype(np.float64), 0, None)
+    rotation = faiss.vector_to_array(matrix.PCAMat).reshape(-1, d)[:rank]
+    keep = pca_dim if pca_dim is not None else components_for(eigenvalues, pca_var)
+    keep = min(keep, rank)
+    mean = faiss.vector_to_array(matrix.mean).astype(np.float32)
+    return PCA(mean, np.ascontiguousarray(rotation[:keep]), eigenvalues)
+
+
+def _flat_index(d: int) -> faiss.Index:
+    """An exact L2 index: on every GPU FAISS sees, else on CPU."""
+    index = faiss.IndexFlatL2(d)
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _squared_distances(points: np.ndarray, norms: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Squared L2 distances [len(others), len(points)], clipped at 0 against rounding."""
+    d = (others * others).sum(axis=1)[:, None] + norms[None, :] - 2.0 * (others @ points.T)
+    return np.maximum(d, 0.0, out=d)
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeds [k, d]: each step samples 2 + ln(k) candidates with probability
+    proportional to D(x)^2 and keeps the one that lowers the total potential most."""
+    with threadpool_limits(1, user_api="blas"):
+        return _kmeans_plus_plus(points, k, rng)
+
+
+def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    # Single-threaded BLAS (see the caller): these [trials, d] x [d, n] products are memory-bound,
+    # and waking a BLAS thread pool for each of the k steps cost 4-10x on a busy machine.
+    n = points.shape[0]
+    trials = 2 + int(math.log(k))
+    norms = (points * points).sum(axis=1)
+    centers = np.empty((k, points.shape[1]), dtype=np.float32)
+    first = int(rng.integers(n))
+    centers[0] = points[first]
+    closest = _squared_distances(points, norms, points[first:first + 1])[0]
+    potential = closest.sum(dtype=np.float64)
+    for c in range(1, k):
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        candidates = np.searchsorted(cumulative, rng.random(trials) * potential)
+        candidates = np.minimum(candidates, n - 1)
+        distances = _squared_distances(points, norms, points[candidates])
+        np.minimum(distances, closest[None, :], out=distances)
+        potentials = distances.sum(axis=1, dtype=np.float64)
+        best = int(np.argmin(potentials))
+        closest, potential = distances[best], potentials[best]
+        centers[c] = points[candidates[best]]
+    return centers
+
+
+def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: int,
+          index: faiss.Index) -> tuple[np.ndarray, float]:
+    """``iterations`` FAISS Lloyd steps from ``centroids``; returns the new centroids and the
+    objective (sum of squared distances) of the last assignment."""
+    n, d = points.shape
+    k = centroids.shape[0]
+    clus = faiss.Clustering(d, k)
+    clus.niter = iterations
+    clus.seed = seed
+    clus.max_points_per_centroid = n // k + 1  # the caller samples; FAISS must not again
+    clus.min_points_per_centroid = 1
+    faiss.copy_array_to_vector(np.ascontiguousarray(centroids).ravel(), clus.centroids)
+    index.reset()
+    clus.train(points, index)
+    stats = clus.iteration_stats
+    objective = stats.at(stats.size() - 1).obj
+    return faiss.vector_to_array(clus.centroids).reshape(k, d), float(objective)
+
+
+def assign(points: np.ndarray, centroids: np.ndarray, *, progress: bool = False
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (int64 [n]) and its squared L2 distance (float32 [n]), in batches."""
+    index = _flat_index(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(points.shape[0], dtype=np.int64)
+    distances = np.empty(points.shape[0], dtype=np.float32)
+    for start in tqdm(range(0, points.shape[0], BATCH), desc="assign", unit="batch",
+                      disable=not progress):
+        found, nearest = index.search(np.ascontiguousarray(points[start:start + BATCH]), 1)
+        labels[start:start + BATCH] = nearest[:, 0]
+        distances[start:start + BATCH] = np.maximum(found[:, 0], 0.0)
+    return labels, distances
+
+
+def kmeans(points: np.ndarray, k: int, *, seed: int = 42, n_init: int = 3, max_iter: int = 300,
+           tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False
+           ) -> np.ndarray:
+    """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
+    run each, the best one then iterated until the objective improves by less than ``tol``
+    (relative) over CHECK_EVERY iterations, or ``max_iter`` iterations in all."""
+    n, d = points.shape
+    rng = np.random.default_rng(seed)
+    if n > k * max_points_per_centroid:
+        points = points[np.sort(rng.choice(n, k * max_points_per_centroid, replace=False))]
+    init_n = min(points.shape[0], max(INIT_POINTS, 32 * k))
+    init_rows = np.sort(rng.choice(points.shape[0], init_n, replace=False))
+    index = _flat_index(d)
+    bar = tqdm(total=n_init * PROBE_ITER + max_iter, desc="k-means", unit="iter",
+               disable=not progress)
+    best, best_objective = None, math.inf
+    for _ in range(n_init):
+        start = kmeans_plus_plus(points[init_rows], k, rng)
+        centroids, objective = lloyd(points, start, PROBE_ITER, seed=seed, index=index)
+        bar.update(PROBE_ITER)
+        if objective < best_objective:
+            best, best_objective = centroids, objective
+    done = 0
+    while done < max_iter:
+        step = min(CHECK_EVERY, max_iter - done)
+        best, objective = lloyd(points, best, step, seed=seed, index=index)
+        done += step
+        bar.update(step)
+        improved = best_objective - objective
+        best_objective = objective
+        if improved <= tol * objective:
+            break
+    bar.close()
+    return best
+
+
+@dataclass
+class ClusterResult:
+    """Clusters of n vectors. ``distances`` are *squared* L2 distances to the own centroid, in
+    PCA space; ``inertia`` is their sum (what scikit-learn calls ``inertia_``)."""
+
+    labels: np.ndarray  # int64 [n]
+    distances: np.ndarray  # float32 [n], squared L2 in PCA space
+    centroids: np.ndarray  # float32 [k, n_components]
+    pca: PCA  # pca.transform(new_vectors) puts new vectors in the centroids' space
+    n_components: int
+    explained_variance: float
+
+    @property
+    def k(self) -> int:
+        """Number of clusters."""
+        return self.centroids.shape[0]
+
+    @property
+    def inertia(self) -> float:
+        """Sum of squared distances of every point to its centroid (float64 sum)."""
+        return float(self.distances.sum(dtype=np.float64))
+
+
+def default_k(n: int) -> int:
+    """CaR's rule: k = int(sqrt(n / 2)), at least 1."""
+    return max(1, int(math.sqrt(n / 2)))
+
+
+def _check_finite(vectors: np.ndarray) -> None:
+    """Raise naming the first row with a NaN or infinity."""
+    for start in range(0, vectors.shape[0], BATCH):
+        bad = np.flatnonzero(~np.isfinite(vectors[start:start + BATCH]).all(axis=1))
+        if bad.size:
+            raise ValueError(f"vector {start + int(bad[0])} has a NaN or infinite value")
+
+
+def cluster(vectors: np.ndarray, *, k: int | None = None, pca_var: float = 0.95,
+            pca_dim: int | None = None, seed: int = 42, progress: bool = True,
+            n_init: int = 3, max_points_per_centroid: int = 256) -> ClusterResult:
+    """PCA then k-means over ``vectors`` [n, d] (an array or a memmapped ``.npy``).
+
+    ``k`` defaults to int(sqrt(n / 2)); PCA keeps ``pca_dim`` components, else the fewest
+    reaching ``pca_var`` of the variance. The same ``seed`` gives the same labels.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"expected a non-empty [n, d] array of vectors, got shape {vectors.shape}")
+    n = vectors.shape[0]
+    k = default_k(n) if k is None else k
+    if not 1 <= k <= n:
+        raise UsageError(f"--k must be in 1..{n} (the number of vectors), got {k}")
+    if n_init < 1:
+        raise UsageError(f"n_init must be >= 1, got {n_init}")
+    _check_finite(vectors)
+    pca = fit_pca(vectors, pca_var=pca_var, pca_dim=pca_dim, seed=seed)
+    points = pca.transform(vectors)
+    centroids = kmeans(points, k, seed=seed, n_init=n_init,
+                       max_points_per_centroid=max_points_per_centroid, progress=progress)
+    labels, distances = assign(points, centroids, progress=progress and n > BATCH)
+    return ClusterResult(labels, distances, centroids.astype(np.float32), pca,
+                         pca.n_components, pca.explained_variance)

@@ -1,0 +1,184 @@
+"""Sentence embeddings (SPEC §3): the IQS pair text through a sentence-transformers encoder.
+
+The reference encodes one text per call. Here texts are tokenized a chunk at a time, sorted by
+token length inside the chunk (so a batch carries almost no padding), run in batches under
+``torch.inference_mode`` (optionally in bf16/fp16 autocast) and scattered back into input order.
+Pooling and normalisation follow the model folder's sentence-transformers config, so fp32 output
+matches ``SentenceTransformer(folder).encode`` to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from car_engine.corpus import atomic_path, pair_texts, read_table, write_parquet
+from car_engine.errors import ModelError, UsageError
+from car_engine.models import DEFAULT, resolve_encoder
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                "max": "pooling_mode_max_tokens"}
+# Texts tokenized and length-sorted together: big enough that sorting removes most padding,
+# small enough that token ids for a chunk stay a few MB.
+CHUNK_TEXTS = 8192
+
+
+def ids_path(npy_path: str | Path) -> Path:
+    """The companion file holding the record ids of an embeddings ``.npy`` (row i -> id i)."""
+    path = Path(npy_path)
+    return path.with_name(path.name.removesuffix(".npy") + ".ids.parquet")
+
+
+def read_ids(npy_path: str | Path) -> list[str] | None:
+    """The ids written beside an embeddings ``.npy``, or None when there is no companion file."""
+    path = ids_path(npy_path)
+    if not path.is_file():
+        return None
+    return read_table(path).column("id").to_pylist()
+
+
+def _module_paths(folder: Path) -> tuple[Path, Path | None]:
+    """(transformer folder, pooling folder or None) from a sentence-transformers
+    ``modules.json``; a plain transformers folder gets mean pooling."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return folder, None
+    modules = json.loads(modules_file.read_text())
+    by_type = {m["type"].rsplit(".", 1)[-1]: folder / m.get("path", "") for m in modules}
+    if "Transformer" not in by_type:
+        raise ModelError(f"{modules_file}: no sentence_transformers Transformer module")
+    return by_type["Transformer"], by_type.get("Pooling")
+
+
+def _pooling_mode(pooling_folder: Path | None) -> str:
+    """The pooling the model was trained with (mean when the folder does not say)."""
+    if pooling_folder is None or not (pooling_folder / "config.json").is_file():
+        return "mean"
+    config = json.loads((pooling_folder / "config.json").read_text())
+    enabled = [key for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    modes = [mode for mode, key in POOLING_KEYS.items() if key in enabled]
+    if len(enabled) != 1 or len(modes) != 1:
+        raise ModelError(f"{pooling_folder}: pooling {enabled} is not supported "
+                         f"(exactly one of {', '.join(POOLING_KEYS.values())})")
+    return modes[0]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Pool token states [b, t, d] over non-padding tokens into [b, d] float32 vectors."""
+    hidden = hidden.float()
+    if mode == "cls":
+        return hidden[:, 0]
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(keep == 0, float("-inf")).amax(dim=1)
+    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1e-9)
+
+
+class Embedder:
+    """A sentence encoder loaded once; :meth:`embed` turns texts into unit float32 vectors."""
+
+    def __init__(self, model: str = DEFAULT, *, batch_size: int = 64, dtype: str = "fp32",
+                 device: str | None = None, max_seq_length: int = 256) -> None:
+        """Load ``model`` (``default`` = all-MiniLM-L6-v2, or a sentence-transformers folder).
+
+        ``dtype`` is the compute precision (``fp32``, ``bf16``; ``fp16`` on GPU only); vectors
+        always come back as float32. ``device`` defaults to CUDA when present, else CPU.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        if batch_size < 1:
+            raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        if max_seq_length < 2:
+            raise UsageError(f"max_seq_length must be >= 2, got {max_seq_length}")
+        if dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == "fp16" and self.device.type == "cpu":
+            raise UsageError("fp16 is for GPUs; use bf16 on CPU")
+        folder = resolve_encoder(model)
+        transformer_dir, pooling_dir = _module_paths(folder)
+        self.pooling = _pooling_mode(pooling_dir)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir))
+            self.model = AutoModel.from_pretrained(str(transformer_dir)).to(self.device).eval()
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{transformer_dir}: cannot load the encoder: {err}") from err
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.max_seq_length = max_seq_length
+        self.dim = int(self.model.config.hidden_size)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit vectors [b, d] for one padded batch."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        autocast = DTYPES[self.dtype]
+        with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
+            hidden = self.model(**batch).last_hidden_state
+        vectors = pool(hidden, batch["attention_mask"], self.pooling)
+        return torch.nn.functional.normalize(vectors, p=2, dim=1)
+
+    def embed_into(self, texts: Sequence[str], out: np.ndarray, *, progress: bool = True) -> None:
+        """Write the vector of ``texts[i]`` into ``out[i]`` (an array or a ``.npy`` memmap),
+        one length-sorted chunk at a time, so memory stays flat whatever ``len(texts)``."""
+        if out.shape != (len(texts), self.dim):
+            raise ValueError(f"output shape {out.shape} != ({len(texts)}, {self.dim})")
+        bar = tqdm(total=len(texts), desc="embed", unit="text", disable=not progress)
+        with torch.inference_mode(), bar:
+            for start in range(0, len(texts), CHUNK_TEXTS):
+                chunk = [_checked_text(t, start + i)
+                         for i, t in enumerate(texts[start:start + CHUNK_TEXTS])]
+                enc = self.tokenizer(chunk, truncation=True, max_length=self.max_seq_length)
+                lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), np.int64,
+                                      len(chunk))
+                order = np.argsort(-lengths, kind="stable")
+                for b in range(0, len(order), self.batch_size):
+                    rows = order[b:b + self.batch_size]
+                    batch = self.tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc},
+                                               return_tensors="pt")
+                    out[start + rows] = self._forward(batch).cpu().numpy()
+                    bar.update(len(rows))
+
+    def embed(self, texts: Sequence[str], *, progress: bool = True) -> np.ndarray:
+        """float32 [n, d] unit vectors for ``texts``, in input order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        self.embed_into(texts, out, progress=progress)
+        return out
+
+
+def _checked_text(text: object, index: int) -> str:
+    """The text stripped (as sentence-transformers does before tokenizing), or a clear error
+    naming the item that is not a string."""
+    if not isinstance(text, str):
+        raise ValueError(f"text {index}: expected a string, got {type(text).__name__}")
+    return text.strip()
+
+
+def embed_records(records: pa.Table, out: str | Path | None = None, **kwargs) -> np.ndarray:
+    """Embed every record's pair text (SPEC §3) with an :class:`Embedder` built from ``kwargs``.
+
+    With ``out``, vectors are written chunk by chunk into a ``.npy`` (plus the companion ids file,
+    see :func:`ids_path`), both atomically, and the memory-mapped result is returned.
+    """
+    progress = kwargs.pop("progress", True)
+    texts = pair_texts(records)
+    embedder = Embedder(**kwargs)
+    if out is None:
+        return embedder.embed(texts, progress=progress)
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise UsageError(f"{out}: embeddings are written as .npy")
+    write_parquet(ids_path(out), pa.table({"id": records.column("id").cast(pa.string())}))
+    with atomic_path(out) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                          shape=(len(texts), embedder.dim))
+        embedder.embed_into(texts, array, progress=progress)
+        array.flush()
+        del array
+    return np.load(out, mmap_mode="r")
