@@ -385,12 +385,16 @@ _JSON_WORDS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
 _CUT_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}(\\\\(u[0-9a-fA-F]{0,3})?)?")
 
 
+# Characters that can go on a number: "1." or "2e" is a number the text cut short.
+_NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*")
+
+
 def _is_cut_off(err: json.JSONDecodeError) -> bool:
     """At the end of the text: did the value fail only because the text stopped?"""
     rest = err.doc[err.pos:].rstrip()
     if err.msg.startswith("Invalid \\uXXXX escape"):
         return _CUT_ESCAPE.fullmatch(rest) is not None
-    return (not rest or err.msg.startswith("Unterminated string")
+    return (err.msg.startswith("Unterminated string") or _NUMBER_TAIL.fullmatch(rest) is not None
             or any(w.startswith(rest) for w in _JSON_WORDS))
 
 
@@ -443,8 +447,9 @@ def _json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
             except ValueError as err:  # e.g. an integer longer than Python converts
                 yield here, _BadItem(f"malformed JSON: {err}; the rest of the file cannot be read")
                 return
-            # A number ending exactly at the window's end may go on in the next chunk.
-            if end == len(window.text) and window.fill():
+            # A number ending where the window ends ("12" of "123", "0" of "0.5") may go on in
+            # the next chunk.
+            if _NUMBER_TAIL.fullmatch(window.text, end) and window.fill():
                 continue
             break
         window.pos = end
