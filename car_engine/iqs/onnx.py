@@ -154,35 +154,46 @@ def weights_fingerprint(paths: list[Path], extra: str = "") -> str:
 
 
 def cached_export_path(weights: Path, precision: str, fingerprint: str) -> Path:
-    """Where the exported file lives: ``onnx/`` beside the weights when writable, else the
+    """Where the exported file lives: ``onnx/`` beside the weights when that folder is
+    writable and not inside the installed package (the shipped default model), else the
     car-engine cache folder."""
-    beside = weights.parent / "onnx"
-    try:
-        beside.mkdir(exist_ok=True)
-        probe = beside / ".write-test"
-        probe.touch()
-        probe.unlink()
-        folder = beside
-    except OSError:
-        folder = cache_dir() / "iqs-onnx" / fingerprint
-        folder.mkdir(parents=True, exist_ok=True)
+    package_assets = Path(__file__).resolve().parents[1] / "assets"
+    folder = cache_dir() / "iqs-onnx" / fingerprint
+    if package_assets not in weights.resolve().parents:
+        beside = weights.parent / "onnx"
+        try:
+            beside.mkdir(exist_ok=True)
+            probe = beside / ".write-test"
+            probe.touch()
+            probe.unlink()
+            folder = beside
+        except OSError:
+            pass
+    folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{weights.stem}-{precision}-{fingerprint}.onnx"
 
 
 def ensure_export(model_loader, weights: Path, precision: str, pad_id: int) -> Path:
-    """The cached export for ``weights`` at ``precision``, exporting (via ``model_loader()``,
-    called only when needed) if it is missing or stale."""
-    fingerprint = weights_fingerprint([weights], extra=precision)
-    path = cached_export_path(weights, precision, fingerprint)
-    if not path.is_file():
-        for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        try:
-            export(model_loader(), tmp, precision, pad_id)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    """The cached export for ``weights`` at ``precision``, made if missing or stale. The
+    model comes from ``model_loader()``, called only when an fp32 trace is needed; fp16 and
+    int8 files are converted from the cached fp32 one."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    path = cached_export_path(weights, precision, weights_fingerprint([weights]))
+    if path.is_file():
+        return path
+    for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+    try:
+        if precision == "fp32":
+            export(model_loader(), tmp, "fp32", pad_id)
+        else:
+            fp32 = ensure_export(model_loader, weights, "fp32", pad_id)
+            (to_fp16 if precision == "fp16" else to_int8)(fp32, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
