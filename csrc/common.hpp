@@ -43,7 +43,9 @@ inline int threads_for(int64_t n) {
 // A 1-D, C-contiguous numpy array of exactly dtype T, or ValueError naming the argument.
 template <typename T>
 py::array_t<T> expect_1d(const py::array& arr, const char* name) {
-    if (!py::isinstance<py::array_t<T>>(arr) || !arr.dtype().is(py::dtype::of<T>())) {
+    // isinstance<array_t<T>> compares dtypes by equivalence (numpy's EquivTypes), not by
+    // identity: arrays from pickles or Ray's object store carry equal, distinct dtype objects.
+    if (!py::isinstance<py::array_t<T>>(arr)) {
         throw py::value_error(std::string(name) + ": expected dtype " +
                               std::string(py::str(py::dtype::of<T>())) + ", got " +
                               std::string(py::str(arr.dtype())));

@@ -126,7 +126,7 @@ std::vector<int64_t> per_cluster_dispatch(const py::array& scores, const py::arr
                                           int64_t per, int64_t C) {
     auto s = expect_1d<S>(scores, "scores");
     const int64_t n = s.shape(0);
-    if (labels.dtype().is(py::dtype::of<int32_t>())) {
+    if (py::isinstance<py::array_t<int32_t>>(labels)) {
         auto l = expect_1d<int32_t>(labels, "labels");
         if (l.shape(0) != n) throw py::value_error("labels: length differs from scores");
         py::gil_scoped_release nogil;
@@ -166,7 +166,7 @@ py::array_t<int64_t> topk(const py::array& scores, int64_t k) {
 py::array_t<int64_t> topk_per_cluster(const py::array& scores, const py::array& labels,
                                       int64_t n_per_cluster, int64_t n_clusters) {
     if (n_per_cluster < 0) throw py::value_error("n_per_cluster must be >= 0");
-    const bool i32 = labels.dtype().is(py::dtype::of<int32_t>());
+    const bool i32 = py::isinstance<py::array_t<int32_t>>(labels);
     const int64_t top_label = i32 ? max_label<int32_t>(labels) : max_label<int64_t>(labels);
     if (n_clusters < 0) n_clusters = top_label + 1;
     if (top_label >= n_clusters)

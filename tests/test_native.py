@@ -203,3 +203,15 @@ def test_bad_arguments_raise_value_error(call):
 def test_hash_texts_rejects_non_strings():
     with pytest.raises(ValueError, match=r"texts\[1\]"):
         _native.hash_texts(["a", 3])
+
+
+def test_equal_but_distinct_dtype_objects_are_accepted():
+    # arrays coming back from pickles / Ray's object store carry equal, non-identical dtypes
+    same = np.dtype("f8").newbyteorder("=")
+    assert same is not np.dtype("f8")
+    scores = np.array([0.5, 2.0, 1.0], dtype=same)
+    labels = np.array([0, 1, 0], dtype=np.dtype("i4").newbyteorder("="))
+    np.testing.assert_array_equal(native.topk(scores, 2), [1, 2])
+    np.testing.assert_array_equal(native.topk_per_cluster(scores, labels, 1), [2, 1])
+    with pytest.raises(ValueError, match=">f8"):
+        _native.topk(scores.astype(">f8"), 1)
