@@ -1,0 +1,181 @@
+"""IFD engine vs the reference way (batch 1, two HF forwards with labels, Superfiltering style),
+on the same real ShareGPT pairs with the default model, in one process.
+
+    python -m benchmarks.bench_ifd [--quick] [--n N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import best_time, format_table, machine, row
+from car_engine.baselines.ifd import reference_scores
+from car_engine.corpus import load_corpus
+from car_engine.ifd import OK, IFDScorer
+
+TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def gemm_gflops(dtype: str, size: int = 2048) -> float:
+    """This machine's GEMM throughput for ``dtype`` right now (best of 3 square matmuls)."""
+    a = torch.randn(size, size).to(DTYPES[dtype])
+    b = torch.randn(size, size).to(DTYPES[dtype])
+    a @ b  # warm-up
+    seconds, _ = best_time(lambda: a @ b, repeat=3)
+    return 2 * size**3 / seconds / 1e9
+
+
+def model_gflop(model, lengths: list[int], scored: list[int], *, full_logits: bool) -> float:
+    """Matmul work of the forwards: the body's linear layers and causal attention for every
+    position, plus the output projection over scored positions (or all, with full logits)."""
+    cfg = model.config
+    body = sum(p.numel() for n, p in model.model.named_parameters() if "embed" not in n)
+    width, vocab, layers = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    flops = 0.0
+    for length, n in zip(lengths, scored):
+        flops += 2 * body * length + 2 * layers * width * length * length  # QK^T + AV, causal
+        flops += 2 * vocab * width * (length if full_logits else n)
+    return flops / 1e9
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation (no ties expected in real-valued scores)."""
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _probe_loss(tokens: int, dtype: str) -> None:
+    """Subprocess body: time and peak RSS growth (MB) of the engine's loss and of
+    ``cross_entropy`` on materialised logits, for ``tokens`` positions with SmolLM2's shapes."""
+    import json
+    import resource
+
+    import torch.nn.functional as F
+
+    from car_engine import kernels
+
+    def rss_mb() -> float:
+        # VmHWM belongs to this process' own address space; ru_maxrss would also carry the
+        # parent's high-water mark across fork + exec and hide everything below it.
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    dt = DTYPES[dtype]
+    # Filled in place: a temporary here would raise the high-water mark above the loss's.
+    weight = torch.empty(49152, 576, dtype=dt).normal_(0, 0.05)
+    hidden = torch.empty(tokens, 576, dtype=dt).normal_()
+    targets = torch.randint(0, 49152, (tokens,))
+    offsets = torch.tensor([0, tokens])
+    kernels.token_nll(hidden[:8], weight, targets[:8])  # warm-up: allocator and thread pool
+    before = rss_mb()
+    start = time.perf_counter()
+    kernels.linear_cross_entropy(hidden, weight, targets, offsets)
+    engine_s, engine_mb = time.perf_counter() - start, rss_mb() - before
+    start = time.perf_counter()  # what HF does: full logits, upcast, cross_entropy
+    F.cross_entropy((hidden @ weight.T).float(), targets, reduction="none").mean()
+    reference_s, reference_mb = time.perf_counter() - start, rss_mb() - before
+    print(json.dumps({"engine_s": engine_s, "engine_mb": engine_mb,
+                      "reference_s": reference_s, "reference_mb": reference_mb}))
+
+
+def loss_probe(tokens: int, dtype: str = "fp32") -> dict[str, float]:
+    """:func:`_probe_loss` in a fresh process, so nothing allocated earlier hides the peak."""
+    import json
+
+    code = f"from benchmarks.bench_ifd import _probe_loss; _probe_loss({tokens}, {dtype!r})"
+    # A fixed mmap threshold makes glibc hand every large buffer back on free, so the RSS
+    # high-water mark is the live peak rather than an accident of heap fragmentation.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ifd(table) -> np.ndarray:
+    return np.array(table["ifd_ppl"].to_pylist(), dtype=float)
+
+
+def run(quick: bool = False, n: int | None = None) -> list[dict]:
+    """Engine fp32 and bf16 vs the batch-1 HF reference on the same pairs; loss memory at two
+    sizes."""
+    n = n or (2 if quick else 64)
+    max_length = 64 if quick else 512
+    records = load_corpus("builtin:sharegpt", limit=n).records
+    fp32 = IFDScorer("default", max_length=max_length, dtype="fp32")
+    pairs = fp32.encode(records)
+    ok = [p for p in pairs if p.status == OK]
+    cond_len = [len(p.cond_ids) for p in ok] + [len(p.direct_ids) for p in ok]
+    scored_n = [p.n_answer for p in ok] * 2
+    tokens = sum(cond_len)
+
+    warm = records.slice(0, 1)  # first forwards pay one-off setup (oneDNN, thread pool)
+    reference_scores(fp32.model, warm, fp32.encode(warm))
+    fp32.score(warm, progress=False)
+    ref_s, ref = best_time(lambda: reference_scores(fp32.model, records, fp32.encode(records)),
+                           repeat=1)
+    eng_s, eng = best_time(lambda: fp32.score(records, progress=False), repeat=1)
+    model = fp32.model
+    bf16 = IFDScorer("default", max_length=max_length, dtype="bf16")
+    bf16.score(warm, progress=False)
+    bf_s, bf = best_time(lambda: bf16.score(records, progress=False), repeat=1)
+
+    body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
+    full = model_gflop(model, cond_len, scored_n, full_logits=True)
+    peak = {d: gemm_gflops(d) for d in DTYPES}
+    mask = np.array([p.status == OK for p in pairs])
+    delta = float(np.nanmax(np.abs(_ifd(eng)[mask] - _ifd(ref)[mask])))
+    rho = spearman(_ifd(eng)[mask], _ifd(bf)[mask])
+    common = {"max_length": max_length, "tokens": tokens, "reference_tokens_per_s":
+              round(tokens / ref_s, 1), "reference_gemm_fraction": round(full / ref_s / peak[
+                  "fp32"], 3), "gemm_gflops_fp32": round(peak["fp32"], 1)}
+    rows = [
+        row("ifd-fp32", len(records), eng_s, ref_s, "max |d ifd_ppl| vs reference", delta,
+            delta < 1e-4, engine_tokens_per_s=round(tokens / eng_s, 1),
+            engine_gemm_fraction=round(body_only / eng_s / peak["fp32"], 3),
+            target_speedup=TARGETS["ifd-fp32"], **common),
+        row("ifd-bf16", len(records), bf_s, ref_s, "Spearman(ifd_ppl) vs fp32 engine", rho,
+            rho >= 0.99, engine_tokens_per_s=round(tokens / bf_s, 1),
+            engine_gemm_fraction=round(body_only / bf_s / peak["bf16"], 3),
+            gemm_gflops_bf16=round(peak["bf16"], 1), target_speedup=TARGETS["ifd-bf16"],
+            **common),
+    ]
+    sizes = (256, 1024) if quick else (2048, 8192)
+    probes = {s: loss_probe(s) for s in sizes}
+    base = probes[sizes[0]]["engine_mb"]
+    for s in sizes:
+        p = probes[s]
+        rows.append(row(f"ifd-loss-memory-{s}", s, p["engine_s"], p["reference_s"],
+                        "loss extra MB minus smallest size's", p["engine_mb"] - base,
+                        p["engine_mb"] - base < 64, loss_extra_mb=round(p["engine_mb"], 1),
+                        materialised_logits_extra_mb=round(p["reference_mb"], 1)))
+    return rows
+
+
+def main() -> None:
+    """Print the comparison as a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 pairs at max length 64")
+    parser.add_argument("--n", type=int, help="number of pairs (default 64)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows = run(quick=args.quick, n=args.n)
+    print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
