@@ -464,12 +464,27 @@ def _parquet_items(stream: BinaryIO, batch_size: int) -> Iterator[tuple[str, Any
         seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
         parquet = pq.ParquetFile(seekable)
         for batch in parquet.iter_batches(batch_size=batch_size):
-            for item in batch.to_pylist():
+            for item in _parquet_rows(batch):
                 yield f"item {index}", item
                 index += 1
     except (pa.ArrowException, *_STREAM_ERRORS) as err:
         what = "not a readable Parquet file" if index == 0 else "the rest of the file is unreadable"
         yield f"item {index}", _BadItem(f"{what}: {err}")
+
+
+def _parquet_rows(batch: pa.RecordBatch) -> list[Any]:
+    """A batch's rows as dicts; a row whose text is not valid UTF-8 (Parquet does not check)
+    becomes a _BadItem of its own instead of failing the whole batch."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for n in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(n, 1).to_pylist()[0])
+            except UnicodeDecodeError as err:
+                rows.append(_BadItem(f"invalid UTF-8 in a text column at byte {err.start}"))
+        return rows
 
 
 def _sharegpt_path() -> Path:

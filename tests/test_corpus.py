@@ -232,6 +232,7 @@ def test_json_array_malformed_element_stops_with_a_named_rejection(tmp_path):
     (b'[{"instruction": "a", "output": "b"},', "file ends before the array is closed"),
     (b'[{"instruction": "a", "output": "b"}, {"instruc', "file ends before item 1 is complete"),
     (b"[" + b"[" * 100_000, "nested too deeply"),
+    (b'[{"instruction": "a\x00", "output": "b"}]', "malformed JSON (Invalid control character"),
 ])
 def test_json_array_structure_errors(tmp_path, data, reason):
     corpus = load_corpus(write_bytes(tmp_path, data, "json"))
@@ -251,6 +252,18 @@ def test_parquet_bad_rows_are_rejected_with_their_index(tmp_path):
         ("item 2", "empty output", "z"),
         ("item 3", "duplicate id 'x' (first seen at item 0)", "x"),
     ]
+
+
+def test_parquet_invalid_utf8_rejects_only_that_row(tmp_path):
+    # Parquet does not check that strings are UTF-8: relabel raw bytes as a string column.
+    raw = pa.array([b"ok", b"bad\xff", b"fine"], pa.binary())
+    text = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"instruction": text, "output": ["a", "b", "c"]}), path)
+    corpus = load_corpus(path)
+    assert corpus.records["instruction"].to_pylist() == ["ok", "fine"]
+    assert [(r.location, r.reason) for r in corpus.rejected] == [
+        ("item 1", "invalid UTF-8 in a text column at byte 3")]
 
 
 @pytest.mark.parametrize("gz", [False, True])
