@@ -51,14 +51,30 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def safe_model_folder(folder: str | os.PathLike) -> Path:
+    """A local model folder whose weights load without running code: its weights must be
+    safetensors. Pickle-only weights (``pytorch_model.bin`` and the like) are refused, since
+    unpickling a stranger's file can execute anything."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a model folder (hub downloads are not used)")
+    if any(path.glob("*.safetensors")):
+        return path
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_WEIGHTS)
+    if pickles:
+        raise ModelError(f"{path}: weights only as pickle files ({', '.join(pickles)}), which "
+                         "can run code when loaded; convert them to safetensors first")
+    raise ModelError(f"{path}: no *.safetensors weights in this folder")
+
+
 def resolve_encoder(model: str | os.PathLike) -> Path:
     """A sentence-encoder argument (``default`` or a local folder) as a folder path."""
     if str(model) == DEFAULT:
         return minilm_path()
-    path = Path(model)
-    if not path.is_dir():
-        raise ModelError(f"{path}: not a model folder (hub downloads are not used)")
-    return path
+    return safe_model_folder(model)
 
 
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
@@ -115,7 +131,7 @@ def causal_lm_path(model: str | os.PathLike = DEFAULT) -> Path:
             except Exception as err:  # noqa: BLE001 - any conversion failure is a model problem
                 raise ModelError(f"cannot convert the SmolLM2 GGUF into {target}: {err}") from err
         return target
-    path = Path(model)
+    path = safe_model_folder(model)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a local Hugging Face model folder (no config.json)")
     return path
@@ -136,7 +152,8 @@ def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         lm = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtypes[dtype], attn_implementation="sdpa"
+            folder, dtype=dtypes[dtype], attn_implementation="sdpa", use_safetensors=True,
+            trust_remote_code=False,
         )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{folder}: cannot load as a causal LM: {err}") from err
