@@ -166,8 +166,13 @@ def _id_of(item: Any) -> str | None:
 
 
 def to_record(item: Any, position: int) -> dict[str, Any]:
-    """Turn one raw item (Alpaca, ShareGPT or chat shape) into a record dict, or raise."""
-    return dict(zip(RECORD_SCHEMA.names, _record_values(item, position), strict=True))
+    """Turn one raw item (Alpaca, ShareGPT or chat shape) into a record dict; a bad item
+    raises :class:`CorpusError` saying why."""
+    try:
+        values = _record_values(item, position)
+    except _BadItem as err:
+        raise CorpusError(f"item {position}: {err}") from None
+    return dict(zip(RECORD_SCHEMA.names, values, strict=True))
 
 
 def _record_values(item: Any, position: int) -> tuple[str, int, str, str, str, str | None]:

@@ -421,6 +421,8 @@ def test_to_record_keeps_the_input_field():
     record = to_record({"instruction": "Sum", "input": "1 2", "output": "3", "id": "k"}, 9)
     assert record == {"id": "k", "position": 9, "instruction": "Sum", "input": "1 2",
                       "output": "3", "turns": None}
+    with pytest.raises(CorpusError, match="item 4: empty output"):
+        to_record({"instruction": "Sum", "output": ""}, 4)
 
 
 def test_pair_text_always_has_the_input_segment():
