@@ -70,3 +70,30 @@ def test_onnx_fp16_passes_checker_and_ranks_like_fp32(texts, reference, record_p
     print(f"fp16 graph ran on {provider}")
     scores = scorer.score_texts(texts, progress=False)
     assert spearman(scores, reference) >= 0.999, provider
+
+
+def test_cli_score_and_eval(tmp_path, expert_revised_dir, capsys):
+    import json
+
+    from car_engine.cli import main
+    from car_engine.corpus import read_table
+
+    out = tmp_path / "scores.parquet"
+    assert main(["iqs", "score", "builtin:sharegpt", "--limit", "6", "--out", str(out),
+                 "--runtime", "torch"]) == 0
+    table = read_table(out)
+    assert table.column_names == ["id", "iqs"] and table.num_rows == 6
+
+    import csv
+
+    pairs = read_pairs(expert_revised_dir / "APE_score_valid.csv")
+    subset = tmp_path / "pairs.csv"
+    with open(subset, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["src", "score"])
+        writer.writerows([t, i % 2] for i, t in enumerate(pairs.texts[:12]))
+    capsys.readouterr()
+    assert main(["iqs", "eval", "--pairs", str(subset), "--runtime", "torch", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["pairs"] == 6 and metrics["correct"] + metrics["ties"] + metrics["wrong"] == 6
+    assert main(["iqs", "eval", "--pairs", str(tmp_path / "missing.csv")]) == 3

@@ -30,6 +30,7 @@ from car_engine.models import cache_dir
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OPSET = 17
+EXPORT_VERSION = 2  # bump when export or quantization changes, so cached files are redone
 
 
 class _FrozenMixScorer(nn.Module):
@@ -103,7 +104,9 @@ def to_fp16(src: Path, out: Path) -> Path:
 
 
 def to_int8(src: Path, out: Path) -> Path:
-    """Dynamic int8 quantization of the weight matrices (activations quantized at run time)."""
+    """Dynamic int8 quantization of the weight matrices (activations quantized at run time).
+    Per-channel weight scales: per-tensor ones moved ShareGPT scores enough to drop the rank
+    correlation with fp32 to ~0.93 (per-channel: ~0.99)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -112,7 +115,7 @@ def to_int8(src: Path, out: Path) -> Path:
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint at WARNING
     try:
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
@@ -146,7 +149,8 @@ def weights_fingerprint(paths: list[Path], extra: str = "") -> str:
     import onnxruntime
     import transformers
 
-    parts = [extra, torch.__version__, transformers.__version__, onnxruntime.__version__]
+    parts = [extra, str(EXPORT_VERSION), torch.__version__, transformers.__version__,
+             onnxruntime.__version__]
     for p in paths:
         st = p.stat()
         parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
