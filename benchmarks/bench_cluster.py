@@ -7,7 +7,7 @@
   checks inertia ratio engine / reference <= 1.01.
 - cluster-1M: a 1,000,000 x 384 synthetic run (k = 707) in a child process, for time and peak RSS.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--quick] [--n N] [--no-synthetic]
+    .venv/bin/python -m benchmarks.bench_cluster [--quick] [--n N] [--no-synthetic]
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import argparse
 import json
 import math
 import multiprocessing
-import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from car_engine.baselines.diversity import reference_cluster, reference_embed, reference_encoder
 from car_engine.cluster import cluster
@@ -27,16 +28,12 @@ from car_engine.corpus import atomic_path, load_corpus, pair_text, pair_texts
 from car_engine.embed import Embedder
 from car_engine.models import cache_dir, minilm_path
 
+from .common import format_table, peak_rss_mb, row
+
 REAL_N = 20_000
 CACHE_PART = 1_000
+CLUSTER_THREADS = 1
 SYNTHETIC_N, SYNTHETIC_D, SYNTHETIC_K = 1_000_000, 384, 707
-COLUMNS = ["stage", "items", "engine_per_s", "reference_per_s", "speedup", "peak_rss_mb",
-           "check", "check_value", "check_ok"]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sharegpt_texts(n: int) -> list[str]:
@@ -85,17 +82,6 @@ def cached_real_count() -> int:
     return count * CACHE_PART
 
 
-def _row(stage: str, items: int, engine_s: float, reference_s: float | None, check: str,
-         value: float, ok: bool) -> dict:
-    return {
-        "stage": stage, "items": items,
-        "engine_per_s": items / engine_s,
-        "reference_per_s": items / reference_s if reference_s else None,
-        "speedup": reference_s / engine_s if reference_s else None,
-        "peak_rss_mb": peak_rss_mb(), "check": check, "check_value": value, "check_ok": ok,
-    }
-
-
 def bench_embed(n: int) -> list[dict]:
     """Reference per-text encode vs the engine in fp32 and bf16, on the same ``n`` texts."""
     texts = sharegpt_texts(n)
@@ -112,11 +98,11 @@ def bench_embed(n: int) -> list[dict]:
         engine_s = time.perf_counter() - start
         if dtype == "fp32":
             diff = float(np.abs(vectors - reference).max())
-            rows.append(_row("embed-fp32", n, engine_s, reference_s, "max_abs_diff", diff,
+            rows.append(row("embed-fp32", n, engine_s, reference_s, "max_abs_diff", diff,
                              diff <= 1e-5))
         else:
             cosine = float((vectors * reference).sum(axis=1).min())
-            rows.append(_row("embed-bf16", n, engine_s, reference_s, "min_cosine", cosine,
+            rows.append(row("embed-bf16", n, engine_s, reference_s, "min_cosine", cosine,
                              cosine >= 0.999))
     return rows
 
@@ -125,16 +111,20 @@ def bench_cluster(n: int) -> list[dict]:
     """scikit-learn PCA(0.95) + KMeans(n_init=10) vs ours on ``n`` real embeddings."""
     vectors = np.ascontiguousarray(real_embeddings(n))
     k = int(math.sqrt(n / 2))
-    start = time.perf_counter()
-    reference = reference_cluster(vectors, k)
-    reference_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ours = cluster(vectors, k=k, progress=False)
-    engine_s = time.perf_counter() - start
+    # Both sides get the same CLUSTER_THREADS: on a shared box, multi-threaded BLAS/OpenMP made
+    # scikit-learn 10-80x slower than one thread (PCA 28 s vs 0.35 s on 2,000 x 384), which
+    # would flatter us; one thread each compares the algorithms, not the thread pools.
+    with threadpool_limits(CLUSTER_THREADS):
+        start = time.perf_counter()
+        reference = reference_cluster(vectors, k)
+        reference_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ours = cluster(vectors, k=k, progress=False)
+        engine_s = time.perf_counter() - start
     ratio = ours.inertia / reference.inertia
-    row = _row("cluster", n, engine_s, reference_s, "inertia_ratio", ratio, ratio <= 1.01)
-    row["n_components"] = (ours.n_components, reference.n_components)
-    return [row]
+    return [row("cluster", n, engine_s, reference_s, "inertia_ratio", ratio, ratio <= 1.01,
+                k=k, threads=CLUSTER_THREADS,
+                n_components=f"{ours.n_components} (reference {reference.n_components})")]
 
 
 def synthetic_vectors(n: int, d: int, centers: int, seed: int = 0) -> np.ndarray:
@@ -164,13 +154,15 @@ def _synthetic_child(n: int, d: int, k: int) -> dict:
 
 def bench_synthetic(n: int = SYNTHETIC_N, d: int = SYNTHETIC_D, k: int = SYNTHETIC_K) -> dict:
     """PCA + k-means on ``n`` x ``d`` synthetic vectors in a fresh process (its own peak RSS)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        figures = pool.apply(_synthetic_child, (n, d, k))
-    row = _row(f"cluster-{n // 1000}k-synthetic", n, figures["seconds"], None, "clusters_used",
-               figures["clusters_used"], figures["clusters_used"] == k)
-    row["peak_rss_mb"] = figures["peak_rss_mb"]
-    row["n_components"] = figures["n_components"]
-    return row
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        figures = pool.submit(_synthetic_child, n, d, k).result()
+    # No reference: scikit-learn's 10-restart k-means on 1M points would take hours here.
+    synthetic = row(f"cluster-{n // 1000}k-synthetic", n, figures["seconds"], 0.0,
+                    "clusters_used", figures["clusters_used"], figures["clusters_used"] == k,
+                    k=k, n_components=str(figures["n_components"]))
+    synthetic.update(reference_per_s=None, speedup=None, peak_rss_mb=figures["peak_rss_mb"])
+    return synthetic
 
 
 def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None) -> list[dict]:
@@ -186,18 +178,6 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     if synthetic if synthetic is not None else not quick:
         rows.append(bench_synthetic())
     return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    """Rows as an aligned text table."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "-" if value is None else str(value)
-
-    lines = [[c for c in COLUMNS]] + [[cell(r.get(c)) for c in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)
 
 
 def main() -> None:

@@ -10,21 +10,18 @@ sample of ``max_points_per_centroid * k`` points, and every point is then assign
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
-# OpenMP threads spin while they wait by default. On a shared machine (CI, a busy workstation)
-# the spinning steals the very cores the working threads need, and a FAISS Lloyd step gets
-# several times slower; passive waiting costs nothing measurable when the machine is idle.
-# setdefault: a user's own setting wins. It must precede the first OpenMP runtime load.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from car_engine.omp import prefer_passive_waiting
+
+prefer_passive_waiting()  # before faiss loads its OpenMP runtime
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from car_engine.errors import UsageError
+from car_engine.errors import UsageError  # noqa: E402
 
 BATCH = 65_536  # rows per transform / assignment batch: a few tens of MB at d = 384
 PROBE_ITER = 10  # Lloyd iterations given to every restart before the best one is picked
