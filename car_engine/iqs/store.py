@@ -46,9 +46,10 @@ def load_encoder(backbone: str | os.PathLike):
     path = resolve_encoder(backbone)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
-    except TypeError:  # encoders without a pooler do not take add_pooling_layer
-        encoder = AutoModel.from_pretrained(path)
+        try:
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:  # encoders without a pooler do not take add_pooling_layer
+            encoder = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load encoder: {err}") from err
     return encoder.eval(), tokenizer
@@ -57,7 +58,9 @@ def load_encoder(backbone: str | os.PathLike):
 def new_model(backbone: str | os.PathLike = DEFAULT, **options) -> tuple[IQSModel, object]:
     """A fresh (untrained head) IQS model on ``backbone``; ``options`` set IQSConfig fields."""
     encoder, tokenizer = load_encoder(backbone)
-    config = IQSConfig(backbone=str(backbone), **options)
+    # A folder is stored absolute so the saved model loads from any working directory.
+    name = DEFAULT if str(backbone) == DEFAULT else str(Path(backbone).resolve())
+    config = IQSConfig(backbone=name, **options)
     config.num_layers = encoder.config.num_hidden_layers + 1
     config.hidden_size = encoder.config.hidden_size
     config.max_length = min(config.max_length, encoder_max_length(encoder.config, tokenizer))
