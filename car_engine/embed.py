@@ -182,9 +182,13 @@ def embed_records(records: pa.Table, out: str | Path | None = None, **kwargs) ->
         raise UsageError(f"{out}: embeddings are written as .npy")
     write_parquet(ids_path(out), pa.table({"id": records.column("id").cast(pa.string())}))
     with atomic_path(out) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                          shape=(len(texts), embedder.dim))
-        embedder.embed_into(texts, array, progress=progress)
-        array.flush()
-        del array
-    return np.load(out, mmap_mode="r")
+        if not texts:  # numpy cannot memory-map a zero-length array
+            with open(tmp, "wb") as stream:
+                np.save(stream, np.empty((0, embedder.dim), dtype=np.float32))
+        else:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                              shape=(len(texts), embedder.dim))
+            embedder.embed_into(texts, array, progress=progress)
+            array.flush()
+            del array
+    return np.load(out, mmap_mode="r" if texts else None)

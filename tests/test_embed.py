@@ -75,8 +75,11 @@ def test_embed_records_writes_npy_and_ids(sharegpt_records, tmp_path, embedder):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.ids.parquet", "emb.npy"]
 
 
-def test_empty_input(embedder):
+def test_empty_input(embedder, sharegpt_records, tmp_path):
     assert embedder.embed([], progress=False).shape == (0, 384)
+    out = tmp_path / "empty.npy"
+    assert embed_records(sharegpt_records.slice(0, 0), out, progress=False).shape == (0, 384)
+    assert np.load(out).shape == (0, 384) and read_ids(out) == []
 
 
 def test_bad_inputs_name_the_problem(embedder, tmp_path, sharegpt_records):
