@@ -6,7 +6,7 @@ shared machine falls on all of them alike. Checks: ORT fp32 max |score diff| vs 
 reference < 1e-4; int8 Spearman vs the reference >= 0.99. Export time is not counted
 (the exported file is cached).
 
-    .venv/bin/python benchmarks/bench_iqs.py [--quick] [--n N] [--model default]
+    .venv/bin/python -m benchmarks.bench_iqs [--quick] [--n N] [--model default]
 """
 
 from __future__ import annotations
