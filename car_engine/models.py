@@ -131,10 +131,10 @@ def causal_lm_path(model: str | os.PathLike = DEFAULT) -> Path:
             except Exception as err:  # noqa: BLE001 - any conversion failure is a model problem
                 raise ModelError(f"cannot convert the SmolLM2 GGUF into {target}: {err}") from err
         return target
-    path = safe_model_folder(model)
+    path = Path(model)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a local Hugging Face model folder (no config.json)")
-    return path
+    return safe_model_folder(path)
 
 
 def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
