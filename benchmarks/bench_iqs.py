@@ -23,7 +23,7 @@ from car_engine.iqs import IQSScorer
 from car_engine.iqs.score import load_any, reference_scores, spearman
 
 DEFAULT_N = 1000
-QUICK_N = 64
+QUICK_N = 48
 TARGETS = {"fp32": 1.3, "int8": 2.5}
 
 
@@ -49,6 +49,8 @@ def run(quick: bool = False, n: int | None = None, model: str = "default",
     runners = {"reference": lambda part: reference_scores(iqs, tokenizer, part, 16)}
     runners.update({p: (lambda part, s=s: s.score_texts(part, progress=False))
                     for p, s in scorers.items()})
+    for fn in runners.values():  # warm-up (allocators, kernels), not timed
+        fn(texts[:4])
     seconds = dict.fromkeys(runners, 0.0)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     for start in tqdm(range(0, n, chunk), desc="bench iqs", unit="chunk"):
