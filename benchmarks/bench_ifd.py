@@ -15,10 +15,11 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import best_time, format_table, machine, row
 from car_engine.baselines.ifd import reference_scores
 from car_engine.corpus import load_corpus
 from car_engine.ifd import OK, IFDScorer
+
+from .common import best_time, format_table, machine, row
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
