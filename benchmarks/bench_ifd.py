@@ -97,7 +97,8 @@ def loss_probe(tokens: int, dtype: str = "fp32") -> dict[str, float]:
     """:func:`_probe_loss` in a fresh process, so nothing allocated earlier hides the peak."""
     import json
 
-    code = f"from benchmarks.bench_ifd import _probe_loss; _probe_loss({tokens}, {dtype!r})"
+    code = ("from car_engine.benchmarks.bench_ifd import _probe_loss; "
+            f"_probe_loss({tokens}, {dtype!r})")
     # A fixed mmap threshold makes glibc hand every large buffer back on free, so the RSS
     # high-water mark is the live peak rather than an accident of heap fragmentation.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}

@@ -17,10 +17,11 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import format_table, machine, row
 from car_engine.corpus import load_corpus, pair_texts
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.score import load_any, reference_scores, spearman
+
+from .common import format_table, machine, row
 
 DEFAULT_N = 1000
 QUICK_N = 48
