@@ -174,7 +174,7 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     those already cached, at least 300); the embed
     comparison runs on ``n // 100`` texts (quick: 24), since the reference does one at a time.
     """
-    n = n or (max(300, min(2_000, cached_real_count())) if quick else REAL_N)
+    n = n or (max(300, min(5_000, cached_real_count())) if quick else REAL_N)
     rows = bench_embed(24 if quick else max(24, n // 100))
     rows += bench_cluster(n)
     if synthetic if synthetic is not None else not quick:

@@ -114,8 +114,8 @@ def _ifd(table) -> np.ndarray:
 def run(quick: bool = False, n: int | None = None) -> list[dict]:
     """Engine fp32 and bf16 vs the batch-1 HF reference on the same pairs; loss memory at two
     sizes."""
-    n = n or (2 if quick else 64)
-    max_length = 64 if quick else 512
+    n = n or (8 if quick else 64)
+    max_length = 128 if quick else 512
     records = load_corpus("builtin:sharegpt", limit=n).records
     fp32 = IFDScorer("default", max_length=max_length, dtype="fp32")
     pairs = fp32.encode(records)
@@ -170,7 +170,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 def main() -> None:
     """Print the comparison as a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 pairs at max length 64")
+    parser.add_argument("--quick", action="store_true", help="8 pairs at max length 128")
     parser.add_argument("--n", type=int, help="number of pairs (default 64)")
     args = parser.parse_args()
     start = time.perf_counter()

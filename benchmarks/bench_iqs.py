@@ -24,7 +24,7 @@ from car_engine.iqs.score import load_any, reference_scores, spearman
 from .common import format_table, machine, row
 
 DEFAULT_N = 1000
-QUICK_N = 48
+QUICK_N = 200
 TARGETS = {"fp32": 1.3, "int8": 2.5}
 
 
