@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/car-engine run builtin:sharegpt --limit 2000 --out runs/demo
+	$(VENV)/bin/car-engine run builtin:sharegpt --limit 2000 --n1 40 --out runs/demo
 
 bench: setup
 	$(VENV)/bin/car-engine bench --stage all --results benchmarks/RESULTS.md
