@@ -42,6 +42,7 @@ from car_engine.select import (
     STRATEGIES,
     WHY_MISALIGNED,
     Selection,
+    scored_ifd,
     select_car,
     select_ifd,
 )
@@ -205,6 +206,25 @@ def _records_columns(read: StageDir, columns: list[str]) -> pa.Table:
                              for s in read.info["shards"]])
 
 
+def take_records(folder: Path, shards: list[str], sizes: list[int], rows: np.ndarray,
+                 columns: list[str]) -> pa.Table:
+    """``columns`` of the records at global ``rows``, in that order, reading only the shards
+    that hold them (a few picks must not load a million records' texts)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    bounds = np.cumsum([0, *sizes])
+    shard_of = np.searchsorted(bounds, rows, side="right") - 1
+    parts, order = [], []
+    for shard in np.unique(shard_of):
+        mine = np.flatnonzero(shard_of == shard)
+        table = pq.read_table(folder / shards[shard], columns=columns)
+        parts.append(table.take(pa.array(rows[mine] - bounds[shard])))
+        order.append(mine)
+    if not parts:
+        return pq.read_table(folder / shards[0], columns=columns).slice(0, 0)
+    merged = pa.concat_tables(parts)
+    return merged.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -238,8 +258,7 @@ def _aligned(base: pa.Table, scores: pa.Table, column: str) -> pa.ChunkedArray:
 def _select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
             items: int) -> Selection:
     if not cfg.uses_car:
-        ok = pc.equal(table["ifd_status"], "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        ifd = np.where(ok, table["ifd_ppl"].to_numpy(zero_copy_only=False).astype(float), np.nan)
+        ifd = scored_ifd(table, "ifd_ppl", "ifd_status")
         return select_ifd(ifd, fraction=cfg.ifd_frac, base=items,
                           keep_equal_one=cfg.keep_equal_one)
     iqs = table["iqs"].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -263,8 +282,8 @@ def _selected_rows(read: StageDir, table: pa.Table, selection: Selection) -> lis
     """The selected records with their scores, in final order."""
     picked = table.take(pa.array(selection.order, pa.int64()))
     picked = picked.append_column("selected_by", pa.array(selection.via, pa.string()))
-    fields = _records_columns(read, ["instruction", "input", "output", "turns"])
-    texts = fields.take(pa.array(selection.order, pa.int64()))
+    texts = take_records(read.path, read.info["shards"], read.info["sizes"], selection.order,
+                         ["instruction", "input", "output", "turns"])
     score_cols = [c for c in ("iqs", "ifd_ppl", "ifd_loss", "cluster") if c in picked.column_names]
     rows = []
     for rec, sc in zip(texts.to_pylist(), picked.to_pylist()):

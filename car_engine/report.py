@@ -110,17 +110,20 @@ def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
         return ""
     order = ok[np.argsort(-values[ok], kind="stable")]
     wanted = {"top": order[:EXAMPLES], "bottom": order[::-1][:EXAMPLES]}
-    manifest = json.loads((run_dir / "stages" / "read" / "manifest.json").read_text())
-    shards = [pq.read_table(run_dir / "stages" / "read" / s,
-                            columns=["instruction", "input", "output"])
-              for s in manifest["info"]["shards"]]
-    texts = pa.concat_tables(shards)
+    from car_engine.pipeline import take_records
+
+    read = run_dir / "stages" / "read"
+    info = json.loads((read / "manifest.json").read_text())["info"]
+    picked = np.concatenate(list(wanted.values()))
+    texts = take_records(read, info["shards"], info["sizes"], picked,
+                         ["instruction", "input", "output"]).to_pylist()
+    text_of = dict(zip(picked.tolist(), texts))
     parts = []
     for side, rows in wanted.items():
         parts.append(f"<h3>{side.title()} {EXAMPLES} by {column}</h3><table class=ex>")
         parts.append("<tr><th>id</th><th>score</th><th>instruction</th><th>output</th></tr>")
         for r in rows:
-            rec = texts.slice(int(r), 1).to_pylist()[0]
+            rec = text_of[int(r)]
             instruction = (rec["instruction"] + (" " + rec["input"] if rec["input"] else ""))
             parts.append(
                 f"<tr><td>{html.escape(str(scores['id'][int(r)]))}</td>"

@@ -191,6 +191,16 @@ def _float_column(table: pa.Table, column: str, name: str) -> np.ndarray:
     return table.column(column).cast(pa.float64()).to_numpy(zero_copy_only=False)
 
 
+def scored_ifd(table: pa.Table, column: str = "ifd_ppl", status_column: str = "status"
+               ) -> np.ndarray:
+    """IFD values as float64, NaN where the row's status is not "ok" (no score to select by)."""
+    ifd = _float_column(table, column, "scores")
+    if status_column in table.column_names:
+        ok = pc.equal(table.column(status_column), "ok").fill_null(False)
+        ifd = np.where(ok.to_numpy(zero_copy_only=False), ifd, np.nan)
+    return ifd
+
+
 def picked_rows(table: pa.Table, selection: Selection) -> pa.Table:
     """The selected rows in final order, each with its ``selected_by`` reason."""
     rows = table.take(pa.array(selection.order, type=pa.int64()))
@@ -230,10 +240,7 @@ def select_ifd_table(
     score and are never selected). Returns (rows in input order, the Selection)."""
     unique_ids(scores, "scores")
     table = in_input_order(scores)
-    ifd = _float_column(table, ifd_column, "scores")
-    if "status" in table.column_names:
-        ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        ifd = np.where(ok, ifd, np.nan)
+    ifd = scored_ifd(table, ifd_column, "status")
     selection = select_ifd(ifd, fraction=fraction, count=count,
                            keep_equal_one=keep_equal_one, base=base)
     return table, selection

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +70,3 @@ class Backend:
     def shutdown(self) -> None:
         """Release what the backend holds (workers, cluster connection)."""
 
-
-def target_exists(job: ShardJob) -> bool:
-    return Path(job.target).is_file()
