@@ -1,10 +1,11 @@
 """Diversity stages against the reference, in one run, on the same real ShareGPT texts.
 
 - embed: one ``SentenceTransformer.encode`` per text vs :class:`car_engine.embed.Embedder`
-  (length-sorted batches), in fp32 and bf16; checks max |diff| (fp32) / min cosine (bf16).
+  (length-sorted batches), in fp32 and bf16, taking turns on chunks of texts; checks max |diff|
+  (fp32) / min cosine (bf16).
 - cluster: scikit-learn ``PCA(0.95)`` + ``KMeans(k, n_init=10)`` vs :func:`car_engine.cluster.
-  cluster` on 20,000 real all-MiniLM-L6-v2 embeddings (made once, cached under cache_dir());
-  checks inertia ratio engine / reference <= 1.01.
+  cluster` on 20,000 real all-MiniLM-L6-v2 embeddings (made once, cached under cache_dir();
+  ``--quick``: 10,000 texts cut at 32 tokens); checks inertia ratio engine / reference <= 1.01.
 - cluster-1M: a 1,000,000 x 384 synthetic run (k = 707) in a child process, for time and peak RSS.
 
     .venv/bin/python -m benchmarks.bench_cluster [--quick] [--n N] [--no-synthetic]
@@ -28,9 +29,11 @@ from car_engine.corpus import atomic_path, load_corpus, pair_text, pair_texts
 from car_engine.embed import Embedder
 from car_engine.models import cache_dir, minilm_path
 
-from .common import format_table, peak_rss_mb, row
+from .common import format_table, gemm_gflops, peak_rss_mb, row, take_turns, transformer_gflop
 
 REAL_N = 20_000
+FULL_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length: the engine's default
+QUICK_N, QUICK_TOKENS = 10_000, 32
 CACHE_PART = 1_000
 CLUSTER_THREADS = 1
 SYNTHETIC_N, SYNTHETIC_D, SYNTHETIC_K = 1_000_000, 384, 707
@@ -53,33 +56,27 @@ def sharegpt_texts(n: int) -> list[str]:
     return texts[:n]
 
 
-def real_embeddings(n: int, *, progress: bool = True) -> np.ndarray:
-    """``n`` all-MiniLM-L6-v2 (bf16 compute) embeddings of :func:`sharegpt_texts`, cached under
-    ``cache_dir()/bench`` in parts of CACHE_PART rows: they take an hour or more on two busy
-    cores, so an interrupted build resumes where it stopped."""
-    folder = cache_dir() / "bench" / "sharegpt-minilm-bf16"
+def real_embeddings(n: int, *, max_tokens: int = FULL_TOKENS, progress: bool = True
+                    ) -> np.ndarray:
+    """``n`` all-MiniLM-L6-v2 (bf16 compute) embeddings of :func:`sharegpt_texts` cut at
+    ``max_tokens``, cached under ``cache_dir()/bench`` in parts of CACHE_PART rows: 20,000 full
+    texts take an hour or more on two busy cores, so an interrupted build resumes where it
+    stopped."""
+    name = "sharegpt-minilm-bf16" + ("" if max_tokens == FULL_TOKENS else f"-{max_tokens}tok")
+    folder = cache_dir() / "bench" / name
     folder.mkdir(parents=True, exist_ok=True)
     texts, embedder, parts = None, None, []
     for part in range(math.ceil(n / CACHE_PART)):
         path = folder / f"part-{part:05d}.npy"
         if not path.is_file():
             texts = texts or sharegpt_texts(n)
-            embedder = embedder or Embedder(dtype="bf16")
+            embedder = embedder or Embedder(dtype="bf16", max_seq_length=max_tokens)
             vectors = embedder.embed(texts[part * CACHE_PART:(part + 1) * CACHE_PART],
                                      progress=progress)
             with atomic_path(path) as tmp, open(tmp, "wb") as out:
                 np.save(out, vectors)
         parts.append(np.load(path))
     return np.concatenate(parts)[:n]
-
-
-def cached_real_count() -> int:
-    """How many real embeddings :func:`real_embeddings` can return without embedding more."""
-    folder = cache_dir() / "bench" / "sharegpt-minilm-bf16"
-    count = 0
-    while (folder / f"part-{count:05d}.npy").is_file():
-        count += 1
-    return count * CACHE_PART
 
 
 def timed(fn):
@@ -90,42 +87,71 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def bench_embed(n: int) -> list[dict]:
-    """Reference per-text encode vs the engine in fp32 and bf16, on the same ``n`` texts."""
+def bench_embed(n: int, chunk: int = 64, compiled: bool = True) -> list[dict]:
+    """Reference per-text encode vs the engine in fp32, bf16 and bf16 under ``torch.compile``,
+    on the same ``n`` texts; they take turns on chunks of ``chunk`` texts (the engine's batch
+    size; see :func:`take_turns`). The one-off compile (only with ``compiled``) happens in the
+    untimed warm-up and is reported as ``compile_s``."""
     texts = sharegpt_texts(n)
     encoder = reference_encoder(minilm_path())
-    reference_embed(texts[:2], encoder)  # warm-up: first-call allocations
-    reference_s, reference_cpu, reference = timed(lambda: reference_embed(texts, encoder))
+    engines = {"fp32": Embedder(dtype="fp32"), "bf16": Embedder(dtype="bf16")}
+    if compiled:
+        engines["bf16-compiled"] = Embedder(dtype="bf16", compile=True)
+    runners = {"reference": lambda part: reference_embed(part, encoder)}
+    runners.update({name: (lambda part, e=e: e.embed(part, progress=False))
+                    for name, e in engines.items()})
+    warm_s = {}
+    for name, fn in runners.items():  # warm-up: first-call allocations and the compile
+        began = time.perf_counter()
+        fn(texts[:2])
+        warm_s[name] = time.perf_counter() - began
+    seconds, vectors = take_turns(runners, texts, chunk)
+    # How close each side runs to this machine's GEMM peak: the ceiling on the speed-up is
+    # (bf16 peak / fp32 peak) x (engine's fraction of its peak / reference's of its own).
+    lengths = [len(ids) for ids in engines["fp32"].tokenizer(
+        texts, truncation=True, max_length=engines["fp32"].max_seq_length)["input_ids"]]
+    gflop = transformer_gflop(engines["fp32"].model, lengths, causal=False)
+    peak = {dtype: gemm_gflops(dtype) for dtype in ("fp32", "bf16")}
+    reference = np.concatenate(vectors.pop("reference"))
+    common = {"reference_peak_fraction": round(gflop / seconds["reference"] / peak["fp32"], 3),
+              "gemm_gflops_fp32": round(peak["fp32"], 1)}
     rows = []
-    for dtype in ("fp32", "bf16"):
-        embedder = Embedder(dtype=dtype)
-        embedder.embed(texts[:8], progress=False)
-        engine_s, engine_cpu, vectors = timed(lambda e=embedder: e.embed(texts, progress=False))
-        extra = {"cpu_speedup": reference_cpu / engine_cpu}
-        if dtype == "fp32":
-            diff = float(np.abs(vectors - reference).max())
-            rows.append(row("embed-fp32", n, engine_s, reference_s, "max_abs_diff", diff,
-                            diff <= 1e-5, **extra))
-        else:
-            cosine = float((vectors * reference).sum(axis=1).min())
-            rows.append(row("embed-bf16", n, engine_s, reference_s, "min_cosine", cosine,
-                            cosine >= 0.999, **extra))
+    for name, parts in vectors.items():
+        got = np.concatenate(parts)
+        fraction = gflop / seconds[name] / peak[name.split("-")[0]]
+        extra = {**common, "engine_peak_fraction": round(fraction, 3)}
+        if name == "fp32":
+            diff = float(np.abs(got - reference).max())
+            rows.append(row("embed-fp32", n, seconds[name], seconds["reference"],
+                            "max_abs_diff", diff, diff <= 1e-5, **extra))
+            continue
+        cosine = float((got * reference).sum(axis=1).min())
+        extra["gemm_gflops_bf16"] = round(peak["bf16"], 1)
+        if "compiled" in name:
+            extra["compile_s"] = round(warm_s[name], 1)
+        rows.append(row(f"embed-{name}", n, seconds[name], seconds["reference"],
+                        "min_cosine", cosine, cosine >= 0.999, target_speedup=2.5, **extra))
     return rows
 
 
-def bench_cluster(n: int) -> list[dict]:
-    """scikit-learn PCA(0.95) + KMeans(n_init=10) vs ours on ``n`` real embeddings."""
-    vectors = np.ascontiguousarray(real_embeddings(n))
+def bench_cluster(n: int, max_tokens: int = FULL_TOKENS) -> list[dict]:
+    """scikit-learn PCA(0.95) + KMeans(n_init=10) vs ours on ``n`` real embeddings of texts cut
+    at ``max_tokens``; both sides are warmed up on a 500-point slice first."""
+    vectors = np.ascontiguousarray(real_embeddings(n, max_tokens=max_tokens))
     k = int(math.sqrt(n / 2))
     # Both sides get the same CLUSTER_THREADS: on a shared box, multi-threaded BLAS/OpenMP made
     # scikit-learn 10-80x slower than one thread (PCA 28 s vs 0.35 s on 2,000 x 384), which
     # would flatter us; one thread each compares the algorithms, not the thread pools.
     with threadpool_limits(CLUSTER_THREADS):
+        warm = vectors[:500]  # first calls load BLAS/OpenMP kernels: not what is compared
+        reference_cluster(warm, 10)
+        cluster(warm, k=10, progress=False)
         reference_s, reference_cpu, reference = timed(lambda: reference_cluster(vectors, k))
         engine_s, engine_cpu, ours = timed(lambda: cluster(vectors, k=k, progress=False))
     ratio = ours.inertia / reference.inertia
     return [row("cluster", n, engine_s, reference_s, "inertia_ratio", ratio, ratio <= 1.01,
                 cpu_speedup=reference_cpu / engine_cpu, k=k, threads=CLUSTER_THREADS,
+                text_tokens=max_tokens, target_speedup=10,
                 n_components=f"{ours.n_components} (reference {reference.n_components})")]
 
 
@@ -170,13 +196,15 @@ def bench_synthetic(n: int = SYNTHETIC_N, d: int = SYNTHETIC_D, k: int = SYNTHET
 def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None) -> list[dict]:
     """All rows: embed (fp32, bf16), cluster (real), and unless ``quick`` the 1M synthetic.
 
-    ``n`` is the number of real embeddings clustered (default 20,000; quick: up to 2,000 of
-    those already cached, at least 300); the embed
-    comparison runs on ``n // 100`` texts (quick: 24), since the reference does one at a time.
+    ``n`` is the number of real embeddings clustered: REAL_N full texts, or with ``quick``
+    QUICK_N texts cut at QUICK_TOKENS tokens (a fresh machine embeds those in under a minute;
+    20,000 full texts take an hour). The embed comparison runs on ``n // 100`` full texts
+    (quick: 24), since the reference encodes one at a time.
     """
-    n = n or (max(300, min(5_000, cached_real_count())) if quick else REAL_N)
-    rows = bench_embed(24 if quick else max(24, n // 100))
-    rows += bench_cluster(n)
+    n = n or (QUICK_N if quick else REAL_N)
+    # quick skips the compiled row: its ~15 s compile is a one-off that 24 texts cannot repay
+    rows = bench_embed(24 if quick else max(24, n // 100), compiled=not quick)
+    rows += bench_cluster(n, QUICK_TOKENS if quick else FULL_TOKENS)
     if synthetic if synthetic is not None else not quick:
         rows.append(bench_synthetic())
     return rows
@@ -193,7 +221,8 @@ def main() -> None:
                         help="only make the cached real embeddings (slow, once)")
     args = parser.parse_args()
     if args.build_cache:
-        real_embeddings(args.n or REAL_N)
+        real_embeddings(args.n or (QUICK_N if args.quick else REAL_N),
+                        max_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS)
         return
     rows = run(quick=args.quick, n=args.n, synthetic=False if args.no_synthetic else None)
     print(format_table(rows))

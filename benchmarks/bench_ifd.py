@@ -19,32 +19,18 @@ from car_engine.baselines.ifd import reference_scores
 from car_engine.corpus import load_corpus
 from car_engine.ifd import OK, IFDScorer
 
-from .common import best_time, format_table, machine, row
+from .common import best_time, format_table, gemm_gflops, machine, row, transformer_gflop
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def gemm_gflops(dtype: str, size: int = 2048) -> float:
-    """This machine's GEMM throughput for ``dtype`` right now (best of 3 square matmuls)."""
-    a = torch.randn(size, size).to(DTYPES[dtype])
-    b = torch.randn(size, size).to(DTYPES[dtype])
-    a @ b  # warm-up
-    seconds, _ = best_time(lambda: a @ b, repeat=3)
-    return 2 * size**3 / seconds / 1e9
 
 
 def model_gflop(model, lengths: list[int], scored: list[int], *, full_logits: bool) -> float:
     """Matmul work of the forwards: the body's linear layers and causal attention for every
     position, plus the output projection over scored positions (or all, with full logits)."""
     cfg = model.config
-    body = sum(p.numel() for n, p in model.model.named_parameters() if "embed" not in n)
-    width, vocab, layers = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
-    flops = 0.0
-    for length, n in zip(lengths, scored):
-        flops += 2 * body * length + 2 * layers * width * length * length  # QK^T + AV, causal
-        flops += 2 * vocab * width * (length if full_logits else n)
-    return flops / 1e9
+    body = transformer_gflop(model.model, lengths, causal=True)
+    head = sum(length if full_logits else n for length, n in zip(lengths, scored))
+    return body + 2 * cfg.vocab_size * cfg.hidden_size * head / 1e9
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -75,7 +61,7 @@ def _probe_loss(tokens: int, dtype: str) -> None:
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    dt = DTYPES[dtype]
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     # Filled in place: a temporary here would raise the high-water mark above the loss's.
     weight = torch.empty(49152, 576, dtype=dt).normal_(0, 0.05)
     hidden = torch.empty(tokens, 576, dtype=dt).normal_()
@@ -137,7 +123,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
     body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
     full = model_gflop(model, cond_len, scored_n, full_logits=True)
-    peak = {d: gemm_gflops(d) for d in DTYPES}
+    peak = {d: gemm_gflops(d) for d in ("fp32", "bf16")}
     mask = np.array([p.status == OK for p in pairs])
     delta = float(np.nanmax(np.abs(_ifd(eng)[mask] - _ifd(ref)[mask])))
     rho = spearman(_ifd(eng)[mask], _ifd(bf)[mask])

@@ -12,16 +12,14 @@ reference < 1e-4; int8 Spearman vs the reference >= 0.99. Export time is not cou
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from car_engine.corpus import load_corpus, pair_texts
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.score import load_any, reference_scores, spearman
 
-from .common import format_table, machine, row
+from .common import format_table, machine, row, take_turns
 
 DEFAULT_N = 1000
 QUICK_N = 200
@@ -52,14 +50,7 @@ def run(quick: bool = False, n: int | None = None, model: str = "default",
                     for p, s in scorers.items()})
     for fn in runners.values():  # warm-up (allocators, kernels), not timed
         fn(texts[:4])
-    seconds = dict.fromkeys(runners, 0.0)
-    scores: dict[str, list[np.ndarray]] = {name: [] for name in runners}
-    for start in tqdm(range(0, n, chunk), desc="bench iqs", unit="chunk"):
-        part = texts[start:start + chunk]
-        for name, fn in runners.items():
-            began = time.perf_counter()
-            scores[name].append(fn(part))
-            seconds[name] += time.perf_counter() - began
+    seconds, scores = take_turns(runners, texts, chunk, progress="bench iqs")
     reference = np.concatenate(scores["reference"])
     rows = []
     for precision, scorer in scorers.items():

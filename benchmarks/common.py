@@ -22,6 +22,49 @@ def best_time(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
     return best, result
 
 
+def take_turns(runners: dict[str, Callable[[list], Any]], items: list, chunk: int,
+               progress: str | None = None) -> tuple[dict[str, float], dict[str, list]]:
+    """Run every runner over ``items`` a ``chunk`` at a time, the runners taking turns on each
+    chunk; returns each one's summed seconds and its per-chunk results. On a shared machine a
+    burst of outside load then slows all runners alike instead of whichever was running."""
+    from tqdm.auto import tqdm
+
+    seconds = dict.fromkeys(runners, 0.0)
+    results: dict[str, list] = {name: [] for name in runners}
+    for start in tqdm(range(0, len(items), chunk), desc=progress, unit="chunk",
+                      disable=progress is None):
+        part = items[start:start + chunk]
+        for name, fn in runners.items():
+            began = time.perf_counter()
+            results[name].append(fn(part))
+            seconds[name] += time.perf_counter() - began
+    return seconds, results
+
+
+def gemm_gflops(dtype: str, size: int = 2048) -> float:
+    """This machine's torch GEMM throughput for ``dtype`` (fp32/bf16) right now: the best of 3
+    square matmuls, the ceiling a transformer forward can approach."""
+    import torch
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(size, size).to(torch_dtype)
+    b = torch.randn(size, size).to(torch_dtype)
+    a @ b  # warm-up
+    seconds, _ = best_time(lambda: a @ b, repeat=3)
+    return 2 * size**3 / seconds / 1e9
+
+
+def transformer_gflop(body, lengths: list[int], *, causal: bool) -> float:
+    """Matmul work (GFLOP) of a transformer stack ``body`` (a torch module with a ``config``)
+    over sequences of ``lengths``: its linear layers (embedding tables excluded) at every
+    position, plus attention (QK^T and AV; half of it when causal)."""
+    cfg = body.config
+    params = sum(p.numel() for n, p in body.named_parameters()
+                 if "embed" not in n and "pooler" not in n)  # a BERT pooler sees one position
+    attention = (2 if causal else 4) * cfg.num_hidden_layers * cfg.hidden_size
+    return sum(2 * params * n + attention * n * n for n in lengths) / 1e9
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -38,6 +38,7 @@ class EmbedParams:
     model: str = "default"
     dtype: str = "fp32"
     batch_size: int = 64
+    compile: bool = False
 
 
 class IQSWorker:
@@ -73,7 +74,8 @@ class EmbedWorker:
     def __init__(self, params: EmbedParams) -> None:
         from car_engine.embed import Embedder
 
-        self.embedder = Embedder(params.model, batch_size=params.batch_size, dtype=params.dtype)
+        self.embedder = Embedder(params.model, batch_size=params.batch_size, dtype=params.dtype,
+                                 compile=params.compile)
 
     def __call__(self, records: pa.Table) -> np.ndarray:
         from car_engine.corpus import pair_texts

@@ -62,6 +62,21 @@ def test_bf16_keeps_cosine_with_fp32(embedder, sharegpt_records):
     assert (fp32 * bf16).sum(axis=1).min() >= 0.999
 
 
+def test_compiled_bf16_keeps_cosine_and_compiles_once(embedder, sharegpt_records):
+    import torch._dynamo
+
+    texts = pair_texts(sharegpt_records.slice(100, 7))
+    fp32 = embedder.embed(texts, progress=False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = Embedder(dtype="bf16", batch_size=3, compile=True)  # batches of 3, 3 and 1
+    vectors = compiled.embed(texts, progress=False)
+    assert (fp32 * vectors).sum(axis=1).min() >= 0.999
+    compiled.embed(["a short one", "and another, a little longer"], progress=False)
+    # one graph for every batch and sequence length: a recompile would cost ~15 s each time
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 def test_embed_records_writes_npy_and_ids(sharegpt_records, tmp_path, embedder):
     records = sharegpt_records.slice(200, 6)
     out = tmp_path / "emb.npy"

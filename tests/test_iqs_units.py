@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from car_engine.batching import length_batches, pad_batch, tokenize
 from car_engine.corpus import CorpusError
-from car_engine.iqs.batching import length_batches, pad_batch, tokenize
 from car_engine.iqs.model import LayerMix, encoder_blocks, masked_mean, run_blocks, sparsemax
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
 from car_engine.iqs.score import spearman
@@ -70,9 +70,24 @@ def test_cached_top_blocks_reproduce_the_full_encoder():
 
 def test_length_batches_cover_every_index_once_longest_first():
     ids = [[1] * n for n in (3, 9, 1, 7, 5)]
-    batches = list(length_batches(ids, 2))
+    batches = list(length_batches(ids, 2, min_fill=0))
     assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
     assert batches[0].tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("min_fill", [0.0, 0.5, 0.8, 1.0])
+def test_length_batches_bound_the_padding(min_fill):
+    lengths = np.random.default_rng(0).integers(1, 300, size=500)
+    ids = [[1] * n for n in lengths]
+    batches = list(length_batches(ids, 16, min_fill=min_fill))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    longest = [lengths[b].max() for b in batches]
+    assert longest == sorted(longest, reverse=True)
+    for b in batches:
+        assert 1 <= len(b) <= 16
+        assert lengths[b].min() >= min_fill * lengths[b].max()
+    if min_fill == 0:
+        assert len(batches) == 32  # a plain cut every 16
 
 
 def test_read_pairs_real_file(expert_revised_dir):

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-seq-length", type=int, default=256,
                    help="tokens per text, longer ones truncated (default 256, the model's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder: ~15 s once, then ~1.2x faster on CPU (bf16); "
+                   "worth it past a few thousand texts")
     p.add_argument("--limit", type=int, help="embed only the first N records")
     p.set_defaults(func=run)
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.input, limit=args.limit)
     vectors = embed_records(corpus.records, args.out, model=args.model,
                             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                            max_seq_length=args.max_seq_length, progress=sys.stderr.isatty())
+                            max_seq_length=args.max_seq_length, compile=args.compile,
+                            progress=sys.stderr.isatty())
     print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {args.out} "
           f"(ids: {ids_path(args.out)}; rejected items: {len(corpus.rejected)})")
     return 0

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--iqs-runtime", choices=("onnx", "torch"), default="onnx")
     m.add_argument("--iqs-precision", choices=("fp32", "fp16", "int8"), default="fp32")
     m.add_argument("--embed-model", default="default", help="sentence-transformers folder")
+    m.add_argument("--embed-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="embedding precision (bf16: ~2x faster on CPUs with AVX512-BF16)")
+    m.add_argument("--embed-compile", action="store_true",
+                   help="torch.compile the encoder: ~15 s per worker, then ~1.2x faster")
     m.add_argument("--ifd-model", default="default", help="causal LM folder")
     m.add_argument("--template", choices=("none", "alpaca", "vicuna", "chat"), default="none")
     m.add_argument("--compat", choices=("superfiltering", "cherry"))
@@ -67,7 +71,8 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         ifd=IFDParams(model=args.ifd_model, template=args.template, compat=args.compat,
                       max_length=args.max_length, dtype=args.ifd_dtype,
                       batch_tokens=args.batch_tokens),
-        embed=EmbedParams(model=args.embed_model),
+        embed=EmbedParams(model=args.embed_model, dtype=args.embed_dtype,
+                          compile=args.embed_compile),
     )
 
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from car_engine.batching import length_batches, pad_batch, tokenize
 from car_engine.corpus import load_corpus, pair_texts
 from car_engine.errors import ModelError, UsageError
-from car_engine.iqs.batching import length_batches, pad_batch, tokenize
 from car_engine.iqs.checkpoint import load_comet_checkpoint
 from car_engine.iqs.model import IQSModel
 from car_engine.iqs.onnx import PRECISIONS, OrtRunner, ensure_export

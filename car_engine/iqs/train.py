@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from car_engine.batching import length_batches, pad_batch, pad_states, tokenize
 from car_engine.errors import UsageError
-from car_engine.iqs.batching import length_batches, pad_batch, pad_states, tokenize
 from car_engine.iqs.model import IQSModel, encoder_blocks, masked_mean, run_blocks
 from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
 from car_engine.iqs.store import new_model, save_model, trained_state

@@ -1,7 +1,8 @@
-"""Tokenize pair texts once, then cut them into length-bucketed, padded batches.
+"""Tokenize texts once, then cut them into length-bucketed, padded batches (IQS scoring and
+training, sentence embeddings).
 
 Sorting by token length before batching means each batch pads to nearly its own length,
-which is most of what makes scoring cheap; scores go back to input order afterwards.
+which is most of what makes encoding cheap; results go back to input order afterwards.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return encoded["input_ids"]
 
 
-def length_batches(token_ids: list[list[int]], batch_size: int) -> Iterator[np.ndarray]:
-    """Indices of ``token_ids`` in batches of similar length (longest first, so memory use
-    peaks at the start and a too-large batch fails fast)."""
+def length_batches(token_ids: list[list[int]], batch_size: int, min_fill: float = 0.8
+                   ) -> Iterator[np.ndarray]:
+    """Indices of ``token_ids`` in batches of similar length, longest first (so memory use
+    peaks at the start and a too-large batch fails fast). A batch holds at most
+    ``batch_size`` texts and ends early at a text shorter than ``min_fill`` x its longest, so
+    padding is under 1 - min_fill of any row: on a short list of mixed lengths a plain cut
+    into fixed-size batches padded a fifth of the tokens."""
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
     order = np.argsort(-lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+    first = 0
+    for i in range(1, len(order) + 1):
+        if (i == len(order) or i - first == batch_size
+                or lengths[order[i]] < min_fill * lengths[order[first]]):
+            yield order[first:i]
+            first = i
 
 
 def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
