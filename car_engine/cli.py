@@ -11,7 +11,9 @@ from car_engine import __version__
 from car_engine.errors import EXIT_CODES, exit_code_for
 
 # Order shown in --help. Each entry is a module of car_engine.commands.
-COMMANDS = ["run", "validate", "ifd", "iqs", "embed", "cluster", "select", "report", "bench"]
+COMMANDS = [
+    "run", "validate", "ifd", "iqs", "embed", "cluster", "select", "report", "bench", "prepare",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
