@@ -78,6 +78,16 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
 
 
+def format_details(rows: list[dict[str, Any]]) -> str:
+    """One line per row with what the table leaves out: targets, sizes, GEMM-peak fractions."""
+    def show(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return "\n".join(f"- {r['stage']}: " + ", ".join(f"{k} {show(v)}" for k, v in r.items()
+                                                   if k not in KEYS)
+                     for r in rows if set(r) - set(KEYS))
+
+
 def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Rows as a JSON list of objects with exactly the documented keys."""
     from car_engine.corpus import atomic_path
@@ -100,7 +110,7 @@ def refresh_results(rows: list[dict[str, Any]], path: str | Path, command: str) 
         f"## `car-engine bench` summary ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. Command: `{command}`",
-        "", "```", format_rows(rows), "```", end])
+        "", "```", format_rows(rows), "```", "", format_details(rows), end])
     if start in text and end in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
