@@ -69,10 +69,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """The side-by-side table printed by `car-engine bench`."""
     head = ["stage", "items", "engine/s", "reference/s", "speed-up", "peak MB", "check", "ok"]
     lines = [head]
+    def num(value: float | None, spec: str, suffix: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{suffix}"  # None: a run with no reference
+
     for r in rows:
-        lines.append([r["stage"], str(r["items"]), f"{r['engine_per_s']:.4g}",
-                      f"{r['reference_per_s']:.4g}", f"{r['speedup']:.2f}x",
-                      f"{r['peak_rss_mb']:.0f}", f"{r['check']} = {r['check_value']:.4g}",
+        lines.append([r["stage"], str(r["items"]), num(r["engine_per_s"], ".4g"),
+                      num(r["reference_per_s"], ".4g"), num(r["speedup"], ".2f", "x"),
+                      num(r["peak_rss_mb"], ".0f"), f"{r['check']} = {r['check_value']:.4g}",
                       "pass" if r["check_ok"] else "FAIL"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)

@@ -30,3 +30,14 @@ def test_bench_json_shape(tmp_path):
         assert isinstance(r["check_ok"], bool)
     table = proc.stdout
     assert "speed-up" in table and all(r["stage"] in table for r in rows)
+
+
+def test_rows_without_a_reference_format_and_keep_their_details():
+    from car_engine.bench import format_details, format_rows
+
+    synthetic = {"stage": "cluster-1000k-synthetic", "items": 1_000_000, "engine_per_s": 3.7e4,
+                 "reference_per_s": None, "speedup": None, "peak_rss_mb": 2935.0,
+                 "check": "clusters_used", "check_value": 707.0, "check_ok": True, "k": 707}
+    line = format_rows([synthetic]).splitlines()[1].split()
+    assert line[:5] == ["cluster-1000k-synthetic", "1000000", "3.7e+04", "-", "-"]
+    assert format_details([synthetic]) == "- cluster-1000k-synthetic: k 707"
