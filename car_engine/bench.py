@@ -65,17 +65,33 @@ def run_bench(stages: list[str], *, quick: bool = False, n: int | None = None,
     return rows
 
 
+def target_of(row: dict[str, Any]) -> float | None:
+    """The speed-up the stage's issue asks for, when there is one."""
+    target = row.get("target_speedup")
+    return float(target) if isinstance(target, (int, float)) else None
+
+
+def below_target(rows: list[dict[str, Any]]) -> list[str]:
+    """'stage (got vs target)' for every row whose speed-up is under its target."""
+    return [f"{r['stage']} ({r['speedup']:.2f}x vs {target_of(r):g}x)" for r in rows
+            if target_of(r) is not None and r["speedup"] is not None
+            and r["speedup"] < target_of(r)]
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The side-by-side table printed by `car-engine bench`."""
-    head = ["stage", "items", "engine/s", "reference/s", "speed-up", "peak MB", "check", "ok"]
+    head = ["stage", "items", "engine/s", "reference/s", "speed-up", "target", "peak MB", "check",
+            "ok"]
     lines = [head]
+
     def num(value: float | None, spec: str, suffix: str = "") -> str:
-        return "-" if value is None else f"{value:{spec}}{suffix}"  # None: a run with no reference
+        return "-" if value is None else f"{value:{spec}}{suffix}"  # None: nothing to compare
 
     for r in rows:
         lines.append([r["stage"], str(r["items"]), num(r["engine_per_s"], ".4g"),
                       num(r["reference_per_s"], ".4g"), num(r["speedup"], ".2f", "x"),
-                      num(r["peak_rss_mb"], ".0f"), f"{r['check']} = {r['check_value']:.4g}",
+                      num(target_of(r), "g", "x"), num(r["peak_rss_mb"], ".0f"),
+                      f"{r['check']} = {r['check_value']:.4g}",
                       "pass" if r["check_ok"] else "FAIL"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)

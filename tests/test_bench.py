@@ -41,3 +41,17 @@ def test_rows_without_a_reference_format_and_keep_their_details():
     line = format_rows([synthetic]).splitlines()[1].split()
     assert line[:5] == ["cluster-1000k-synthetic", "1000000", "3.7e+04", "-", "-"]
     assert format_details([synthetic]) == "- cluster-1000k-synthetic: k 707"
+
+
+def test_table_shows_targets_and_names_rows_below_them():
+    from car_engine.bench import below_target, format_rows
+
+    base = {"items": 24, "engine_per_s": 30.0, "reference_per_s": 12.0, "peak_rss_mb": 1.0,
+            "check": "min_cosine", "check_value": 0.9999, "check_ok": True}
+    rows = [{**base, "stage": "embed-bf16", "speedup": 2.3, "target_speedup": 2.5},
+            {**base, "stage": "select-merge", "speedup": 20.0, "target_speedup": ""},
+            {**base, "stage": "cluster", "speedup": 12.0, "target_speedup": 10}]
+    table = format_rows(rows).splitlines()
+    assert table[0].split()[5] == "target"
+    assert [line.split()[5] for line in table[1:]] == ["2.5x", "-", "10x"]
+    assert below_target(rows) == ["embed-bf16 (2.30x vs 2.5x)"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from car_engine.bench import STAGES, format_rows, refresh_results, run_bench, write_json
+from car_engine.bench import (
+    STAGES,
+    below_target,
+    format_rows,
+    refresh_results,
+    run_bench,
+    write_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +33,12 @@ def main(args: argparse.Namespace) -> int:
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     rows = run_bench(stages, quick=args.quick, n=args.n)
     print(format_rows(rows))
+    if args.quick:
+        print("(--quick: smaller sizes than the full benchmarks of `make bench`; the items "
+              "column gives each row's size)")
+    slow = below_target(rows)
+    if slow:  # reported, not an error: speed on a shared machine is noisy
+        print(f"below target speed-up: {', '.join(slow)}", file=sys.stderr)
     if args.json:
         write_json(rows, args.json)
     if args.results:
