@@ -97,7 +97,7 @@ class Embedder:
         ``dtype`` is the compute precision (``fp32``, ``bf16``; ``fp16`` on GPU only); vectors
         always come back as float32. ``device`` defaults to CUDA when present, else CPU.
         ``compile`` runs the encoder through ``torch.compile`` (one graph for every batch
-        shape): ~15 s once per process, then ~1.2x faster on CPU in bf16, because the GELU,
+        shape): ~15 s once per process, then up to 1.2x faster on CPU in bf16, as the GELU,
         bias and layer-norm passes that are half of the eager time get fused.
         """
         from transformers import AutoModel, AutoTokenizer

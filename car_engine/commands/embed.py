@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-length", type=int, default=256,
                    help="tokens per text, longer ones truncated (default 256, the model's)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder: ~15 s once, then ~1.2x faster on CPU (bf16); "
-                   "worth it past a few thousand texts")
+                   help="torch.compile the encoder: ~15 s once, then up to 1.2x faster on CPU "
+                   "(bf16); worth it past a few thousand texts")
     p.add_argument("--limit", type=int, help="embed only the first N records")
     p.set_defaults(func=run)
 

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--embed-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="embedding precision (bf16: ~2x faster on CPUs with AVX512-BF16)")
     m.add_argument("--embed-compile", action="store_true",
-                   help="torch.compile the encoder: ~15 s per worker, then ~1.2x faster")
+                   help="torch.compile the encoder: ~15 s per worker, then up to 1.2x faster")
     m.add_argument("--ifd-model", default="default", help="causal LM folder")
     m.add_argument("--template", choices=("none", "alpaca", "vicuna", "chat"), default="none")
     m.add_argument("--compat", choices=("superfiltering", "cherry"))
