@@ -24,6 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from car_engine.baselines.diversity import reference_cluster, reference_embed, reference_encoder
+from car_engine.batching import tokenize
 from car_engine.cluster import cluster
 from car_engine.corpus import atomic_path, load_corpus, pair_text, pair_texts
 from car_engine.embed import Embedder
@@ -109,9 +110,9 @@ def bench_embed(n: int, chunk: int = 64, compiled: bool = True) -> list[dict]:
     seconds, vectors = take_turns(runners, texts, chunk)
     # How close each side runs to this machine's GEMM peak: the ceiling on the speed-up is
     # (bf16 peak / fp32 peak) x (engine's fraction of its peak / reference's of its own).
-    lengths = [len(ids) for ids in engines["fp32"].tokenizer(
-        texts, truncation=True, max_length=engines["fp32"].max_seq_length)["input_ids"]]
-    gflop = transformer_gflop(engines["fp32"].model, lengths, causal=False)
+    fp32 = engines["fp32"]
+    lengths = [len(ids) for ids in tokenize(fp32.tokenizer, texts, fp32.max_seq_length)]
+    gflop = transformer_gflop(fp32.model, lengths, causal=False)
     peak = {dtype: gemm_gflops(dtype) for dtype in ("fp32", "bf16")}
     reference = np.concatenate(vectors.pop("reference"))
     common = {"reference_peak_fraction": round(gflop / seconds["reference"] / peak["fp32"], 3),
@@ -194,6 +195,11 @@ def bench_synthetic(n: int = SYNTHETIC_N, d: int = SYNTHETIC_D, k: int = SYNTHET
     return synthetic
 
 
+def cluster_data(quick: bool) -> tuple[int, int]:
+    """(number of real embeddings, tokens per text) the cluster comparison runs on."""
+    return (QUICK_N, QUICK_TOKENS) if quick else (REAL_N, FULL_TOKENS)
+
+
 def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None) -> list[dict]:
     """All rows: embed (fp32, bf16), cluster (real), and unless ``quick`` the 1M synthetic.
 
@@ -202,9 +208,10 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     20,000 full texts take an hour). The embed comparison runs on ``n // 100`` full texts
     (quick: 24), since the reference encodes one at a time.
     """
-    n = n or (QUICK_N if quick else REAL_N)
+    default_n, max_tokens = cluster_data(quick)
+    n = n or default_n
     rows = bench_embed(24 if quick else max(24, n // 100))
-    rows += bench_cluster(n, QUICK_TOKENS if quick else FULL_TOKENS)
+    rows += bench_cluster(n, max_tokens)
     if synthetic if synthetic is not None else not quick:
         rows.append(bench_synthetic())
     return rows
@@ -221,8 +228,8 @@ def main() -> None:
                         help="only make the cached real embeddings (slow, once)")
     args = parser.parse_args()
     if args.build_cache:
-        real_embeddings(args.n or (QUICK_N if args.quick else REAL_N),
-                        max_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS)
+        default_n, max_tokens = cluster_data(args.quick)
+        real_embeddings(args.n or default_n, max_tokens=max_tokens)
         return
     rows = run(quick=args.quick, n=args.n, synthetic=False if args.no_synthetic else None)
     print(format_table(rows))

@@ -17,7 +17,7 @@ import torch
 
 from car_engine.baselines.ifd import reference_scores
 from car_engine.corpus import load_corpus
-from car_engine.ifd import OK, IFDScorer
+from car_engine.ifd import DTYPES, OK, IFDScorer
 
 from .common import best_time, format_table, gemm_gflops, machine, row, transformer_gflop
 
@@ -61,7 +61,7 @@ def _probe_loss(tokens: int, dtype: str) -> None:
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    dt = DTYPES[dtype]
     # Filled in place: a temporary here would raise the high-water mark above the loss's.
     weight = torch.empty(49152, 576, dtype=dt).normal_(0, 0.05)
     hidden = torch.empty(tokens, 576, dtype=dt).normal_()
@@ -123,7 +123,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
     body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
     full = model_gflop(model, cond_len, scored_n, full_logits=True)
-    peak = {d: gemm_gflops(d) for d in ("fp32", "bf16")}
+    peak = {d: gemm_gflops(d) for d in DTYPES}
     mask = np.array([p.status == OK for p in pairs])
     delta = float(np.nanmax(np.abs(_ifd(eng)[mask] - _ifd(ref)[mask])))
     rho = spearman(_ifd(eng)[mask], _ifd(bf)[mask])

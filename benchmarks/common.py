@@ -46,9 +46,10 @@ def gemm_gflops(dtype: str, size: int = 2048) -> float:
     square matmuls, the ceiling a transformer forward can approach."""
     import torch
 
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a = torch.randn(size, size).to(torch_dtype)
-    b = torch.randn(size, size).to(torch_dtype)
+    from car_engine.ifd import DTYPES
+
+    a = torch.randn(size, size).to(DTYPES[dtype])
+    b = torch.randn(size, size).to(DTYPES[dtype])
     a @ b  # warm-up
     seconds, _ = best_time(lambda: a @ b, repeat=3)
     return 2 * size**3 / seconds / 1e9

@@ -189,8 +189,9 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = 42, n_init: int = 3, max_i
            tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False
            ) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
-    run each, the best one then iterated until the objective improves by less than ``tol``
-    (relative) over CHECK_EVERY iterations, or ``max_iter`` iterations in all."""
+    run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
+    all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
+    iterations, or ``max_iter`` iterations in all."""
     d = points.shape[1]
     rng = np.random.default_rng(seed)
     points = _sample(points, k * max_points_per_centroid, rng)

@@ -33,8 +33,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"cache: {cache_dir()}")
     print(f"embeddings: all-MiniLM-L6-v2 at {minilm_path()} (used as installed)")
     began = time.perf_counter()
-    print(f"ifd: SmolLM2-135M-Instruct at {causal_lm_path(DEFAULT)} "
-          f"({time.perf_counter() - began:.0f} s)")
+    folder = causal_lm_path(DEFAULT)  # converts the GGUF the first time
+    print(f"ifd: SmolLM2-135M-Instruct at {folder} ({time.perf_counter() - began:.0f} s)")
     for precision in IQS_PRECISIONS:
         began = time.perf_counter()
         scorer = IQSScorer.load(DEFAULT, runtime="onnx", precision=precision)
