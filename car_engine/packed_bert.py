@@ -1,0 +1,135 @@
+"""A BERT encoder forward over packed (unpadded) token sequences, for CPU inference.
+
+The transformers forward takes a padded [batch, tokens] block. On CPU this is faster
+(all-MiniLM-L6-v2, ShareGPT texts, 2 cores; 1.2x in bf16, 1.1x in fp32, measured):
+- every dense layer is one GEMM over only the real tokens of the batch ([tokens, hidden]),
+  and query, key and value are one GEMM with the three weights side by side;
+- attention runs per group of equal-length texts, so there is no mask and no padded key;
+  groups are capped so that their scores stay in the L2 cache (softmax over a score
+  block that does not fit is memory bound and was a quarter of the bf16 time);
+- a batch of ~4k tokens keeps the FFN activations in the L3 cache.
+
+Only the plain BERT architecture is handled (:func:`supports` says which); everything
+else, and GPUs, use the transformers forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
+# Larger groups spill out of L2 and slowed the softmax by half (measured).
+MAX_GROUP_SCORES = 2 ** 21
+
+
+def supports(model: torch.nn.Module) -> str | None:
+    """None when ``model`` is a BERT encoder this module computes exactly, else the reason."""
+    config = model.config
+    checks = {
+        "model type is not bert": config.model_type != "bert",
+        "position embeddings are not absolute":
+            getattr(config, "position_embedding_type", "absolute") != "absolute",
+        "activation is not exact gelu": config.hidden_act != "gelu",
+        "model is a decoder": bool(getattr(config, "is_decoder", False)),
+    }
+    return next((reason for reason, failed in checks.items() if failed), None)
+
+
+class PackedBert:
+    """The weights of a transformers ``BertModel``, cast once to ``dtype``, and a forward
+    over a batch of texts given as token ids (no padding anywhere)."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        """Copy the weights of ``model`` (a ``BertModel``, see :func:`supports`)."""
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"not a plain BERT encoder: {reason}")
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.eps = config.layer_norm_eps
+        self.max_positions = config.max_position_embeddings
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype).contiguous()
+
+        emb = model.embeddings
+        self.word = cast(emb.word_embeddings.weight)
+        self.position = cast(emb.position_embeddings.weight)
+        self.token_type = cast(emb.token_type_embeddings.weight[0])  # every token is type 0
+        self.embed_norm = (cast(emb.LayerNorm.weight), cast(emb.LayerNorm.bias))
+        scale = self.head_dim ** -0.5  # folded into the query weights: one less pass per layer
+        self.layers = []
+        for layer in model.encoder.layer:
+            att = layer.attention.self
+            self.layers.append({
+                "qkv_w": cast(torch.cat([att.query.weight * scale, att.key.weight,
+                                         att.value.weight]).t()),
+                "qkv_b": cast(torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])),
+                "out_w": cast(layer.attention.output.dense.weight.t()),
+                "out_b": cast(layer.attention.output.dense.bias),
+                "out_norm": (cast(layer.attention.output.LayerNorm.weight),
+                             cast(layer.attention.output.LayerNorm.bias)),
+                "up_w": cast(layer.intermediate.dense.weight.t()),
+                "up_b": cast(layer.intermediate.dense.bias),
+                "down_w": cast(layer.output.dense.weight.t()),
+                "down_b": cast(layer.output.dense.bias),
+                "down_norm": (cast(layer.output.LayerNorm.weight),
+                              cast(layer.output.LayerNorm.bias)),
+            })
+
+    def __call__(self, token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Last hidden states ``[len(ids), hidden]`` of every text. Texts of equal length
+        next to each other share their attention GEMMs, so pass them sorted by length."""
+        lengths = [len(ids) for ids in token_ids]
+        if min(lengths) < 1 or max(lengths) > self.max_positions:
+            raise ValueError(f"texts must have 1..{self.max_positions} tokens, "
+                             f"got {min(lengths)}..{max(lengths)}")
+        ids = torch.tensor([t for seq in token_ids for t in seq], dtype=torch.int64)
+        positions = torch.cat([torch.arange(n) for n in lengths])
+        x = self.word[ids] + self.position[positions] + self.token_type
+        x = self._norm(x, self.embed_norm)
+        groups = self._attention_groups(lengths)
+        for layer in self.layers:
+            qkv = torch.addmm(layer["qkv_b"], x, layer["qkv_w"])
+            context = self._attention(qkv, groups)
+            x = self._norm(torch.addmm(layer["out_b"], context, layer["out_w"]).add_(x),
+                           layer["out_norm"])
+            up = F.gelu(torch.addmm(layer["up_b"], x, layer["up_w"]))
+            x = self._norm(torch.addmm(layer["down_b"], up, layer["down_w"]).add_(x),
+                           layer["down_norm"])
+        return list(x.split(lengths))
+
+    def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), *weights, self.eps)
+
+    def _attention_groups(self, lengths: list[int]) -> list[tuple[int, int, int]]:
+        """(first token, texts, length) of each run of equal-length texts, cut to
+        MAX_GROUP_SCORES."""
+        groups, start, i = [], 0, 0
+        while i < len(lengths):
+            n = lengths[i]
+            cap = max(1, MAX_GROUP_SCORES // (self.heads * n * n))
+            j = i + 1
+            while j < len(lengths) and lengths[j] == n and j - i < cap:
+                j += 1
+            groups.append((start, j - i, n))
+            start += (j - i) * n
+            i = j
+        return groups
+
+    def _attention(self, qkv: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Softmax attention of each text over its own tokens: [tokens, hidden]."""
+        hidden = qkv.shape[1] // 3
+        context = qkv.new_empty((qkv.shape[0], hidden))
+        for start, count, n in groups:
+            block = qkv[start:start + count * n].view(count, n, 3, self.heads, self.head_dim)
+            q, k, v = block.permute(2, 0, 3, 1, 4).unbind(0)  # each [count, heads, n, head_dim]
+            probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
+            out = torch.matmul(probs, v).transpose(1, 2)  # [count, n, heads, head_dim]
+            context[start:start + count * n].view(count, n, self.heads, self.head_dim).copy_(out)
+        return context
+
