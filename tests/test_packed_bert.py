@@ -36,10 +36,15 @@ def padded_states(reference: Embedder, token_ids: list[list[int]]) -> list[torch
     return [hidden[row, :len(seq)] for row, seq in enumerate(token_ids)]
 
 
-@pytest.mark.parametrize("group_scores", [packed_bert.MAX_GROUP_SCORES, 1])
-def test_hidden_states_match_the_padded_forward(reference, token_ids, group_scores, monkeypatch):
-    # group_scores=1 puts every text in an attention group of its own
+@pytest.mark.parametrize("group_scores, fused", [(packed_bert.MAX_GROUP_SCORES, True),
+                                                 (1, True), (packed_bert.MAX_GROUP_SCORES, False)])
+def test_hidden_states_match_the_padded_forward(reference, token_ids, group_scores, fused,
+                                                monkeypatch):
+    # group_scores=1 puts every text in an attention group of its own; fused=False is the
+    # addmm + gelu path of torch builds without oneDNN
+    assert packed_bert.FUSED_LINEAR  # this machine's torch has it, so both paths are tested
     monkeypatch.setattr(packed_bert, "MAX_GROUP_SCORES", group_scores)
+    monkeypatch.setattr(packed_bert, "FUSED_LINEAR", fused)
     assert len({len(t) for t in token_ids}) < len(token_ids)  # equal lengths share a group
     with torch.inference_mode():
         got = PackedBert(reference.model)(token_ids)
