@@ -102,9 +102,11 @@ def format_details(rows: list[dict[str, Any]]) -> str:
     def show(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    return "\n".join(f"- {r['stage']}: " + ", ".join(f"{k} {show(v)}" for k, v in r.items()
-                                                   if k not in KEYS)
-                     for r in rows if set(r) - set(KEYS))
+    def extra(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in KEYS and v is not None}
+
+    return "\n".join(f"- {r['stage']}: " + ", ".join(f"{k} {show(v)}" for k, v in extra(r).items())
+                     for r in rows if extra(r))
 
 
 def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:

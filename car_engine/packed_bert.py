@@ -8,8 +8,7 @@ The transformers forward takes a padded [batch, tokens] block. On CPU this is fa
   groups are capped so that their scores stay in the L2 cache (softmax over a score
   block that does not fit is memory bound and was a quarter of the bf16 time);
 - a batch of ~4k tokens keeps the FFN activations in the L3 cache;
-- dense layers go through oneDNN's fused linear, which applies bias and GELU in the GEMM
-  (a separate GELU pass cost 70% of its GEMM's time in bf16).
+- dense layers go through oneDNN with bias and GELU fused (car_engine.cpu_linear).
 
 Only the plain BERT architecture is handled (:func:`supports` says which); everything
 else, and GPUs, use the transformers forward.
@@ -22,23 +21,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from car_engine.cpu_linear import linear
+
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
 MAX_GROUP_SCORES = 2 ** 21
-# oneDNN's linear with fused bias and activation, in CPU builds of torch (else addmm + gelu).
-FUSED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                "_linear_pointwise")
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False
-           ) -> torch.Tensor:
-    """``x @ weight.T + bias``, then exact GELU when ``gelu``. ``weight`` is [out, in], as in
-    ``nn.Linear``."""
-    if FUSED_LINEAR:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none",
-                                                  [], "none" if gelu else "")
-    out = torch.addmm(bias, x, weight.t())
-    return F.gelu(out) if gelu else out
 
 
 def supports(model: torch.nn.Module) -> str | None:

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from car_engine import packed_bert
+from car_engine import cpu_linear, packed_bert
 from car_engine.batching import pad_batch, tokenize
 from car_engine.embed import Embedder
 from car_engine.packed_bert import PackedBert, supports
@@ -42,9 +42,9 @@ def test_hidden_states_match_the_padded_forward(reference, token_ids, group_scor
                                                 monkeypatch):
     # group_scores=1 puts every text in an attention group of its own; fused=False is the
     # addmm + gelu path of torch builds without oneDNN
-    assert packed_bert.FUSED_LINEAR  # this machine's torch has it, so both paths are tested
+    assert cpu_linear.AVAILABLE  # this machine's torch has it, so both paths are tested
     monkeypatch.setattr(packed_bert, "MAX_GROUP_SCORES", group_scores)
-    monkeypatch.setattr(packed_bert, "FUSED_LINEAR", fused)
+    monkeypatch.setattr(cpu_linear, "AVAILABLE", fused)
     assert len({len(t) for t in token_ids}) < len(token_ids)  # equal lengths share a group
     with torch.inference_mode():
         got = PackedBert(reference.model)(token_ids)

@@ -1,0 +1,29 @@
+"""The fastest dense layer torch offers on CPU: oneDNN's linear, with bias and activation fused.
+
+``torch.nn.functional.linear`` goes to the BLAS torch was built with. On this machine's AMD
+EPYC that reaches ~140 GFLOP/s in fp32, where oneDNN reaches 175-195 (measured on 4096-token
+transformer layer shapes). In bf16 both are near the ~380 GFLOP/s peak, but oneDNN also
+applies bias and GELU inside the GEMM instead of in extra passes over the output (a separate
+GELU cost 70% of its GEMM's time in bf16). Torch builds without oneDNN, and GPUs, get the
+plain ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                             "_linear_pointwise")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           gelu: bool = False) -> torch.Tensor:
+    """``x @ weight.T + bias``, then exact GELU when ``gelu``. ``weight`` is [out, in], as in
+    ``nn.Linear``."""
+    if AVAILABLE and x.device.type == "cpu":
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none",
+                                                  [], "none" if gelu else "")
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
+
