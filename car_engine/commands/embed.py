@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="texts per batch (default 16 on CPU, 64 on GPU)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
-                   help="compute precision (default fp32; bf16 is ~2.2x faster on CPUs with "
-                   "AVX512-BF16, cosine >= 0.999 to fp32; fp16 on GPU only)")
+                   help="compute precision (default fp32; bf16 is ~1.8x faster than fp32 on CPUs "
+                   "with AVX512-BF16, cosine >= 0.999 to fp32; fp16 on GPU only)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--max-seq-length", type=int, default=256,
                    help="tokens per text, longer ones truncated (default 256, the model's)")
