@@ -20,7 +20,7 @@ class IQSParams:
     model: str = "default"
     runtime: str = "onnx"
     precision: str = "fp32"
-    batch_size: int = 32
+    batch_size: int | None = None  # the scorer's: 4 on CPU, 32 on GPU
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32",
                         help="onnx: fp32|fp16|int8; torch: fp32|fp16|bf16")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="pairs per batch (default 4 on CPU, 32 on GPU)")
 
 
 def _scorer(args: argparse.Namespace):

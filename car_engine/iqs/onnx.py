@@ -228,6 +228,7 @@ class OrtRunner:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
         self.provider = self.session.get_providers()[0]
+        self.on_gpu = self.provider != "CPUExecutionProvider"
         self.path = Path(path)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -27,6 +27,10 @@ from car_engine.iqs.store import WEIGHTS_FILE, load_model, resolve_model_dir
 from car_engine.models import DEFAULT
 
 RUNTIMES = ("onnx", "torch")
+# Pairs per batch when not given. On CPU small batches win: ONNX Runtime scored 120 ShareGPT
+# pairs 1.25x (int8) / 1.18x (fp32) faster at 4 than at 32 (less padding, activations stay in
+# cache; 1 and 2 were slower again). GPUs want the larger batches.
+CPU_BATCH, GPU_BATCH = 4, 32
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -55,6 +59,7 @@ class TorchRunner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = TORCH_DTYPES[precision]
         self.model = model.to(self.device).eval()
+        self.on_gpu = self.device.type == "cuda"
 
     @torch.inference_mode()
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -74,7 +79,9 @@ class IQSScorer:
     """Tokenize, batch by length, run, and put the scores back in input order."""
 
     def __init__(self, runner: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer,
-                 max_length: int, batch_size: int = 32) -> None:
+                 max_length: int, batch_size: int | None = None) -> None:
+        if batch_size is None:
+            batch_size = GPU_BATCH if getattr(runner, "on_gpu", False) else CPU_BATCH
         if batch_size < 1:
             raise UsageError("batch_size must be at least 1")
         self.runner, self.tokenizer = runner, tokenizer
@@ -83,9 +90,10 @@ class IQSScorer:
 
     @classmethod
     def load(cls, model: str = DEFAULT, *, runtime: str = "onnx", precision: str = "fp32",
-             device: str | None = None, batch_size: int = 32) -> IQSScorer:
+             device: str | None = None, batch_size: int | None = None) -> IQSScorer:
         """A scorer for ``model`` (``default``, an IQS folder or a COMET ``.ckpt``) on
-        ``runtime`` ``onnx`` (exported once and cached beside the weights) or ``torch``."""
+        ``runtime`` ``onnx`` (exported once and cached beside the weights) or ``torch``;
+        ``batch_size`` pairs per batch, by default CPU_BATCH on CPU and GPU_BATCH on GPU."""
         if runtime not in RUNTIMES:
             raise UsageError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         if runtime == "torch":
