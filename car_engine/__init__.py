@@ -17,6 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from car_engine.omp import limit_omp_spinning
+
+limit_omp_spinning()  # before any car_engine module loads torch or faiss (and their OpenMP)
+
 __version__ = "0.1.0"
 
 _API = {

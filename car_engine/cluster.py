@@ -13,16 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from car_engine.omp import prefer_passive_waiting
+import faiss
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
-prefer_passive_waiting()  # before faiss loads its OpenMP runtime
-
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from car_engine.errors import UsageError  # noqa: E402
+from car_engine.errors import UsageError
 
 BATCH = 65_536  # rows per transform / assignment batch: a few tens of MB at d = 384
 PROBE_ITER = 5  # Lloyd iterations given to every restart before the best one is picked

@@ -15,20 +15,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from car_engine.omp import prefer_passive_waiting
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
 
-prefer_passive_waiting()  # before torch loads its OpenMP runtime
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize  # noqa: E402
-from car_engine.corpus import atomic_path, pair_texts, read_table, write_parquet  # noqa: E402
-from car_engine.errors import ModelError, UsageError  # noqa: E402
-from car_engine.models import DEFAULT, resolve_encoder  # noqa: E402
-from car_engine.packed_bert import PackedBert, supports  # noqa: E402
+from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize
+from car_engine.corpus import atomic_path, pair_texts, read_table, write_parquet
+from car_engine.errors import ModelError, UsageError
+from car_engine.models import DEFAULT, resolve_encoder
+from car_engine.packed_bert import PackedBert, supports
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
