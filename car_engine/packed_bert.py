@@ -4,9 +4,10 @@ The transformers forward takes a padded [batch, tokens] block. On CPU this is fa
 (all-MiniLM-L6-v2, ShareGPT texts, 2 cores; 1.2x in bf16, 1.1x in fp32, measured):
 - every dense layer is one GEMM over only the real tokens of the batch ([tokens, hidden]),
   and query, key and value are one GEMM with the three weights side by side;
-- attention runs per group of equal-length texts, so there is no mask and no padded key;
-  groups are capped so that their scores stay in the L2 cache (softmax over a score
-  block that does not fit is memory bound and was a quarter of the bf16 time);
+- attention runs per text, so there is no mask and no padded key: in bf16 on CPUs with
+  AVX512-BF16 in one fused native kernel (csrc/attention.cpp; scores never leave L1),
+  else per group of equal-length texts with matmul + softmax, groups capped so that their
+  scores stay in the L2 cache;
 - a batch of ~4k tokens keeps the FFN activations in the L3 cache;
 - dense layers go through oneDNN with bias and GELU fused (car_engine.cpu_linear).
 
@@ -18,10 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from car_engine import _native
 from car_engine.cpu_linear import linear
+
+# The fused bf16 attention kernel: built in and this CPU has AVX512-BF16.
+NATIVE_ATTENTION = _native.attention_supported()
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
@@ -96,9 +102,13 @@ class PackedBert:
         x = self.word[ids] + self.position[positions] + self.token_type
         x = self._norm(x, self.embed_norm)
         groups = self._attention_groups(lengths)
+        starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
         for layer in self.layers:
             qkv = linear(x, layer["qkv_w"], layer["qkv_b"])
-            context = self._attention(qkv, groups)
+            if NATIVE_ATTENTION and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
+                context = self._native_attention(qkv, starts, lengths)
+            else:
+                context = self._attention(qkv, groups)
             x = self._norm(linear(context, layer["out_w"], layer["out_b"]).add_(x),
                            layer["out_norm"])
             up = linear(x, layer["up_w"], layer["up_b"], gelu=True)
@@ -123,6 +133,15 @@ class PackedBert:
             start += (j - i) * n
             i = j
         return groups
+
+    def _native_attention(self, qkv: torch.Tensor, starts: np.ndarray, lengths: list[int]
+                          ) -> torch.Tensor:
+        """The fused kernel: bf16 in and out, fp32 scores and sums inside."""
+        context = qkv.new_empty((qkv.shape[0], qkv.shape[1] // 3))
+        _native.attention_bf16(qkv.contiguous().view(torch.int16).numpy(), starts,
+                               np.asarray(lengths, dtype=np.int64), self.heads, self.head_dim,
+                               context.view(torch.int16).numpy(), torch.get_num_threads())
+        return context
 
     def _attention(self, qkv: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         """Softmax attention of each text over its own tokens: [tokens, hidden]."""

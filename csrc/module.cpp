@@ -1,4 +1,5 @@
 // car_engine._native: the selection arithmetic, in C++ with the GIL released.
+#include "attention.hpp"
 #include "dedup.hpp"
 #include "merge.hpp"
 #include "topk.hpp"
@@ -26,6 +27,14 @@ PYBIND11_MODULE(_native, m) {
     m.def("dedup", &car::dedup, py::arg("hashes"), py::arg("scores") = py::none(),
           "Sorted indices that survive dedup over uint64 hashes: the first occurrence, or with "
           "scores the best-scored one (ties by lower index; NaN ranks last).");
+    m.def("attention_supported", &car::attention_supported,
+          "Whether attention_bf16 can run here (built in and the CPU has AVX512-BF16).");
+    m.def("attention_bf16", &car::attention_bf16, py::arg("qkv"), py::arg("starts"),
+          py::arg("lengths"), py::arg("heads"), py::arg("head_dim"), py::arg("out"),
+          py::arg("threads"),
+          "Softmax attention of every text over its own tokens: qkv [tokens, 3 * heads * "
+          "head_dim] bf16 bits as int16 (query pre-scaled), texts at starts/lengths; writes "
+          "out [tokens, heads * head_dim].");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }
