@@ -116,20 +116,24 @@ class PackedBert:
         positions = torch.cat([torch.arange(n) for n in lengths])
         x = self.word[ids] + self.position[positions] + self.token_type
         x = self._norm(x, self.embed_norm)
-        groups = self._attention_groups(lengths)
-        starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
+        attend = self._attention_for(lengths, x)
         for layer in self.layers:
-            qkv = linear(x, layer["qkv_w"], layer["qkv_b"])
-            if NATIVE_ATTENTION and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
-                context = fused_attention(qkv, starts, lengths, self.heads)
-            else:
-                context = self._attention(qkv, groups)
+            context = attend(linear(x, layer["qkv_w"], layer["qkv_b"]))
             x = self._norm(linear(context, layer["out_w"], layer["out_b"]).add_(x),
                            layer["out_norm"])
             up = linear(x, layer["up_w"], layer["up_b"], gelu=True)
             x = self._norm(linear(up, layer["down_w"], layer["down_b"]).add_(x),
                            layer["down_norm"])
         return list(x.split(lengths))
+
+    def _attention_for(self, lengths: list[int], x: torch.Tensor):
+        """The attention every layer of this batch uses, with its per-batch layout computed
+        once: the fused kernel (bf16 on CPUs with AVX512-BF16) or matmul + softmax."""
+        if NATIVE_ATTENTION and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
+            return lambda qkv: fused_attention(qkv, starts, lengths, self.heads)
+        groups = self._attention_groups(lengths)
+        return lambda qkv: self._attention(qkv, groups)
 
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), *weights, self.eps)

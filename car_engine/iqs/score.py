@@ -29,7 +29,8 @@ from car_engine.models import DEFAULT
 RUNTIMES = ("onnx", "torch")
 # Pairs per batch when not given. On CPU small batches win: ONNX Runtime scored 120 ShareGPT
 # pairs 1.25x (int8) / 1.18x (fp32) faster at 4 than at 32 (less padding, activations stay in
-# cache; 1 and 2 were slower again). GPUs want the larger batches.
+# cache; 2 measured about the same as 4, 1 slower). The eager torch runtime was not measured
+# at 4. GPUs want the larger batches.
 CPU_BATCH, GPU_BATCH = 4, 32
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
