@@ -27,3 +27,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
 
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T + residual`` (a residual connection), the add inside the GEMM."""
+    if AVAILABLE and x.device.type == "cpu":
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
+    return F.linear(x, weight).add_(residual)
+
+
+def linear_silu_mul(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(x @ gate.T) * (x @ up.T)``, the gated FFN input of Llama-style models: SiLU
+    fused into the first GEMM, the product into the second."""
+    if AVAILABLE and x.device.type == "cpu":
+        gated = torch.ops.mkldnn._linear_pointwise(x, gate, None, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, gated, up, None, "mul")
+    return F.silu(F.linear(x, gate)).mul_(F.linear(x, up))

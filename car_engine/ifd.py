@@ -9,6 +9,7 @@ vocab]`` logits tensor ever exists).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -199,16 +200,24 @@ class _Sequence:
     n_score: int
 
 
-def plan_batches(sequences: list[_Sequence], batch_tokens: int) -> list[list[_Sequence]]:
-    """Longest first, packed so that rows x padded length stays within ``batch_tokens`` (a
-    sequence longer than the budget runs alone)."""
+def plan_batches(sequences: list[_Sequence], batch_tokens: int, *, padded: bool = True
+                 ) -> list[list[_Sequence]]:
+    """Longest first, packed so that a batch holds at most ``batch_tokens`` token positions:
+    rows x the longest row when ``padded``, else the sum of lengths (a sequence longer than
+    the budget runs alone)."""
     ordered = sorted(sequences, key=lambda s: len(s.ids), reverse=True)
     batches: list[list[_Sequence]] = []
+    total = 0
     for seq in ordered:
-        if batches and len(batches[-1][0].ids) * (len(batches[-1]) + 1) <= batch_tokens:
-            batches[-1].append(seq)
-        else:
-            batches.append([seq])
+        if batches:
+            grown = len(batches[-1][0].ids) * (len(batches[-1]) + 1) if padded else \
+                total + len(seq.ids)
+            if grown <= batch_tokens:
+                batches[-1].append(seq)
+                total += len(seq.ids)
+                continue
+        batches.append([seq])
+        total = len(seq.ids)
     return batches
 
 
@@ -217,10 +226,16 @@ class IFDScorer:
 
     def __init__(self, model: str = "default", *, template: str = "none",
                  compat: str | None = None, max_length: int = 512, dtype: str = "fp32",
-                 batch_tokens: int = 8192, device: str | None = None) -> None:
+                 batch_tokens: int = 8192, device: str | None = None, pack: bool = True
+                 ) -> None:
         """Load ``model`` (``default`` = SmolLM2-135M-Instruct, or a local HF folder) in
-        ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU)."""
+        ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU).
+
+        On CPU a Llama-style model runs packed (:mod:`car_engine.packed_llama`: no padding,
+        fused layers; 1.3-1.6x the padded transformers forward); ``pack=False``, other models
+        and GPUs run the transformers forward on padded batches."""
         from car_engine.models import load_causal_lm
+        from car_engine.packed_llama import PackedCausalLM, supports
 
         if dtype not in DTYPES:
             raise UsageError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
@@ -237,6 +252,9 @@ class IFDScorer:
             raise ModelError("IFD needs a causal LM whose output projection is a bias-free linear")
         self.head_weight = head.weight
         self.pad_id = start_token(self.tokenizer)
+        self.packed = None
+        if pack and self.device.type == "cpu" and supports(self.model) is None:
+            self.packed = PackedCausalLM(self.model, DTYPES[dtype])
 
     def encode(self, records: pa.Table) -> list[EncodedPair]:
         """Both passes' token ids for every record (see :func:`encode_pairs`)."""
@@ -245,26 +263,38 @@ class IFDScorer:
 
     @torch.inference_mode()
     def _batch_losses(self, batch: list[_Sequence]) -> list[float]:
-        """Mean answer-token NLL of every sequence in one padded forward of the model body."""
+        """Mean answer-token NLL of every sequence of ``batch``, from one forward of the model
+        body and the fused cross-entropy over the answer positions only."""
+        lengths = [len(seq.ids) for seq in batch]
+        # Row and column of the positions that predict each scored token (t predicts t + 1).
+        rows = [r for r, seq in enumerate(batch) for _ in range(seq.n_score)]
+        cols = [c for seq, n in zip(batch, lengths) for c in range(n - seq.n_score - 1, n - 1)]
+        targets = torch.tensor([t for seq in batch for t in seq.ids[len(seq.ids) - seq.n_score:]],
+                               device=self.device)
+        if self.packed is not None:
+            starts = [0, *itertools.accumulate(lengths)][:-1]
+            hidden = self.packed([seq.ids for seq in batch],
+                                 torch.tensor([starts[r] + c for r, c in zip(rows, cols)]))
+        else:
+            hidden = self._padded_hidden(batch, rows, cols)
+        offsets = torch.tensor([0, *itertools.accumulate(seq.n_score for seq in batch)],
+                               device=self.device)
+        _, means = kernels.linear_cross_entropy(hidden, self.head_weight, targets, offsets)
+        return means.tolist()
+
+    def _padded_hidden(self, batch: list[_Sequence], rows: list[int], cols: list[int]
+                       ) -> torch.Tensor:
+        """Final hidden states at (rows, cols) of one padded transformers forward."""
         width = len(batch[0].ids)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        rows, cols, offsets = [], [], [0]
         for r, seq in enumerate(batch):
-            n = len(seq.ids)
-            ids[r, :n] = torch.tensor(seq.ids)
-            mask[r, :n] = 1
-            rows.extend([r] * seq.n_score)
-            cols.extend(range(n - seq.n_score - 1, n - 1))  # position t predicts token t + 1
-            offsets.append(offsets[-1] + seq.n_score)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        rows_t = torch.tensor(rows, device=self.device)
-        cols_t = torch.tensor(cols, device=self.device)
-        _, means = kernels.linear_cross_entropy(
-            hidden[rows_t, cols_t], self.head_weight, ids[rows_t, cols_t + 1],
-            torch.tensor(offsets, device=self.device))
-        return means.tolist()
+            ids[r, :len(seq.ids)] = torch.tensor(seq.ids)
+            mask[r, :len(seq.ids)] = 1
+        hidden = self.body(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                           use_cache=False).last_hidden_state
+        return hidden[torch.tensor(rows, device=self.device),
+                      torch.tensor(cols, device=self.device)]
 
     def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
         """IFD_COLUMNS for every record, in input order, keyed by ``id``."""
@@ -279,7 +309,7 @@ class IFDScorer:
         bar = tqdm(total=len(pairs), unit="pair", disable=not progress, desc="ifd")
         bar.update(len(pairs) - len(sequences) // 2)  # records with no score are done already
         start, done_tokens, half_done = time.perf_counter(), 0, 0
-        for batch in plan_batches(sequences, self.batch_tokens):
+        for batch in plan_batches(sequences, self.batch_tokens, padded=self.packed is None):
             for seq, loss in zip(batch, self._batch_losses(batch)):
                 losses[seq.record][int(seq.direct)] = loss
             done_tokens += sum(len(s.ids) for s in batch)

@@ -19,34 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from car_engine import _native
+from car_engine import fused_attention
 from car_engine.cpu_linear import linear
-
-# The fused bf16 attention kernel: built in and this CPU has AVX512-BF16.
-NATIVE_ATTENTION = _native.attention_supported()
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
 MAX_GROUP_SCORES = 2 ** 21
-
-
-def fused_attention(qkv: torch.Tensor, starts: np.ndarray, lengths: list[int], heads: int
-                    ) -> torch.Tensor:
-    """Softmax attention of every text over its own tokens, by the native AVX512-BF16 kernel
-    (csrc/attention.cpp; check NATIVE_ATTENTION first). ``qkv`` is the bf16 [tokens, 3 *
-    hidden] projection with the query already scaled; texts start at ``starts`` with
-    ``lengths`` tokens. Returns bf16 [tokens, hidden]; scores and sums are fp32 inside."""
-    hidden = qkv.shape[1] // 3
-    context = qkv.new_empty((qkv.shape[0], hidden))
-    _native.attention_bf16(qkv.contiguous().view(torch.int16).numpy(),
-                           np.ascontiguousarray(starts, dtype=np.int64),
-                           np.asarray(lengths, dtype=np.int64), heads, hidden // heads,
-                           context.view(torch.int16).numpy(), torch.get_num_threads())
-    return context
 
 
 def supports(model: torch.nn.Module) -> str | None:
@@ -129,9 +110,8 @@ class PackedBert:
     def _attention_for(self, lengths: list[int], x: torch.Tensor):
         """The attention every layer of this batch uses, with its per-batch layout computed
         once: the fused kernel (bf16 on CPUs with AVX512-BF16) or matmul + softmax."""
-        if NATIVE_ATTENTION and x.dtype == torch.bfloat16 and x.device.type == "cpu":
-            starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
-            return lambda qkv: fused_attention(qkv, starts, lengths, self.heads)
+        if fused_attention.AVAILABLE and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return lambda qkv: fused_attention.fused_attention(qkv, lengths, self.heads)
         groups = self._attention_groups(lengths)
         return lambda qkv: self._attention(qkv, groups)
 

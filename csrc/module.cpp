@@ -30,11 +30,12 @@ PYBIND11_MODULE(_native, m) {
     m.def("attention_supported", &car::attention_supported,
           "Whether attention_bf16 can run here (built in and the CPU has AVX512-BF16).");
     m.def("attention_bf16", &car::attention_bf16, py::arg("qkv"), py::arg("starts"),
-          py::arg("lengths"), py::arg("heads"), py::arg("head_dim"), py::arg("out"),
-          py::arg("threads"),
-          "Softmax attention of every text over its own tokens: qkv [tokens, 3 * heads * "
-          "head_dim] bf16 bits as int16 (query pre-scaled), texts at starts/lengths; writes "
-          "out [tokens, heads * head_dim].");
+          py::arg("lengths"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+          py::arg("causal"), py::arg("out"), py::arg("threads"),
+          "Softmax attention of every text over its own tokens (causal: earlier ones only): "
+          "qkv [tokens, (heads + 2 * kv_heads) * head_dim] bf16 bits as int16 (query "
+          "pre-scaled; grouped key/value heads), texts at starts/lengths; writes out "
+          "[tokens, heads * head_dim].");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }

@@ -79,7 +79,14 @@ def assert_scores_close(got: pa.Table, want: pa.Table, atol: float) -> None:
                 assert g[col] == pytest.approx(w[col], abs=atol, rel=atol), (g["id"], col)
 
 
-def test_fp32_matches_batch1_hf_reference(scorer, records, scored):
+@pytest.mark.parametrize("packed", [True, False])
+def test_fp32_matches_batch1_hf_reference(scorer, records, scored, packed):
+    # packed: the CPU default (car_engine.packed_llama); not packed: the padded transformers
+    # forward that GPUs and other architectures run
+    assert scorer.packed is not None
+    if not packed:
+        scored = IFDScorer("default", max_length=MAX_LENGTH, pack=False).score(
+            records, progress=False)
     want = reference_scores(scorer.model, records, scorer.encode(records))
     assert scored.column_names == IFD_COLUMNS
     assert_scores_close(scored, want, 1e-4)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from car_engine import cpu_linear, packed_bert
+from car_engine import cpu_linear, fused_attention, packed_bert
 from car_engine.batching import pad_batch, tokenize
 from car_engine.embed import Embedder
 from car_engine.packed_bert import PackedBert, supports
@@ -81,49 +81,11 @@ def test_lengths_outside_the_positions_are_refused(reference):
         packed([[101, 102], []])
 
 
-def attention_float64(qkv: torch.Tensor, lengths: list[int], heads: int) -> torch.Tensor:
-    """The plain definition: softmax(q k^T) v per text and head, in float64."""
-    hidden = qkv.shape[1] // 3
-    out, start = [], 0
-    for n in lengths:
-        block = qkv[start:start + n].double().view(n, 3, heads, hidden // heads)
-        q, k, v = (block[:, i].transpose(0, 1) for i in range(3))
-        out.append((torch.softmax(q @ k.transpose(-1, -2), -1) @ v).transpose(0, 1)
-                   .reshape(n, hidden))
-        start += n
-    return torch.cat(out)
-
-
-@pytest.mark.skipif(not packed_bert.NATIVE_ATTENTION, reason="needs AVX512-BF16")
-@pytest.mark.parametrize("heads, head_dim", [(12, 32), (4, 16), (2, 64), (1, 128)])
-def test_fused_attention_matches_float64(heads, head_dim):
-    # lengths cover the 16-key blocks' tails, odd key pairs and the 4-query tiles' tails
-    lengths = [256, 1, 2, 15, 16, 17, 33, 100, 255]
-    generator = torch.Generator().manual_seed(heads)
-    qkv = (torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator) * 0.8
-           ).to(torch.bfloat16)
-    starts = torch.tensor([0] + lengths[:-1]).cumsum(0).numpy()
-    got = packed_bert.fused_attention(qkv, starts, lengths, heads).double()
-    expected = attention_float64(qkv, lengths, heads)
-    # bf16 output rounding (2^-8 relative) plus bf16 probabilities in P @ V
-    assert (got - expected).abs().max() <= 0.01 * max(1.0, expected.abs().max())
-
-
-@pytest.mark.skipif(not packed_bert.NATIVE_ATTENTION, reason="needs AVX512-BF16")
-def test_fused_attention_refuses_what_it_cannot_do():
-    qkv = torch.zeros(10, 3 * 24, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="head_dim must be 16, 32, 64 or 128"):
-        packed_bert.fused_attention(qkv, [0], [10], 1)
-    qkv = torch.zeros(10, 3 * 32, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="text 1 is outside the tokens"):
-        packed_bert.fused_attention(qkv, [0, 5], [5, 6], 1)
-
-
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_attention_paths_agree(reference, token_ids, native, monkeypatch):
-    if native and not packed_bert.NATIVE_ATTENTION:
+    if native and not fused_attention.AVAILABLE:
         pytest.skip("needs AVX512-BF16")
-    monkeypatch.setattr(packed_bert, "NATIVE_ATTENTION", native)
+    monkeypatch.setattr(fused_attention, "AVAILABLE", native)
     with torch.inference_mode():
         fp32 = PackedBert(reference.model)(token_ids)
         bf16 = PackedBert(reference.model, torch.bfloat16)(token_ids)

@@ -1,0 +1,157 @@
+"""A Llama-style causal LM body over packed (unpadded) token sequences, for CPU inference.
+
+The IFD engine needs the final hidden states at answer positions of many short sequences.
+The transformers forward takes a padded [batch, tokens] block with an attention mask; on CPU
+this module is faster because:
+- every dense layer is one GEMM over only the real tokens of the batch, query/key/value are
+  one GEMM, and so are the gate and up projections;
+- the elementwise work rides inside the GEMMs (oneDNN post-ops): SiLU on the gate, the
+  gate x up product, and both residual adds, so no [tokens, 1536] temporary is read twice;
+- attention runs per sequence, causal, so there is no mask and no padded key: in bf16 on
+  CPUs with AVX512-BF16 in the fused native kernel (car_engine.fused_attention), else
+  PyTorch's scaled_dot_product_attention per sequence;
+- a batch of a few thousand tokens keeps the activations in the L3 cache.
+
+Only the plain Llama architecture (SmolLM2, Llama 2/3 without rope scaling) is handled;
+:func:`supports` says why a model is not, and the caller falls back to the transformers
+forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from car_engine import cpu_linear, fused_attention
+
+
+def supports(model: torch.nn.Module) -> str | None:
+    """None when ``model`` (a ``LlamaForCausalLM`` or its body) is computed exactly by
+    :class:`PackedCausalLM`, else the reason it is not."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    checks = {
+        "model type is not llama": config.model_type != "llama",
+        "activation is not silu": config.hidden_act != "silu",
+        "attention has biases": bool(getattr(config, "attention_bias", False)),
+        "mlp has biases": bool(getattr(config, "mlp_bias", False)),
+        "rope is scaled": rope.get("rope_type", "default") != "default",
+        "tensor-parallel pretraining split": getattr(config, "pretraining_tp", 1) != 1,
+    }
+    return next((reason for reason, failed in checks.items() if failed), None)
+
+
+def _rope_theta(config) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+class PackedCausalLM:
+    """The body weights of a transformers Llama model, cast once to ``dtype``, and a forward
+    that returns the final (normed) hidden states of chosen positions of packed sequences."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        """Copy the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``)."""
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"not a plain Llama model: {reason}")
+        config = model.config
+        body = getattr(model, "model", model)
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.max_positions = config.max_position_embeddings
+        self.dtype = dtype
+        inv_freq = 1.0 / _rope_theta(config) ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        self.inv_freq = inv_freq
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype).contiguous()
+
+        # The softmax scale folded into the query weights (rotary embedding is linear, so it
+        # commutes): one less pass per layer, and exact in bf16 when head_dim is a power of 4.
+        scale = self.head_dim ** -0.5
+        self.embed = cast(body.embed_tokens.weight)
+        self.final_norm = cast(body.norm.weight)
+        self.layers = []
+        for layer in body.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append({
+                "attn_norm": cast(layer.input_layernorm.weight),
+                "qkv": cast(torch.cat([att.q_proj.weight * scale, att.k_proj.weight,
+                                       att.v_proj.weight])),
+                "out": cast(att.o_proj.weight),
+                "mlp_norm": cast(layer.post_attention_layernorm.weight),
+                "gate": cast(mlp.gate_proj.weight),
+                "up": cast(mlp.up_proj.weight),
+                "down": cast(mlp.down_proj.weight),
+            })
+
+    def __call__(self, token_ids: Sequence[Sequence[int]], positions: torch.Tensor
+                 ) -> torch.Tensor:
+        """Final hidden states ``[len(positions), hidden]`` at ``positions``, indices into
+        the concatenation of ``token_ids`` (each sequence attends causally to itself only)."""
+        lengths = [len(ids) for ids in token_ids]
+        if min(lengths) < 1 or max(lengths) > self.max_positions:
+            raise ValueError(f"sequences must have 1..{self.max_positions} tokens, "
+                             f"got {min(lengths)}..{max(lengths)}")
+        ids = torch.tensor([t for seq in token_ids for t in seq], dtype=torch.int64)
+        cos, sin = self._rope_tables(lengths)
+        x = self.embed[ids]
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            qkv = cpu_linear.linear(self._norm(x, layer["attn_norm"]), layer["qkv"])
+            context = self._attention(qkv, lengths, cos, sin)
+            x = cpu_linear.linear_add(context, layer["out"], x)
+            if i == last:  # later positions only feed the loss through attention, done now
+                x = x[positions]
+            h = self._norm(x, layer["mlp_norm"])
+            gated = cpu_linear.linear_silu_mul(h, layer["gate"], layer["up"])
+            x = cpu_linear.linear_add(gated, layer["down"], x)
+        return self._norm(x, self.final_norm)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # One fused pass, fp32 inside. transformers rounds the normalised bf16 value before
+        # scaling it; this rounds once, after (identical in fp32).
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+
+    def _rope_tables(self, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[tokens, 1, head_dim / 2]`` for each token's position in its
+        sequence, rounded to the model dtype as transformers does."""
+        positions = torch.cat([torch.arange(n, dtype=torch.float32) for n in lengths])
+        angles = positions[:, None] * self.inv_freq[None, :]
+        return (angles.cos().to(self.dtype).unsqueeze(1), angles.sin().to(self.dtype).unsqueeze(1))
+
+    def _rotate_in_place(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                         ) -> None:
+        """Rotary embedding of the query and key heads of ``qkv`` (halves rotated, as Llama)."""
+        rotated = qkv[:, :(self.heads + self.kv_heads) * self.head_dim]
+        first, second = rotated.unflatten(1, (-1, self.head_dim)).chunk(2, dim=-1)
+        new_first = first * cos - second * sin
+        second.mul_(cos).addcmul_(first, sin)
+        first.copy_(new_first)
+
+    def _attention(self, qkv: torch.Tensor, lengths: list[int], cos: torch.Tensor,
+                   sin: torch.Tensor) -> torch.Tensor:
+        """Causal attention of each sequence over its own tokens: [tokens, heads * head_dim]."""
+        self._rotate_in_place(qkv, cos, sin)
+        if fused_attention.AVAILABLE and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
+            return fused_attention.fused_attention(qkv, lengths, self.heads, self.kv_heads,
+                                                   causal=True)
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        q, k, v = (part.unflatten(1, (-1, self.head_dim)).transpose(0, 1)
+                   for part in qkv.split([q_width, kv_width, kv_width], dim=1))
+        context = qkv.new_empty((qkv.shape[0], q_width))
+        start = 0
+        for n in lengths:
+            span = slice(start, start + n)
+            out = F.scaled_dot_product_attention(
+                q[:, span], k[:, span], v[:, span], is_causal=True, scale=1.0,
+                enable_gqa=self.kv_heads != self.heads)  # [heads, n, head_dim]
+            context[span].view(n, self.heads, self.head_dim).copy_(out.transpose(0, 1))
+            start += n
+        return context
