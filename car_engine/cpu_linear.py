@@ -15,13 +15,19 @@ import torch.nn.functional as F
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
                                                              "_linear_pointwise")
+# fp16 needs AVX512-FP16 in oneDNN; torch's own ops handle it everywhere.
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn(x: torch.Tensor) -> bool:
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            gelu: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias``, then exact GELU when ``gelu``. ``weight`` is [out, in], as in
     ``nn.Linear``."""
-    if AVAILABLE and x.device.type == "cpu":
+    if _onednn(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none",
                                                   [], "none" if gelu else "")
     out = F.linear(x, weight, bias)
@@ -31,7 +37,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T + residual`` (a residual connection), the add inside the GEMM."""
-    if AVAILABLE and x.device.type == "cpu":
+    if _onednn(x):
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
     return F.linear(x, weight).add_(residual)
 
@@ -39,7 +45,7 @@ def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) ->
 def linear_silu_mul(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)``, the gated FFN input of Llama-style models: SiLU
     fused into the first GEMM, the product into the second."""
-    if AVAILABLE and x.device.type == "cpu":
+    if _onednn(x):
         gated = torch.ops.mkldnn._linear_pointwise(x, gate, None, "swish", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, gated, up, None, "mul")
     return F.silu(F.linear(x, gate)).mul_(F.linear(x, up))

@@ -1,10 +1,10 @@
-"""Softmax attention over packed bf16 sequences by the native AVX512-BF16 kernel.
+"""Softmax attention over packed sequences by the native AVX512 kernel (bf16 and fp32).
 
 ``csrc/attention.cpp`` runs one (sequence, key/value head) at a time with the scores in L1,
 where PyTorch's matmul + softmax + matmul writes every head's n x n scores to memory and reads
 them back twice, and its flash kernel ran causal grouped-query attention at ~50 GFLOP/s.
 The packed encoders (:mod:`car_engine.packed_bert`, :mod:`car_engine.packed_llama`) call it
-for bf16 on CPUs that have the instructions, and keep a PyTorch path for everything else.
+on CPUs that have the instructions (:func:`runs`), and keep a PyTorch path for the rest.
 """
 
 from __future__ import annotations
@@ -16,24 +16,33 @@ import torch
 
 from car_engine import _native
 
-# Built in and this CPU has AVX512-BF16.
+# Built in and this CPU has AVX512-BF16 (the fp32 kernel is built and gated with it).
 AVAILABLE = _native.attention_supported()
+_KERNELS = {torch.bfloat16: (_native.attention_bf16, torch.int16),
+            torch.float32: (_native.attention_f32, torch.float32)}
+
+
+def runs(x: torch.Tensor) -> bool:
+    """Whether :func:`fused_attention` can take ``x``: a CPU tensor of a kernel's dtype, on a
+    CPU that has the kernel."""
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in _KERNELS
 
 
 def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,
                     kv_heads: int | None = None, causal: bool = False) -> torch.Tensor:
     """Attention of every sequence over its own tokens (``causal``: itself and earlier ones).
 
-    ``qkv`` is bf16 ``[tokens, (heads + 2 * kv_heads) * head_dim]``: query heads (already
-    scaled), key heads, value heads; sequences of ``lengths`` tokens follow each other. Query
-    head h reads key/value head ``h // (heads // kv_heads)``. Returns bf16 ``[tokens, heads *
-    head_dim]``; scores and sums are fp32 inside. Check :data:`AVAILABLE` first."""
+    ``qkv`` is bf16 or fp32 ``[tokens, (heads + 2 * kv_heads) * head_dim]``: query heads
+    (already scaled), key heads, value heads; sequences of ``lengths`` tokens follow each
+    other. Query head h reads key/value head ``h // (heads // kv_heads)``. Returns ``[tokens,
+    heads * head_dim]`` in ``qkv``'s dtype; scores and sums are fp32 inside. Check
+    :func:`runs` first."""
     kv_heads = kv_heads or heads
     head_dim = qkv.shape[1] // (heads + 2 * kv_heads)
     lengths = np.asarray(lengths, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
     context = qkv.new_empty((qkv.shape[0], heads * head_dim))
-    _native.attention_bf16(qkv.contiguous().view(torch.int16).numpy(), starts, lengths, heads,
-                           kv_heads, head_dim, causal, context.view(torch.int16).numpy(),
-                           torch.get_num_threads())
+    kernel, as_numpy = _KERNELS[qkv.dtype]  # numpy has no bf16: pass its bits as int16
+    kernel(qkv.contiguous().view(as_numpy).numpy(), starts, lengths, heads, kv_heads, head_dim,
+           causal, context.view(as_numpy).numpy(), torch.get_num_threads())
     return context

@@ -42,59 +42,85 @@ inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, k);
 }
 
-struct Buffers {
-    std::vector<int16_t> keys;    // [blocks][D / 2][16 keys][2]: one vdpbf16ps = 16 scores
-    std::vector<int16_t> values;  // [key pairs][D][2]: one vdpbf16ps = 2 keys into 16 dims
-    std::vector<float> scores;    // [QT][blocks * 16]
-    std::vector<int16_t> probs;   // [QT][blocks * 16], bf16
+// The two element types. A "lane group" is what one multiply-add instruction consumes per
+// output lane: two bf16 (vdpbf16ps) or one fp32 (vfmadd). Keys are repacked as
+// [16-key blocks][head_dim / group][16 keys][group] and values as [keys / group][head_dim]
+// [group], so one instruction gives a query's scores against 16 keys, or 16 output dims
+// from `group` keys.
+struct Bf16 {
+    using T = int16_t;  // bf16 bit pattern
+    using Vec = __m512bh;
+    static constexpr int64_t group = 2;
+    static Vec load(const T* p) { return (Vec)_mm512_loadu_si512(p); }
+    static Vec broadcast(const T* p) {  // two adjacent bf16, to all lanes
+        int32_t pair;
+        std::memcpy(&pair, p, sizeof pair);
+        return (Vec)_mm512_set1_epi32(pair);
+    }
+    static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_dpbf16_ps(acc, a, b); }
+    static void store(T* p, __m512 x) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x));
+    }
 };
 
-inline __m512bh pair_of(const int16_t* p) {  // two adjacent bf16, broadcast to all lanes
-    int32_t pair;
-    std::memcpy(&pair, p, sizeof pair);
-    return (__m512bh)_mm512_set1_epi32(pair);
-}
+struct Fp32 {
+    using T = float;
+    using Vec = __m512;
+    static constexpr int64_t group = 1;
+    static Vec load(const T* p) { return _mm512_loadu_ps(p); }
+    static Vec broadcast(const T* p) { return _mm512_set1_ps(*p); }
+    static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_fmadd_ps(a, b, acc); }
+    static void store(T* p, __m512 x) { _mm512_storeu_ps(p, x); }
+};
+
+template <class E>
+struct Buffers {
+    std::vector<typename E::T> keys, values, probs;  // probs: [QT][blocks * 16]
+    std::vector<float> scores;                       // [QT][blocks * 16]
+};
 
 // Where the rows of one (text, key/value head) job are: qkv rows [start, start + n) hold
 // the query heads, then the key heads, then the value heads, each head_dim wide.
+template <class E>
 struct Job {
-    const int16_t* qkv;
-    int64_t row_stride, start, n, heads, kv_heads, group;  // group = key/value head
+    const typename E::T* qkv;
+    int64_t row_stride, start, n, heads, kv_heads, kv_head;
     bool causal;
-    int16_t* out;
+    typename E::T* out;
     int64_t out_stride;
 };
+
+// Query rows per pass, measured on 2 cores in bf16 (the P @ V loop holds QT x chunks
+// accumulators and chunks value registers of 32): D 16: 8 (4 was 1.4x slower), D 32: 4 (8 no
+// faster), D 64: 4 (2 was 1.5x slower), D 128: 2 (1 was 1.4x slower).
+template <int D>
+constexpr int64_t query_tile() { return D == 16 ? 8 : D == 128 ? 2 : 4; }
 
 // The key/value head of one text, then every query head that shares it (heads / kv_heads of
 // them: grouped-query attention), so keys and values are repacked once per group. QT query
 // rows at a time share every key and value load, and the QT x 2 (or QT x chunks) running dot
-// products are independent chains, so the loops are bound by vdpbf16ps throughput rather
+// products are independent chains, so the loops are bound by multiply-add throughput rather
 // than by its latency (one query at a time was 2.5x slower than PyTorch). Causal: query i
 // sees keys 0..i, so a pass of QT queries stops at its last query's key.
-template <int D>
-void attend(const Job& job, Buffers& buf) {
-    constexpr int64_t pairs = D / 2, chunks = D / 16;
-    // Query rows per pass, measured on 2 cores (the P @ V loop holds QT x chunks accumulators
-    // and chunks value registers of 32): D 16: 8 (4 was 1.4x slower), D 32: 4 (8 no
-    // faster), D 64: 4 (2 was 1.5x slower), D 128: 2 (1 was 1.4x slower).
-    constexpr int64_t QT = D == 16 ? 8 : D == 128 ? 2 : 4;
+template <class E, int D>
+void attend(const Job<E>& job, Buffers<E>& buf) {
+    using T = typename E::T;
+    constexpr int64_t G = E::group, steps = D / G, chunks = D / 16, QT = query_tile<D>();
     const int64_t n = job.n, stride = job.row_stride;
-    const int64_t blocks = (n + 15) / 16, width = blocks * 16, key_pairs = width / 2;
-    const int16_t* rows = job.qkv + job.start * stride;
-    const int16_t* k0 = rows + (job.heads + job.group) * D;
-    const int16_t* v0 = rows + (job.heads + job.kv_heads + job.group) * D;
-    buf.keys.assign(blocks * pairs * 32, 0);
-    buf.values.assign(key_pairs * D * 2, 0);
+    const int64_t blocks = (n + 15) / 16, width = blocks * 16;
+    const T* rows = job.qkv + job.start * stride;
+    const T* k0 = rows + (job.heads + job.kv_head) * D;
+    const T* v0 = rows + (job.heads + job.kv_heads + job.kv_head) * D;
+    buf.keys.assign(blocks * steps * 16 * G, 0);
+    buf.values.assign(width * D, 0);
     for (int64_t j = 0; j < n; ++j) {
-        const int16_t* key = k0 + j * stride;
-        const int16_t* value = v0 + j * stride;
-        int16_t* kd = buf.keys.data() + (j / 16) * pairs * 32 + (j % 16) * 2;
-        for (int64_t i = 0; i < pairs; ++i) {
-            kd[i * 32] = key[2 * i];
-            kd[i * 32 + 1] = key[2 * i + 1];
-        }
-        int16_t* vd = buf.values.data() + (j / 2) * D * 2 + (j % 2);
-        for (int64_t d = 0; d < D; ++d) vd[2 * d] = value[d];
+        const T* key = k0 + j * stride;
+        const T* value = v0 + j * stride;
+        T* kd = buf.keys.data() + (j / 16) * steps * 16 * G + (j % 16) * G;
+        for (int64_t i = 0; i < steps; ++i)
+            for (int64_t g = 0; g < G; ++g) kd[i * 16 * G + g] = key[G * i + g];
+        T* vd = buf.values.data() + (j / G) * D * G + (j % G);
+        for (int64_t d = 0; d < D; ++d) vd[G * d] = value[d];
     }
     buf.scores.resize(QT * width);
     buf.probs.resize(QT * width);
@@ -105,10 +131,10 @@ void attend(const Job& job, Buffers& buf) {
         return count >= 16 ? 0xFFFF : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1);
     };
     const int64_t per_group = job.heads / job.kv_heads;
-    for (int64_t h = job.group * per_group; h < (job.group + 1) * per_group; ++h) {
-        const int16_t* q0 = rows + h * D;
+    for (int64_t h = job.kv_head * per_group; h < (job.kv_head + 1) * per_group; ++h) {
+        const T* q0 = rows + h * D;
         for (int64_t r0 = 0; r0 < n; r0 += QT) {
-            const int16_t* q[QT];
+            const T* q[QT];
             int64_t last[QT];  // the last key each query row sees
             for (int64_t t = 0; t < QT; ++t) {
                 const int64_t r = std::min(r0 + t, n - 1);
@@ -120,17 +146,16 @@ void attend(const Job& job, Buffers& buf) {
             for (int64_t t = 0; t < QT; ++t) row_max[t] = minus_inf;
             for (int64_t b = 0; b < seen; b += 2) {  // two key blocks x QT queries per pass
                 const bool pair_of_blocks = b + 1 < seen;
-                const int16_t* kb = buf.keys.data() + b * pairs * 32;
+                const T* kb = buf.keys.data() + b * steps * 16 * G;
                 __m512 a[QT][2];
                 for (int64_t t = 0; t < QT; ++t) a[t][0] = a[t][1] = _mm512_setzero_ps();
-                for (int64_t i = 0; i < pairs; ++i) {
-                    const __m512bh k_0 = (__m512bh)_mm512_loadu_si512(kb + i * 32);
-                    const __m512bh k_1 = pair_of_blocks
-                        ? (__m512bh)_mm512_loadu_si512(kb + (pairs + i) * 32) : k_0;
+                for (int64_t i = 0; i < steps; ++i) {
+                    const auto k_0 = E::load(kb + i * 16 * G);
+                    const auto k_1 = pair_of_blocks ? E::load(kb + (steps + i) * 16 * G) : k_0;
                     for (int64_t t = 0; t < QT; ++t) {
-                        const __m512bh qi = pair_of(q[t] + 2 * i);
-                        a[t][0] = _mm512_dpbf16_ps(a[t][0], qi, k_0);
-                        a[t][1] = _mm512_dpbf16_ps(a[t][1], qi, k_1);
+                        const auto qi = E::broadcast(q[t] + G * i);
+                        a[t][0] = E::madd(a[t][0], qi, k_0);
+                        a[t][1] = E::madd(a[t][1], qi, k_1);
                     }
                 }
                 for (int64_t t = 0; t < QT; ++t) {
@@ -153,85 +178,80 @@ void attend(const Job& job, Buffers& buf) {
                     const __m512 p = exp16(_mm512_sub_ps(
                         _mm512_loadu_ps(buf.scores.data() + t * width + b * 16), shift));
                     total = _mm512_add_ps(total, p);  // hidden keys: e^-inf = 0
-                    _mm256_storeu_si256(
-                        reinterpret_cast<__m256i*>(buf.probs.data() + t * width + b * 16),
-                        (__m256i)_mm512_cvtneps_pbh(p));
+                    E::store(buf.probs.data() + t * width + b * 16, p);
                 }
                 inv_total[t] = 1.0f / _mm512_reduce_add_ps(total);
             }
             __m512 acc[QT][chunks];
             for (int64_t t = 0; t < QT; ++t)
                 for (int64_t c = 0; c < chunks; ++c) acc[t][c] = _mm512_setzero_ps();
-            for (int64_t jp = 0; jp < seen * 8; ++jp) {
-                __m512bh v[chunks];
+            for (int64_t jg = 0; jg < seen * 16 / G; ++jg) {  // G keys per step
+                typename E::Vec v[chunks];
                 for (int64_t c = 0; c < chunks; ++c)
-                    v[c] = (__m512bh)_mm512_loadu_si512(buf.values.data() + jp * D * 2 + c * 32);
+                    v[c] = E::load(buf.values.data() + jg * D * G + c * 16 * G);
                 for (int64_t t = 0; t < QT; ++t) {
-                    const __m512bh p = pair_of(buf.probs.data() + t * width + 2 * jp);
-                    for (int64_t c = 0; c < chunks; ++c)
-                        acc[t][c] = _mm512_dpbf16_ps(acc[t][c], p, v[c]);
+                    const auto p = E::broadcast(buf.probs.data() + t * width + G * jg);
+                    for (int64_t c = 0; c < chunks; ++c) acc[t][c] = E::madd(acc[t][c], p, v[c]);
                 }
             }
             for (int64_t t = 0; t < QT && r0 + t < n; ++t) {
-                int16_t* dst = job.out + (job.start + r0 + t) * job.out_stride + h * D;
+                T* dst = job.out + (job.start + r0 + t) * job.out_stride + h * D;
                 for (int64_t c = 0; c < chunks; ++c)
-                    _mm256_storeu_si256(
-                        reinterpret_cast<__m256i*>(dst + c * 16),
-                        (__m256i)_mm512_cvtneps_pbh(
-                            _mm512_mul_ps(acc[t][c], _mm512_set1_ps(inv_total[t]))));
+                    E::store(dst + c * 16, _mm512_mul_ps(acc[t][c], _mm512_set1_ps(inv_total[t])));
             }
         }
     }
 }
 
-using AttendFn = void (*)(const Job&, Buffers&);
+template <class E>
+using AttendFn = void (*)(const Job<E>&, Buffers<E>&);
 
-AttendFn attend_for(int64_t head_dim) {
+template <class E>
+AttendFn<E> attend_for(int64_t head_dim) {
     switch (head_dim) {
-        case 16: return attend<16>;
-        case 32: return attend<32>;
-        case 64: return attend<64>;
-        case 128: return attend<128>;
+        case 16: return attend<E, 16>;
+        case 32: return attend<E, 32>;
+        case 64: return attend<E, 64>;
+        case 128: return attend<E, 128>;
         default: return nullptr;
     }
 }
 
-}  // namespace
-
-void attention_bf16(const py::array_t<int16_t>& qkv, const py::array_t<int64_t>& starts,
-                    const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
-                    int64_t head_dim, bool causal, py::array_t<int16_t>& out, int64_t threads) {
+template <class E>
+void run_attention(const py::array_t<typename E::T>& qkv, const py::array_t<int64_t>& starts,
+                   const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                   int64_t head_dim, bool causal, py::array_t<typename E::T>& out,
+                   int64_t threads) {
     if (!attention_supported()) throw std::runtime_error("no AVX512-BF16 attention here");
-    const AttendFn attend_group = attend_for(head_dim);
+    const AttendFn<E> attend_group = attend_for<E>(head_dim);
     if (attend_group == nullptr)
-        throw std::invalid_argument("attention_bf16: head_dim must be 16, 32, 64 or 128");
+        throw std::invalid_argument("attention: head_dim must be 16, 32, 64 or 128");
     if (heads < 1 || kv_heads < 1 || heads % kv_heads != 0)
-        throw std::invalid_argument("attention_bf16: heads must be a multiple of kv_heads");
+        throw std::invalid_argument("attention: heads must be a multiple of kv_heads");
     const int64_t width = heads * head_dim, row = (heads + 2 * kv_heads) * head_dim;
     if (qkv.ndim() != 2 || out.ndim() != 2 || qkv.shape(1) != row ||
         out.shape(0) != qkv.shape(0) || out.shape(1) != width ||
         !(qkv.flags() & py::array::c_style) || !(out.flags() & py::array::c_style))
-        throw std::invalid_argument("attention_bf16: qkv must be C-contiguous [tokens, (heads + "
-                                    "2 * kv_heads) * head_dim] and out [tokens, heads * "
-                                    "head_dim]");
+        throw std::invalid_argument("attention: qkv must be C-contiguous [tokens, (heads + 2 * "
+                                    "kv_heads) * head_dim] and out [tokens, heads * head_dim]");
     const int64_t tokens = qkv.shape(0), texts = starts.size();
     if (lengths.size() != texts) throw std::invalid_argument("starts and lengths differ");
     const int64_t* s = starts.data();
     const int64_t* n = lengths.data();
     for (int64_t t = 0; t < texts; ++t)
         if (n[t] < 1 || s[t] < 0 || s[t] + n[t] > tokens)
-            throw std::invalid_argument("attention_bf16: text " + std::to_string(t) +
+            throw std::invalid_argument("attention: text " + std::to_string(t) +
                                         " is outside the tokens");
-    const int16_t* in = qkv.data();
-    int16_t* dst = out.mutable_data();
+    const typename E::T* in = qkv.data();
+    typename E::T* dst = out.mutable_data();
     std::atomic<int64_t> next{0};
     const int64_t items = texts * kv_heads;
     auto work = [&]() {
-        Buffers buf;
+        Buffers<E> buf;
         for (int64_t item; (item = next.fetch_add(1)) < items;) {
             const int64_t t = item / kv_heads;
-            attend_group(Job{in, row, s[t], n[t], heads, kv_heads, item % kv_heads, causal, dst,
-                             width},
+            attend_group(Job<E>{in, row, s[t], n[t], heads, kv_heads, item % kv_heads, causal,
+                                dst, width},
                          buf);
         }
     };
@@ -240,6 +260,20 @@ void attention_bf16(const py::array_t<int16_t>& qkv, const py::array_t<int64_t>&
     for (int64_t i = 1; i < std::max<int64_t>(1, threads); ++i) pool.emplace_back(work);
     work();
     for (auto& thread : pool) thread.join();
+}
+
+}  // namespace
+
+void attention_bf16(const py::array_t<int16_t>& qkv, const py::array_t<int64_t>& starts,
+                    const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                    int64_t head_dim, bool causal, py::array_t<int16_t>& out, int64_t threads) {
+    run_attention<Bf16>(qkv, starts, lengths, heads, kv_heads, head_dim, causal, out, threads);
+}
+
+void attention_f32(const py::array_t<float>& qkv, const py::array_t<int64_t>& starts,
+                   const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                   int64_t head_dim, bool causal, py::array_t<float>& out, int64_t threads) {
+    run_attention<Fp32>(qkv, starts, lengths, heads, kv_heads, head_dim, causal, out, threads);
 }
 
 }  // namespace car

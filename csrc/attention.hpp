@@ -1,4 +1,4 @@
-// Fused softmax attention over packed bf16 texts (the embedder's CPU hot spot).
+// Fused softmax attention over packed texts (the CPU hot spot of the packed encoders).
 #pragma once
 #include "common.hpp"
 
@@ -13,4 +13,8 @@ bool attention_supported();
 void attention_bf16(const py::array_t<int16_t>& qkv, const py::array_t<int64_t>& starts,
                     const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
                     int64_t head_dim, bool causal, py::array_t<int16_t>& out, int64_t threads);
+// The same in fp32 (vfmadd instead of vdpbf16ps; probabilities stay fp32).
+void attention_f32(const py::array_t<float>& qkv, const py::array_t<int64_t>& starts,
+                   const py::array_t<int64_t>& lengths, int64_t heads, int64_t kv_heads,
+                   int64_t head_dim, bool causal, py::array_t<float>& out, int64_t threads);
 }  // namespace car

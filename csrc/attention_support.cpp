@@ -19,6 +19,12 @@ void attention_bf16(const py::array_t<int16_t>&, const py::array_t<int64_t>&,
                     py::array_t<int16_t>&, int64_t) {
     throw std::runtime_error("car_engine._native was built without the AVX512-BF16 attention");
 }
+
+void attention_f32(const py::array_t<float>&, const py::array_t<int64_t>&,
+                   const py::array_t<int64_t>&, int64_t, int64_t, int64_t, bool,
+                   py::array_t<float>&, int64_t) {
+    throw std::runtime_error("car_engine._native was built without the AVX512 attention");
+}
 #endif
 
 }  // namespace car

@@ -36,6 +36,10 @@ PYBIND11_MODULE(_native, m) {
           "qkv [tokens, (heads + 2 * kv_heads) * head_dim] bf16 bits as int16 (query "
           "pre-scaled; grouped key/value heads), texts at starts/lengths; writes out "
           "[tokens, heads * head_dim].");
+    m.def("attention_f32", &car::attention_f32, py::arg("qkv"), py::arg("starts"),
+          py::arg("lengths"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+          py::arg("causal"), py::arg("out"), py::arg("threads"),
+          "attention_bf16 for fp32 qkv and out.");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }

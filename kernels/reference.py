@@ -3,12 +3,15 @@
 Same signatures as the Triton kernels in ``cross_entropy.py``. Logits are computed one
 (row block x vocab block) tile at a time and folded into a running log-sum-exp, so memory stays
 at one tile however many tokens or vocabulary entries there are. The matmul runs in the input
-dtype (bf16 uses the CPU's bf16 GEMM); everything after it is fp32.
+dtype (bf16 uses the CPU's bf16 GEMM; on CPU through oneDNN, which runs fp32 ~1.4x faster than
+torch's default BLAS here); everything after it is fp32.
 """
 
 from __future__ import annotations
 
 import torch
+
+from car_engine import cpu_linear
 
 # Measured on a 2-core AVX512 CPU: a 256 x 24576 tile (24 MB in fp32) keeps the GEMM efficient
 # and the per-tile overhead small; 256 x 4096 tiles ran ~1.6x slower.
@@ -36,7 +39,7 @@ def token_nll(
         lse = torch.full((rows.shape[0],), float("-inf"), device=hidden.device)
         picked = torch.zeros(rows.shape[0], device=hidden.device)
         for v0 in range(0, vocab, vocab_block):
-            logits = (rows @ weight[v0 : v0 + vocab_block].T).float()
+            logits = cpu_linear.linear(rows, weight[v0 : v0 + vocab_block]).float()
             # The target logit comes from the same tile as the log-sum-exp, so the NLL of a
             # near-certain token cannot go negative through rounding.
             local = want - v0

@@ -41,13 +41,18 @@ def padded_states(model, token_ids: list[list[int]]) -> torch.Tensor:
     return torch.cat([hidden[row, :len(seq)] for row, seq in enumerate(token_ids)])
 
 
-@pytest.mark.parametrize("fused_linears", [True, False])
+@pytest.mark.parametrize("fused_linears, native_attention",
+                         [(True, True), (False, True), (True, False)])
 def test_hidden_states_match_the_padded_forward(model_and_tokenizer, token_ids, fused_linears,
-                                                monkeypatch):
-    # fused_linears=False is the plain F.linear path of torch builds without oneDNN
+                                                native_attention, monkeypatch):
+    # the fallbacks: F.linear for torch builds without oneDNN, scaled_dot_product_attention
+    # for CPUs without AVX512-BF16
     model, _ = model_and_tokenizer
     assert cpu_linear.AVAILABLE  # this machine's torch has it, so both paths are tested
     monkeypatch.setattr(cpu_linear, "AVAILABLE", fused_linears)
+    if native_attention and not fused_attention.AVAILABLE:
+        pytest.skip("needs AVX512-BF16")
+    monkeypatch.setattr(fused_attention, "AVAILABLE", native_attention)
     expected = padded_states(model, token_ids)
     every = torch.arange(expected.shape[0])
     some = torch.tensor([0, 5, expected.shape[0] - 1])  # the last layer's MLP runs on these only
