@@ -2,9 +2,10 @@
 
 Per record: the conditioned pass (BOS + prompt + answer) and the direct pass (BOS [+ header] +
 the same answer) both score exactly the kept answer tokens. Sequences of both passes are sorted
-by length and packed into token-budget batches; only the model body runs, and the hidden
-states at answer positions go through the fused cross-entropy kernels (no ``[batch, seq,
-vocab]`` logits tensor ever exists).
+by length and grouped into token-budget batches; only the model body runs (on CPU packed,
+without padding: :mod:`car_engine.packed_llama`), and the hidden states at answer positions
+go through the fused cross-entropy kernels (no ``[batch, seq, vocab]`` logits tensor ever
+exists).
 """
 
 from __future__ import annotations
