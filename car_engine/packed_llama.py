@@ -53,7 +53,8 @@ class PackedCausalLM:
     that returns the final (normed) hidden states of chosen positions of packed sequences."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        """Copy the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``)."""
+        """Take the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``): shared when
+        already in ``dtype``, cast copies otherwise; query/key/value concatenated."""
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"not a plain Llama model: {reason}")

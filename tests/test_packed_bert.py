@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from packed_models import assert_refused
 
 from car_engine import cpu_linear, fused_attention, packed_bert
 from car_engine.batching import pad_batch, tokenize
@@ -64,13 +63,9 @@ def test_embedder_packs_on_cpu_and_matches_unpacked(reference, sharegpt_records)
                                atol=1e-5, rtol=0)
 
 
-def test_other_architectures_are_refused_with_the_reason(reference):
-    model = copy.deepcopy(reference.model)
-    assert supports(model) is None
-    model.config.hidden_act = "relu"
-    assert supports(model) == "activation is not exact gelu"
-    with pytest.raises(ValueError, match="not exact gelu"):
-        PackedBert(model)
+def test_other_architectures_are_refused_with_the_reason(reference, monkeypatch):
+    assert_refused(reference.model, supports, PackedBert, monkeypatch, "hidden_act", "relu",
+                   "activation is not exact gelu")
 
 
 def test_lengths_outside_the_positions_are_refused(reference):

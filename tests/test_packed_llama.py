@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from packed_models import assert_refused
 
 from car_engine import cpu_linear, fused_attention
 from car_engine.models import load_causal_lm
@@ -78,13 +77,9 @@ def test_bf16_attention_paths_stay_close_to_fp32(model_and_tokenizer, token_ids,
     assert cosine.min() >= 0.99
 
 
-def test_other_architectures_are_refused_with_the_reason(model_and_tokenizer):
-    model = copy.deepcopy(model_and_tokenizer[0])
-    assert supports(model) is None
-    model.config.hidden_act = "gelu"
-    assert supports(model) == "activation is not silu"
-    with pytest.raises(ValueError, match="not a plain Llama model: activation is not silu"):
-        PackedCausalLM(model)
+def test_other_architectures_are_refused_with_the_reason(model_and_tokenizer, monkeypatch):
+    assert_refused(model_and_tokenizer[0], supports, PackedCausalLM, monkeypatch, "hidden_act",
+                   "gelu", "activation is not silu")
 
 
 def test_lengths_outside_the_positions_are_refused(model_and_tokenizer):
