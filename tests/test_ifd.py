@@ -204,6 +204,12 @@ def test_score_ifd_from_a_corpus_path_and_the_cli(tmp_path, records):
     assert written["id"].to_pylist() == [r["id"] for r in rows[:2]]
     assert written["loss_cond"].to_pylist() == pytest.approx(table["loss_cond"].to_pylist()[:2],
                                                              abs=1e-5)
+    padded = tmp_path / "padded.jsonl"  # --no-pack: the transformers forward, same scores
+    assert cli.main(["ifd", str(corpus), "--out", str(padded), "--max-length", "32",
+                     "--no-pack", "--no-progress"]) == 0
+    rows_padded = [json.loads(line) for line in padded.read_text().splitlines()]
+    assert [r["loss_cond"] for r in rows_padded] == pytest.approx(
+        table["loss_cond"].to_pylist(), abs=1e-5)
     assert cli.main(["ifd", str(corpus), "--out", str(tmp_path / "x.csv")]) == 2
     assert cli.main(["ifd", str(corpus), "--out", str(out), "--model", str(tmp_path)]) == 5
 
