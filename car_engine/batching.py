@@ -1,5 +1,5 @@
-"""Tokenize texts once, then cut them into length-bucketed, padded batches (IQS scoring and
-training, sentence embeddings).
+"""Tokenize texts once, then cut them into length-bucketed batches, padded or packed (IQS
+scoring and training, sentence embeddings, IFD).
 
 Sorting by token length before batching means each batch pads to nearly its own length,
 which is most of what makes encoding cheap; results go back to input order afterwards.
@@ -7,7 +7,7 @@ which is most of what makes encoding cheap; results go back to input order after
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,17 @@ def _longest_first(token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """(length of each text, indices longest first; equal lengths keep their order)."""
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
     return lengths, np.argsort(-lengths, kind="stable")
+
+
+def packed_ids(token_ids: Sequence[Sequence[int]], max_positions: int
+               ) -> tuple[torch.Tensor, list[int]]:
+    """The sequences' ids back to back (int64) and their lengths, for a forward over packed
+    sequences; a sequence must have 1..``max_positions`` tokens."""
+    lengths = [len(ids) for ids in token_ids]
+    if min(lengths) < 1 or max(lengths) > max_positions:
+        raise ValueError(f"sequences must have 1..{max_positions} tokens, "
+                         f"got {min(lengths)}..{max(lengths)}")
+    return torch.tensor([t for seq in token_ids for t in seq], dtype=torch.int64), lengths
 
 
 def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from car_engine import kernels
+from car_engine.batching import token_batches
 from car_engine.corpus import CorpusError, load_corpus
 from car_engine.errors import ModelError, UsageError
 
@@ -203,22 +204,19 @@ class _Sequence:
 
 def plan_batches(sequences: list[_Sequence], batch_tokens: int, *, padded: bool = True
                  ) -> list[list[_Sequence]]:
-    """Longest first, packed so that a batch holds at most ``batch_tokens`` token positions:
-    rows x the longest row when ``padded``, else the sum of lengths (a sequence longer than
-    the budget runs alone)."""
+    """Longest first, with at most ``batch_tokens`` token positions per batch (a sequence
+    longer than the budget runs alone): rows x the longest row when ``padded``, else the sum
+    of lengths (:func:`car_engine.batching.token_batches`)."""
+    if not padded:
+        return [[sequences[i] for i in rows]
+                for rows in token_batches([s.ids for s in sequences], batch_tokens)]
     ordered = sorted(sequences, key=lambda s: len(s.ids), reverse=True)
     batches: list[list[_Sequence]] = []
-    total = 0
     for seq in ordered:
-        if batches:
-            grown = len(batches[-1][0].ids) * (len(batches[-1]) + 1) if padded else \
-                total + len(seq.ids)
-            if grown <= batch_tokens:
-                batches[-1].append(seq)
-                total += len(seq.ids)
-                continue
-        batches.append([seq])
-        total = len(seq.ids)
+        if batches and len(batches[-1][0].ids) * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(seq)
+        else:
+            batches.append([seq])
     return batches
 
 

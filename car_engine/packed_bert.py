@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from car_engine import fused_attention
+from car_engine.batching import packed_ids
 from car_engine.cpu_linear import linear
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
@@ -89,11 +90,7 @@ class PackedBert:
     def __call__(self, token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Last hidden states ``[len(ids), hidden]`` of every text. Texts of equal length
         next to each other share their attention GEMMs, so pass them sorted by length."""
-        lengths = [len(ids) for ids in token_ids]
-        if min(lengths) < 1 or max(lengths) > self.max_positions:
-            raise ValueError(f"texts must have 1..{self.max_positions} tokens, "
-                             f"got {min(lengths)}..{max(lengths)}")
-        ids = torch.tensor([t for seq in token_ids for t in seq], dtype=torch.int64)
+        ids, lengths = packed_ids(token_ids, self.max_positions)
         positions = torch.cat([torch.arange(n) for n in lengths])
         x = self.word[ids] + self.position[positions] + self.token_type
         x = self._norm(x, self.embed_norm)

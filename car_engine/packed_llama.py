@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from car_engine import cpu_linear, fused_attention
+from car_engine.batching import packed_ids
 
 
 def supports(model: torch.nn.Module) -> str | None:
@@ -96,11 +97,7 @@ class PackedCausalLM:
                  ) -> torch.Tensor:
         """Final hidden states ``[len(positions), hidden]`` at ``positions``, indices into
         the concatenation of ``token_ids`` (each sequence attends causally to itself only)."""
-        lengths = [len(ids) for ids in token_ids]
-        if min(lengths) < 1 or max(lengths) > self.max_positions:
-            raise ValueError(f"sequences must have 1..{self.max_positions} tokens, "
-                             f"got {min(lengths)}..{max(lengths)}")
-        ids = torch.tensor([t for seq in token_ids for t in seq], dtype=torch.int64)
+        ids, lengths = packed_ids(token_ids, self.max_positions)
         cos, sin = self._rope_tables(lengths)
         x = self.embed[ids]
         last = len(self.layers) - 1
