@@ -16,9 +16,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from car_engine.baselines.ifd import reference_scores
+from car_engine.reference.ifd import reference_scores
 from car_engine.corpus import load_corpus
-from car_engine.ifd import DTYPES, OK, IFDScorer
+from car_engine.config import IFD_DTYPES
+from car_engine.devices import TORCH_DTYPES
+from car_engine.ifd import OK, IFDScorer
 
 from .common import format_table, gemm_gflops, machine, row, take_turns, transformer_gflop
 
@@ -63,7 +65,7 @@ def _probe_loss(tokens: int, dtype: str) -> None:
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    dt = DTYPES[dtype]
+    dt = TORCH_DTYPES[dtype]
     # Filled in place: a temporary here would raise the high-water mark above the loss's.
     weight = torch.empty(49152, 576, dtype=dt).normal_(0, 0.05)
     hidden = torch.empty(tokens, 576, dtype=dt).normal_()
@@ -127,7 +129,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
     model = fp32.model
     body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
     full = model_gflop(model, cond_len, scored_n, full_logits=True)
-    peak = {d: gemm_gflops(d) for d in DTYPES}
+    peak = {d: gemm_gflops(d) for d in IFD_DTYPES}
     mask = np.array([p.status == OK for p in pairs])
     delta = float(np.nanmax(np.abs(_ifd(eng)[mask] - _ifd(ref)[mask])))
     rho = spearman(_ifd(eng)[mask], _ifd(bf)[mask])

@@ -17,7 +17,8 @@ import numpy as np
 
 from car_engine.corpus import load_corpus, pair_texts
 from car_engine.iqs import IQSScorer
-from car_engine.iqs.score import load_any, reference_scores, spearman
+from car_engine.iqs.score import load_any, spearman
+from car_engine.reference.iqs import reference_scores
 
 from .common import format_table, machine, row, take_turns
 

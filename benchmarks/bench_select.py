@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 
 from car_engine import native
-from car_engine.baselines import select as ref
+from car_engine.reference import select as ref
 
 from .common import best_time, format_table, row
 

@@ -46,10 +46,10 @@ def gemm_gflops(dtype: str, size: int = 2048) -> float:
     square matmuls, the ceiling a transformer forward can approach."""
     import torch
 
-    from car_engine.ifd import DTYPES
+    from car_engine.devices import TORCH_DTYPES
 
-    a = torch.randn(size, size).to(DTYPES[dtype])
-    b = torch.randn(size, size).to(DTYPES[dtype])
+    a = torch.randn(size, size).to(TORCH_DTYPES[dtype])
+    b = torch.randn(size, size).to(TORCH_DTYPES[dtype])
     a @ b  # warm-up
     seconds, _ = best_time(lambda: a @ b, repeat=3)
     return 2 * size**3 / seconds / 1e9

@@ -111,7 +111,7 @@ def format_details(rows: list[dict[str, Any]]) -> str:
 
 def write_json(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Rows as a JSON list of objects with exactly the documented keys."""
-    from car_engine.corpus import atomic_path
+    from car_engine.io import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps([{k: r[k] for k in KEYS} for r in rows], indent=1))
@@ -121,7 +121,7 @@ def refresh_results(rows: list[dict[str, Any]], path: str | Path, command: str) 
     """Replace the generated block at the top of RESULTS.md with these rows."""
     import platform
 
-    from car_engine.corpus import atomic_path
+    from car_engine.io import atomic_path
 
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     path = Path(path)

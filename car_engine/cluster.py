@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from car_engine.config import KMEANS_RESTARTS, ClusterParams
 from car_engine.errors import UsageError
 
 BATCH = 65_536  # rows per transform / assignment batch: a few tens of MB at d = 384
@@ -77,8 +78,8 @@ def components_for(eigenvalues: np.ndarray, pca_var: float) -> int:
     return int(min(len(eigenvalues), np.searchsorted(cumulative, pca_var, side="left") + 1))
 
 
-def fit_pca(vectors: np.ndarray, *, pca_var: float = 0.95, pca_dim: int | None = None,
-            seed: int = 42) -> PCA:
+def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
+            pca_dim: int | None = ClusterParams.pca_dim, seed: int = ClusterParams.seed) -> PCA:
     """Fit a FAISS PCA and keep ``pca_dim`` components, or the fewest reaching ``pca_var``.
     Beyond PCA_POINTS_PER_DIM * d vectors the covariance comes from a seeded sample."""
     n, d = vectors.shape
@@ -186,7 +187,8 @@ def _sample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
     return np.ascontiguousarray(points[np.sort(rng.choice(points.shape[0], size, replace=False))])
 
 
-def kmeans(points: np.ndarray, k: int, *, seed: int = 42, n_init: int = 3, max_iter: int = 300,
+def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
+           n_init: int = KMEANS_RESTARTS, max_iter: int = 300,
            tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False
            ) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
@@ -259,9 +261,10 @@ def _check_finite(vectors: np.ndarray) -> None:
             raise ValueError(f"vector {start + int(bad[0])} has a NaN or infinite value")
 
 
-def cluster(vectors: np.ndarray, *, k: int | None = None, pca_var: float = 0.95,
-            pca_dim: int | None = None, seed: int = 42, progress: bool = True,
-            n_init: int = 3, max_points_per_centroid: int = 256) -> ClusterResult:
+def cluster(vectors: np.ndarray, *, k: int | None = ClusterParams.k,
+            pca_var: float = ClusterParams.pca_var, pca_dim: int | None = ClusterParams.pca_dim,
+            seed: int = ClusterParams.seed, progress: bool = True,
+            n_init: int = KMEANS_RESTARTS, max_points_per_centroid: int = 256) -> ClusterResult:
     """PCA then k-means over ``vectors`` [n, d] (an array or a memmapped ``.npy``).
 
     ``k`` defaults to int(sqrt(n / 2)); PCA keeps ``pca_dim`` components, else the fewest

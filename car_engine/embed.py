@@ -21,12 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize
-from car_engine.corpus import atomic_path, pair_texts, read_table, write_parquet
+from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
+from car_engine.io import atomic_path, write_parquet
+from car_engine.config import EMBED_BATCH, EMBED_DTYPES, EMBED_MAX_SEQ_LENGTH, EmbedParams
+from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError
-from car_engine.models import DEFAULT, resolve_encoder
-from car_engine.packed_bert import PackedBert, supports
+from car_engine.models.registry import DEFAULT, resolve_encoder
+from car_engine.models.bert import PackedBert, supports
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = EMBED_DTYPES
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
                 "max": "pooling_mode_max_tokens"}
 # Texts tokenized and length-sorted together: big enough that sorting removes most padding,
@@ -88,8 +91,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.
 class Embedder:
     """A sentence encoder loaded once; :meth:`embed` turns texts into unit float32 vectors."""
 
-    def __init__(self, model: str = DEFAULT, *, batch_size: int | None = None, dtype: str = "fp32",
-                 device: str | None = None, max_seq_length: int = 256,
+    def __init__(self, model: str = DEFAULT, *, batch_size: int | None = None,
+                 dtype: str = EmbedParams.dtype, device: str | None = None,
+                 max_seq_length: int = EMBED_MAX_SEQ_LENGTH,
                  compile: bool = False, pack: bool = True) -> None:
         """Load ``model`` (``default`` = all-MiniLM-L6-v2, or a sentence-transformers folder).
 
@@ -104,15 +108,14 @@ class Embedder:
         """
         from transformers import AutoModel, AutoTokenizer
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch_device(device)
         if batch_size is None:
-            batch_size = 16 if self.device.type == "cpu" else 64
+            batch_size = EMBED_BATCH[self.device.type != "cpu"]
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
         if max_seq_length < 2:
             raise UsageError(f"max_seq_length must be >= 2, got {max_seq_length}")
-        if dtype not in DTYPES:
-            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        torch_type = torch_dtype(dtype, EMBED_DTYPES, "embed")
         if dtype == "fp16" and self.device.type == "cpu":
             raise UsageError("fp16 is for GPUs; use bf16 on CPU")
         folder = resolve_encoder(model)
@@ -123,7 +126,7 @@ class Embedder:
             # Weights cast once to the compute dtype: autocast would re-cast every weight on
             # every batch (41% of bf16 CPU time, profiled), and cosine to fp32 stays >= 0.9999.
             self.model = AutoModel.from_pretrained(
-                str(transformer_dir), dtype=DTYPES[dtype] or torch.float32
+                str(transformer_dir), dtype=torch_type
             ).to(self.device).eval()
         except (OSError, ValueError) as err:
             raise ModelError(f"{transformer_dir}: cannot load the encoder: {err}") from err
@@ -133,7 +136,7 @@ class Embedder:
                              f"of {folder}")
         self.packed = None
         if pack and not compile and self.device.type == "cpu" and supports(self.model) is None:
-            self.packed = PackedBert(self.model, DTYPES[dtype] or torch.float32)
+            self.packed = PackedBert(self.model, torch_type)
         if compile:
             self.model = torch.compile(self.model, dynamic=True)
         self.compiled = compile
@@ -192,13 +195,14 @@ def _checked_text(text: object, index: int) -> str:
     return text.strip()
 
 
-def embed_records(records: pa.Table, out: str | Path | None = None, **kwargs) -> np.ndarray:
+def embed_records(records: RecordsLike, out: str | Path | None = None, **kwargs) -> np.ndarray:
     """Embed every record's pair text (SPEC §3) with an :class:`Embedder` built from ``kwargs``.
 
     With ``out``, vectors are written chunk by chunk into a ``.npy`` (plus the companion ids file,
     see :func:`ids_path`), both atomically, and the memory-mapped result is returned.
     """
     progress = kwargs.pop("progress", True)
+    records = as_records(records)
     texts = pair_texts(records)
     embedder = Embedder(**kwargs)
     if out is None:

@@ -1,10 +1,9 @@
-"""The errors a user can act on, and the exit code each one maps to."""
+"""Every error a user can act on, and the exit code each one maps to (the CLI's only map)."""
 
 from __future__ import annotations
 
 import errno
 
-from car_engine.corpus import CorpusError
 
 EXIT_CODES = {
     0: "success",
@@ -17,8 +16,16 @@ EXIT_CODES = {
 }
 
 
+class CorpusError(ValueError):
+    """Bad input data: a bad item in ``strict`` mode, or a file that cannot be read at all."""
+
+
 class UsageError(ValueError):
     """A combination of arguments that cannot work; the message says which."""
+
+
+class RunDirBusy(UsageError):
+    """Another car-engine process holds the run folder's lock."""
 
 
 class ModelError(RuntimeError):

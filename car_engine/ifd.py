@@ -21,9 +21,11 @@ import torch
 from tqdm import tqdm
 
 from car_engine import kernels
-from car_engine.batching import token_batches
-from car_engine.corpus import CorpusError, load_corpus
-from car_engine.errors import ModelError, UsageError
+from car_engine.batching import pad_batch, token_batches
+from car_engine.config import DEFAULT_MODEL, IFD_DTYPES, IFD_TEMPLATES, IFDParams
+from car_engine.corpus import RecordsLike, as_records, load_corpus
+from car_engine.devices import torch_device, torch_dtype
+from car_engine.errors import CorpusError, ModelError, UsageError
 
 IFD_COLUMNS = ["id", "loss_cond", "loss_direct", "ppl_cond", "ppl_direct", "ifd_ppl", "ifd_loss",
                "n_tokens", "truncated", "status"]
@@ -39,10 +41,9 @@ OK = "ok"
 EMPTY_ANSWER = "empty answer"
 PROMPT_TOO_LONG = "prompt leaves no room for the answer within max_length"
 
-TEMPLATES = ("none", "alpaca", "vicuna", "chat")
-# compat preset -> (template, header put before the answer in the direct pass)
+TEMPLATES = IFD_TEMPLATES
+# compat preset (config.IFD_COMPAT) -> (template, header put before the answer in the direct pass)
 COMPAT = {"superfiltering": ("none", ""), "cherry": ("alpaca", "### Response:")}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 _ALPACA_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -223,26 +224,25 @@ def plan_batches(sequences: list[_Sequence], batch_tokens: int, *, padded: bool 
 class IFDScorer:
     """A causal LM loaded once, scoring records' IFD in token-budget batches."""
 
-    def __init__(self, model: str = "default", *, template: str = "none",
-                 compat: str | None = None, max_length: int = 512, dtype: str = "fp32",
-                 batch_tokens: int = 8192, device: str | None = None, pack: bool = True
-                 ) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, template: str = IFDParams.template,
+                 compat: str | None = IFDParams.compat, max_length: int = IFDParams.max_length,
+                 dtype: str = IFDParams.dtype, batch_tokens: int = IFDParams.batch_tokens,
+                 device: str | None = None, pack: bool = True) -> None:
         """Load ``model`` (``default`` = SmolLM2-135M-Instruct, or a local HF folder) in
         ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU).
 
-        On CPU a Llama-style model runs packed (:mod:`car_engine.packed_llama`: no padding,
+        On CPU a Llama-style model runs packed (:mod:`car_engine.models.llama`: no padding,
         fused layers; 1.3-1.6x the padded transformers forward); ``pack=False``, other models
         and GPUs run the transformers forward on padded batches."""
-        from car_engine.models import load_causal_lm
-        from car_engine.packed_llama import PackedCausalLM, supports
+        from car_engine.models.registry import load_causal_lm
+        from car_engine.models.llama import PackedCausalLM, supports
 
-        if dtype not in DTYPES:
-            raise UsageError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+        torch_type = torch_dtype(dtype, IFD_DTYPES, "ifd")
         if batch_tokens < 1:
             raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
         self.template, self.direct_header = resolve_preset(template, compat)
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch_device(device)
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
         self.model.to(self.device)
         self.body = self.model.base_model
@@ -253,7 +253,7 @@ class IFDScorer:
         self.pad_id = start_token(self.tokenizer)
         self.packed = None
         if pack and self.device.type == "cpu" and supports(self.model) is None:
-            self.packed = PackedCausalLM(self.model, DTYPES[dtype])
+            self.packed = PackedCausalLM(self.model, torch_type)
 
     def encode(self, records: pa.Table) -> list[EncodedPair]:
         """Both passes' token ids for every record (see :func:`encode_pairs`)."""
@@ -284,12 +284,8 @@ class IFDScorer:
     def _padded_hidden(self, batch: list[_Sequence], rows: list[int], cols: list[int]
                        ) -> torch.Tensor:
         """Final hidden states at (rows, cols) of one padded transformers forward."""
-        width = len(batch[0].ids)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, seq in enumerate(batch):
-            ids[r, :len(seq.ids)] = torch.tensor(seq.ids)
-            mask[r, :len(seq.ids)] = 1
+        ids, mask = (torch.from_numpy(a) for a in
+                     pad_batch([seq.ids for seq in batch], range(len(batch)), self.pad_id))
         hidden = self.body(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                            use_cache=False).last_hidden_state
         return hidden[torch.tensor(rows, device=self.device),
@@ -322,12 +318,14 @@ class IFDScorer:
         return scores_table(ids, pairs, [tuple(lc) for lc in losses])
 
 
-def score_ifd(records: pa.Table | str | os.PathLike, *, progress: bool = True,
+def score_ifd(records: RecordsLike, *, progress: bool = True,
               limit: int | None = None, **kwargs) -> pa.Table:
     """IFD scores for a records table or a corpus path (read with ``load_corpus``); ``kwargs``
     go to :class:`IFDScorer`."""
-    if not isinstance(records, pa.Table):
-        records = load_corpus(records, limit=limit).records
-    elif limit is not None:
-        records = records.slice(0, limit)
+    if isinstance(records, (str, os.PathLike)):
+        records = load_corpus(records, limit=limit).records  # stop reading at the limit
+    else:
+        records = as_records(records)
+        if limit is not None:
+            records = records.slice(0, limit)
     return IFDScorer(**kwargs).score(records, progress=progress)

@@ -1,4 +1,6 @@
-"""Typed wrappers over the C++ selection routines in ``car_engine._native``.
+"""Typed wrappers over the C++ routines in ``car_engine._native`` (the only module that
+imports it): selection (top-k, merge, union), content hashes and dedup, and the attention
+kernel that ``car_engine.kernels.attention`` dispatches to.
 
 Every ranking here orders by score descending and breaks ties by the lower index (input
 order); NaN scores are never selected. Arrays of the native dtypes (float32/float64 scores,
@@ -79,3 +81,17 @@ def dedup(hashes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
 def union(index_arrays: Iterable[np.ndarray]) -> np.ndarray:
     """Union of index arrays (int64) in order of first appearance."""
     return _native.union_ordered([np.ascontiguousarray(a, dtype=np.int64) for a in index_arrays])
+
+
+def attention_supported() -> bool:
+    """Whether the attention kernel is built in and this CPU has AVX512-BF16."""
+    return bool(_native.attention_supported())
+
+
+def attention(qkv: np.ndarray, starts: np.ndarray, lengths: np.ndarray, heads: int,
+              kv_heads: int, head_dim: int, causal: bool, out: np.ndarray, threads: int,
+              *, bf16: bool) -> None:
+    """Packed-sequence attention into ``out`` (see ``kernels/attention.py``): ``qkv`` and
+    ``out`` hold bf16 bits as int16 when ``bf16``, else float32."""
+    kernel = _native.attention_bf16 if bf16 else _native.attention_f32
+    kernel(qkv, starts, lengths, heads, kv_heads, head_dim, causal, out, threads)

@@ -1,7 +1,8 @@
 """RUN_DIR/report.html: what was kept and why, with PNG plots beside it.
 
-Built only from a run's outputs (scores.parquet, summary.json, the records shards and the
-embeddings), so `car-engine report RUN_DIR` can rebuild it at any time.
+Built only from the run folder (scores.parquet, summary.json, the records shards and the
+embeddings, read through car_engine.rundir), so `car-engine report RUN_DIR` can rebuild it at
+any time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from car_engine.corpus import CorpusError, atomic_path
+from car_engine.errors import CorpusError
+from car_engine.io import atomic_path, write_text
+from car_engine.rundir import take_run_records
+from car_engine.select import WHY_N1
 
 EXAMPLES = 5
 MAP_POINTS = 20_000
@@ -110,13 +114,8 @@ def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
         return ""
     order = ok[np.argsort(-values[ok], kind="stable")]
     wanted = {"top": order[:EXAMPLES], "bottom": order[::-1][:EXAMPLES]}
-    from car_engine.pipeline import take_records
-
-    read = run_dir / "stages" / "read"
-    info = json.loads((read / "manifest.json").read_text())["info"]
     picked = np.concatenate(list(wanted.values()))
-    texts = take_records(read, info["shards"], info["sizes"], picked,
-                         ["instruction", "input", "output"]).to_pylist()
+    texts = take_run_records(run_dir, picked, ["instruction", "input", "output"]).to_pylist()
     text_of = dict(zip(picked.tolist(), texts))
     parts = []
     for side, rows in wanted.items():
@@ -148,7 +147,7 @@ def build_report(run_dir: str | Path) -> Path:
     if "iqs" in cols:
         iqs = scores["iqs"].to_numpy(zero_copy_only=False).astype(float)
         n1_picks = iqs[np.flatnonzero(np.asarray(scores["why"].to_pylist(), dtype=object)
-                                      == "selected: top n1 by score")]
+                                      == WHY_N1)]
         cuts = {f"top-n1 cut {n1_picks.min():.3f}": float(n1_picks.min())} if n1_picks.size \
             else {}
         plots.append(("IQS scores", _histogram(iqs, selected, "IQS score distribution", "IQS",
@@ -194,6 +193,5 @@ margin:8px}}img{{max-width:520px}}</style></head><body>
 <h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
 </body></html>"""
     out = run_dir / "report.html"
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    write_text(out, page)
     return out

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from car_engine import native
-from car_engine.corpus import CorpusError, pair_text
-from car_engine.errors import UsageError
-
-STRATEGIES = ("n1+k*n2", "k*topn")
-RECORD_FIELDS = ("instruction", "input", "output")
+from car_engine.config import STRATEGIES, SelectParams
+from car_engine.dedup import RECORD_FIELDS, content_hashes, survivors
+from car_engine.errors import CorpusError, UsageError
 
 # The reasons a row carries in ``Selection.why``.
 WHY_N1 = "selected: top n1 by score"
@@ -51,9 +50,9 @@ def select_car(
     scores: np.ndarray,
     labels: np.ndarray,
     *,
-    n1: int = 1000,
-    n2: int = 1,
-    strategy: str = "n1+k*n2",
+    n1: int = SelectParams.n1,
+    n2: int = SelectParams.n2,
+    strategy: str = SelectParams.strategy,
     hashes: np.ndarray | None = None,
     topk: Callable[[np.ndarray, int], np.ndarray] = native.topk,
 ) -> Selection:
@@ -76,8 +75,7 @@ def select_car(
     eligible = scores
     duplicates = 0
     if hashes is not None:
-        keep = np.zeros(n, dtype=bool)
-        keep[native.dedup(hashes, scores)] = True
+        keep = survivors(hashes, scores)
         dup_rows = ~keep & ~np.isnan(scores)
         duplicates = int(dup_rows.sum())
         why[dup_rows] = WHY_DUPLICATE
@@ -108,7 +106,7 @@ def select_ifd(
     *,
     fraction: float | None = None,
     count: int | None = None,
-    keep_equal_one: bool = False,
+    keep_equal_one: bool = SelectParams.keep_equal_one,
     base: int | None = None,
 ) -> Selection:
     """IFD selection (SPEC §2): drop IFD >= 1 (or > 1 with ``keep_equal_one``) and rows without
@@ -126,9 +124,9 @@ def select_ifd(
         raise UsageError("count must be >= 0")
     why = np.full(n, WHY_BELOW, dtype=object)
     unscored = np.isnan(ifd)
-    misaligned = (ifd > 1) if keep_equal_one else (ifd >= 1)
+    misaligned = misaligned_rows(ifd, keep_equal_one)
     why[unscored] = WHY_UNSCORED
-    why[misaligned] = WHY_MISALIGNED_STRICT if keep_equal_one else WHY_MISALIGNED
+    why[misaligned] = misaligned_why(keep_equal_one)
     order = native.topk(np.where(misaligned, np.nan, ifd), count)
     why[order] = WHY_IFD
     counts = {
@@ -139,6 +137,38 @@ def select_ifd(
         "selected": int(order.size),
     }
     return Selection(order, ["ifd"] * order.size, why, counts)
+
+
+def misaligned_rows(ifd: np.ndarray, keep_equal_one: bool = SelectParams.keep_equal_one
+                    ) -> np.ndarray:
+    """Rows whose instruction does not help the answer: IFD >= 1 (> 1 with
+    ``keep_equal_one``, as Cherry LLM does). NaN (no score) is never misaligned."""
+    with np.errstate(invalid="ignore"):
+        return (ifd > 1) if keep_equal_one else (ifd >= 1)
+
+
+def misaligned_why(keep_equal_one: bool) -> str:
+    """The reason a misaligned row carries, naming the rule that dropped it."""
+    return WHY_MISALIGNED_STRICT if keep_equal_one else WHY_MISALIGNED
+
+
+def select_car_ifd(
+    scores: np.ndarray,
+    ifd: np.ndarray,
+    labels: np.ndarray,
+    *,
+    keep_equal_one: bool = SelectParams.keep_equal_one,
+    **car: Any,
+) -> Selection:
+    """CaR after IFD (``car+ifd``): rows with IFD >= 1 (> 1 with ``keep_equal_one``) are
+    dropped first; the score then ranks what is left and CaR selects as usual (``car`` takes
+    :func:`select_car`'s keywords). Rows IFD could not score (NaN) stay eligible."""
+    misaligned = misaligned_rows(np.asarray(ifd, dtype=np.float64), keep_equal_one)
+    scores = np.where(misaligned, np.nan, np.asarray(scores, dtype=np.float64))
+    selection = select_car(scores, labels, **car)
+    selection.why[misaligned] = misaligned_why(keep_equal_one)
+    selection.counts["dropped_by_ifd"] = int(misaligned.sum())
+    return selection
 
 
 # --------------------------------------------------------------------------- keyed tables
@@ -156,9 +186,14 @@ def unique_ids(table: pa.Table, name: str) -> pa.ChunkedArray:
     return ids
 
 
-def attach(base: pa.Table, other: pa.Table, columns: list[str], name: str) -> pa.Table:
-    """Left-join ``columns`` of ``other`` onto ``base`` by id (null where ``other`` lacks it)."""
+def attach(base: pa.Table, other: pa.Table, columns: list[str], name: str, *,
+           required: bool = False) -> pa.Table:
+    """Left-join ``columns`` of ``other`` onto ``base`` by id (null where ``other`` lacks it;
+    with ``required``, an id of ``base`` that ``other`` lacks is an error naming it)."""
     where = pc.index_in(unique_ids(base, "base"), value_set=unique_ids(other, name))
+    if required and where.null_count:
+        missing = base["id"].filter(pc.is_null(where))[0]
+        raise CorpusError(f"{name}: no row for record id '{missing}'")
     for col in columns:
         if col not in other.column_names:
             raise CorpusError(f"{name}: no '{col}' column")
@@ -175,14 +210,6 @@ def in_input_order(table: pa.Table) -> pa.Table:
     if "position" in table.column_names:
         return table.take(pc.sort_indices(table, [("position", "ascending")]))
     return table
-
-
-def content_hashes(table: pa.Table) -> np.ndarray | None:
-    """Hashes of the SPEC §1 pair text of every row, or None when the fields are absent."""
-    if not all(f in table.column_names for f in RECORD_FIELDS):
-        return None
-    cols = [table.column(f).to_pylist() for f in RECORD_FIELDS]
-    return native.hash_texts(pair_text(i or "", x or "", o or "") for i, x, o in zip(*cols))
 
 
 def _float_column(table: pa.Table, column: str, name: str) -> np.ndarray:
@@ -212,10 +239,10 @@ def select_car_table(
     clusters: pa.Table,
     *,
     score_column: str = "iqs",
-    n1: int = 1000,
-    n2: int = 1,
-    strategy: str = "n1+k*n2",
-    dedup_content: bool = True,
+    n1: int = SelectParams.n1,
+    n2: int = SelectParams.n2,
+    strategy: str = SelectParams.strategy,
+    dedup_content: bool = SelectParams.dedup,
 ) -> tuple[pa.Table, Selection]:
     """CaR over keyed tables: ``scores`` (id, score column, and the record fields for content
     dedup and output) and ``clusters`` (id, cluster). Returns (all rows in input order with
@@ -233,7 +260,7 @@ def select_ifd_table(
     ifd_column: str = "ifd_ppl",
     fraction: float | None = None,
     count: int | None = None,
-    keep_equal_one: bool = False,
+    keep_equal_one: bool = SelectParams.keep_equal_one,
     base: int | None = None,
 ) -> tuple[pa.Table, Selection]:
     """IFD selection over a keyed scores table (rows whose ``status`` is not "ok" have no

@@ -1,6 +1,11 @@
-"""Fused cross-entropy kernels (installed as ``car_engine.kernels``).
+"""Fused ops (installed as ``car_engine.kernels``), each dispatched by device from here.
 
-Triton on CUDA tensors, the PyTorch twin (``reference.py``) otherwise.
+- ``cross_entropy.py`` (Triton) and ``cross_entropy_torch.py`` (its PyTorch twin, same API):
+  IFD's per-token loss without a full logits tensor. Triton on CUDA tensors, the twin
+  otherwise (it is the production CPU path, not only a reference).
+- ``attention.py``: packed-sequence attention on the native AVX512 kernel (CPU).
+- ``linear.py``: oneDNN linears with bias, GELU/SiLU, residual adds fused in (CPU).
+
 ``CAR_ENGINE_KERNELS=torch|triton`` forces one (``triton`` on CPU tensors needs
 ``TRITON_INTERPRET=1``, which is how the tests run it).
 """
@@ -10,7 +15,7 @@ from __future__ import annotations
 import os
 
 import torch
-from car_engine.kernels import reference
+from car_engine.kernels import cross_entropy_torch
 
 BACKENDS = ("torch", "triton")
 
@@ -30,7 +35,7 @@ def _implementation(tensor: torch.Tensor):
         from car_engine.kernels import cross_entropy  # imports triton: only when asked for
 
         return cross_entropy
-    return reference
+    return cross_entropy_torch
 
 
 def _check(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:

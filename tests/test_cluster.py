@@ -10,7 +10,8 @@ import pytest
 
 from car_engine.cli import main
 from car_engine.cluster import ClusterResult, cluster, components_for, default_k, fit_pca
-from car_engine.corpus import read_table, write_parquet
+from car_engine.corpus import read_table
+from car_engine.io import write_parquet
 from car_engine.embed import Embedder, ids_path
 from car_engine.errors import UsageError
 
@@ -93,7 +94,7 @@ def test_default_k_and_large_n_sampling():
 
 @pytest.mark.slow
 def test_inertia_reaches_scikit_learn_kmeans_plus_plus(sharegpt_records):
-    reference = pytest.importorskip("car_engine.baselines.diversity")
+    reference = pytest.importorskip("car_engine.reference.cluster")
     pytest.importorskip("sklearn")
     instructions = sharegpt_records.column("instruction").to_pylist()
     # 500 real texts; 64 tokens keep the test quick and the vectors real.

@@ -20,8 +20,6 @@ from corpus_files import FORMATS, encode, gzip_cut_short, write_bytes, write_ite
 from car_engine.corpus import (
     BUILTIN_SHAREGPT,
     RECORD_SCHEMA,
-    CorpusError,
-    atomic_path,
     load_corpus,
     pair_text,
     pair_texts,
@@ -30,10 +28,9 @@ from car_engine.corpus import (
     records_from_items,
     resolve_source,
     to_record,
-    write_jsonl,
-    write_parquet,
-    write_table,
 )
+from car_engine.errors import CorpusError
+from car_engine.io import atomic_path, write_jsonl, write_parquet, write_table
 
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 SHAPES = {

@@ -28,7 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from car_engine import corpus as corpus_module
-from car_engine.corpus import CorpusError, load_corpus, read_corpus, write_jsonl
+from car_engine.corpus import load_corpus, read_corpus
+from car_engine.errors import CorpusError
+from car_engine.io import write_jsonl
 
 PROPERTY = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

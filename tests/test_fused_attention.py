@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from car_engine import fused_attention
+from car_engine.kernels import attention as fused_attention
 
 pytestmark = pytest.mark.skipif(not fused_attention.AVAILABLE, reason="needs AVX512-BF16")
 

@@ -119,7 +119,7 @@ class Exploit:
 
 def test_pickled_weights_in_a_model_folder_are_refused(tmp_path):
     from car_engine.errors import ModelError
-    from car_engine.models import minilm_path, safe_model_folder
+    from car_engine.models.registry import minilm_path, safe_model_folder
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "model"

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from car_engine import cli
-from car_engine.baselines.ifd import reference_scores
-from car_engine.corpus import RECORD_SCHEMA, CorpusError
+from car_engine.reference.ifd import reference_scores
+from car_engine.corpus import RECORD_SCHEMA
+from car_engine.errors import CorpusError
 from car_engine.errors import ModelError, UsageError
 from car_engine.ifd import (
     EMPTY_ANSWER,

@@ -11,7 +11,8 @@ import pytest
 from car_engine.corpus import pair_texts
 from car_engine.iqs import IQSScorer, score_iqs
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
-from car_engine.iqs.score import load_any, reference_scores, spearman
+from car_engine.iqs.score import load_any, spearman
+from car_engine.reference.iqs import reference_scores
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from car_engine.iqs.model import masked_mean
 from car_engine.iqs.pairs import read_pairs
 from car_engine.iqs.store import load_model
 from car_engine.iqs.train import TrainOptions, train
-from car_engine.models import minilm_path
+from car_engine.models.registry import minilm_path
 
 HIDDEN_SIZES = [48, 24]
 

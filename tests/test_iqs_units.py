@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from car_engine.batching import length_batches, pad_batch, token_batches, tokenize
-from car_engine.corpus import CorpusError
+from car_engine.errors import CorpusError
 from car_engine.iqs.model import LayerMix, encoder_blocks, masked_mean, run_blocks, sparsemax
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
 from car_engine.iqs.score import spearman

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from car_engine import kernels
 
-reference = kernels.reference  # the PyTorch twin, called directly (no dispatch)
+reference = kernels.cross_entropy_torch  # the PyTorch twin, called directly (no dispatch)
 
 # name -> (dtype, N, V, H, segment lengths); sizes stay small: the interpreter is slow.
 CASES = {

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from car_engine import _native, native
-from car_engine.baselines import select as ref
+from car_engine.reference import select as ref
 
 
 def scores_with_ties_and_nans(rng: np.random.Generator, n: int, dtype=np.float64) -> np.ndarray:

@@ -6,10 +6,12 @@ import pytest
 import torch
 from packed_models import assert_refused
 
-from car_engine import cpu_linear, fused_attention, packed_bert
+from car_engine.kernels import attention as fused_attention
+from car_engine.kernels import linear as cpu_linear
+from car_engine.models.registry import bert as packed_bert
 from car_engine.batching import pad_batch, tokenize
 from car_engine.embed import Embedder
-from car_engine.packed_bert import PackedBert, supports
+from car_engine.models.bert import PackedBert, supports
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from car_engine.models import cache_dir
+from car_engine.models.registry import cache_dir
 
 
 @pytest.mark.slow

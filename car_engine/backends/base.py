@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from car_engine.corpus import atomic_path, write_parquet
+from car_engine.io import write_npy, write_parquet
+from car_engine.workers import Worker
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,7 @@ def process_shard(worker: Callable[[pa.Table], Any], job: ShardJob) -> ShardJob:
         if result.shape[0] != records.num_rows:
             raise RuntimeError(f"{job.source}: worker returned {result.shape[0]} rows "
                                f"for {records.num_rows} records")
-        with atomic_path(job.target) as tmp, open(tmp, "wb") as f:
-            np.save(f, result)
+        write_npy(job.target, result)
     else:
         if result.num_rows != records.num_rows:
             raise RuntimeError(f"{job.source}: worker returned {result.num_rows} rows "
@@ -43,8 +43,9 @@ def process_shard(worker: Callable[[pa.Table], Any], job: ShardJob) -> ShardJob:
 class Backend:
     """Runs a stage worker over shards; subclasses decide where."""
 
-    def map_shards(self, stage: str, params: Any, jobs: Sequence[ShardJob],
+    def map_shards(self, worker: type[Worker], params: Any, jobs: Sequence[ShardJob],
                    on_done: Callable[[ShardJob], None]) -> None:
+        """Run ``worker(params)`` over ``jobs``; call ``on_done(job)`` as each output lands."""
         raise NotImplementedError
 
     def topk_lists(self, score_shards: Sequence[np.ndarray], k: int) -> list:

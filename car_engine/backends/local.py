@@ -8,17 +8,17 @@ from typing import Any
 from tqdm import tqdm
 
 from car_engine.backends.base import Backend, ShardJob, process_shard
-from car_engine.stages import WORKERS
+from car_engine.workers import Worker
 
 
 class LocalBackend(Backend):
     def __init__(self, *, progress: bool = True) -> None:
         self.progress = progress
 
-    def map_shards(self, stage: str, params: Any, jobs: Sequence[ShardJob],
+    def map_shards(self, worker: type[Worker], params: Any, jobs: Sequence[ShardJob],
                    on_done: Callable[[ShardJob], None]) -> None:
         if not jobs:
             return
-        worker = WORKERS[stage](params)
-        for job in tqdm(jobs, desc=stage, unit="shard", disable=not self.progress):
-            on_done(process_shard(worker, job))
+        run = worker(params)
+        for job in tqdm(jobs, desc=worker.stage, unit="shard", disable=not self.progress):
+            on_done(process_shard(run, job))

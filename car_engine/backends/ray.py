@@ -16,14 +16,15 @@ from tqdm import tqdm
 
 from car_engine.backends.base import Backend, ShardJob, process_shard
 from car_engine.errors import UsageError
-from car_engine.stages import WORKERS
+from car_engine.config import WORKERS
+from car_engine.workers import Worker
 
 
 class _ShardActor:
     """A Ray actor: builds the stage worker once, then processes batches of shard jobs."""
 
-    def __init__(self, stage: str, params: Any) -> None:
-        self.worker = WORKERS[stage](params)
+    def __init__(self, worker: type[Worker], params: Any) -> None:
+        self.worker = worker(params)
 
     def __call__(self, batch: dict) -> dict:
         for source, target in zip(batch["source"], batch["target"]):
@@ -32,7 +33,7 @@ class _ShardActor:
 
 
 class RayBackend(Backend):
-    def __init__(self, *, workers: int = 2, progress: bool = True) -> None:
+    def __init__(self, *, workers: int = WORKERS, progress: bool = True) -> None:
         try:
             import ray
         except ImportError as err:
@@ -54,7 +55,7 @@ class RayBackend(Backend):
         gpus = self.ray.cluster_resources().get("GPU", 0)
         return min(1.0, gpus / self.workers) if gpus else 0.0
 
-    def map_shards(self, stage: str, params: Any, jobs: Sequence[ShardJob],
+    def map_shards(self, worker: type[Worker], params: Any, jobs: Sequence[ShardJob],
                    on_done: Callable[[ShardJob], None]) -> None:
         if not jobs:
             return
@@ -62,13 +63,13 @@ class RayBackend(Backend):
         data = self.ray.data.from_items(items, override_num_blocks=len(items))
         done = data.map_batches(
             _ShardActor,
-            fn_constructor_args=(stage, params),
+            fn_constructor_args=(worker, params),
             batch_size=1,
             concurrency=min(self.workers, len(items)),
             num_cpus=1,
             num_gpus=self.gpu_fraction(),
         )
-        for row in tqdm(done.iter_rows(), total=len(items), desc=f"{stage} (ray)", unit="shard",
+        for row in tqdm(done.iter_rows(), total=len(items), desc=f"{worker.stage} (ray)", unit="shard",
                         disable=not self.progress):
             on_done(ShardJob(str(row["source"]), str(row["target"])))
 

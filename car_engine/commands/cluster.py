@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
+from car_engine.commands import options
+from car_engine.config import KMEANS_RESTARTS
+from car_engine.errors import CorpusError
 
-from car_engine.cluster import cluster
-from car_engine.corpus import CorpusError, write_table
-from car_engine.embed import ids_path, read_ids
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,18 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("embeddings", help="embeddings file (.npy, e.g. from `car-engine embed`)")
     p.add_argument("--out", required=True, help="clusters file (.parquet or .jsonl)")
-    p.add_argument("--k", type=int, help="number of clusters (default int(sqrt(n/2)))")
-    p.add_argument("--pca-var", type=float, default=0.95,
-                   help="variance the kept components must explain (default 0.95)")
-    p.add_argument("--pca-dim", type=int, help="keep exactly this many components instead")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--n-init", type=int, default=3,
-                   help="k-means++ restarts; the best is run to convergence (default 3)")
+    options.add_cluster_flags(p)
+    p.add_argument("--n-init", type=int, default=KMEANS_RESTARTS,
+                   help="k-means++ restarts; the best is run to convergence "
+                   f"(default {KMEANS_RESTARTS})")
     p.set_defaults(func=run)
 
 
 def _load(path: str) -> np.ndarray:
     """The memory-mapped [n, d] float array in ``path``, or a clear error."""
+    import numpy as np
+
     if not Path(path).is_file():
         raise CorpusError(f"{path}: no such file")
     try:
@@ -52,6 +52,12 @@ def _load(path: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """Cluster the vectors and write one row per id."""
+    import pyarrow as pa
+
+    from car_engine.cluster import cluster
+    from car_engine.embed import ids_path, read_ids
+    from car_engine.io import write_table
+
     vectors = _load(args.embeddings)
     ids = read_ids(args.embeddings)
     if ids is None:

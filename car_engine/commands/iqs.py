@@ -6,10 +6,8 @@ import argparse
 import json
 import sys
 
-from car_engine.models import DEFAULT
-
-MODEL_HELP = ("IQS model: 'default' (shipped, all-MiniLM-L6-v2 backbone), a folder written by "
-              "`iqs train`, or a CaR/COMET .ckpt (hparams.yaml two folders up)")
+from car_engine.commands import options
+from car_engine.config import DEFAULT_MODEL, IQS_PRECISIONS, IQSParams
 
 
 def register(subparsers) -> None:
@@ -24,7 +22,7 @@ def register(subparsers) -> None:
     train.add_argument("--train", required=True, metavar="CSV", help="training pairs (src,score)")
     train.add_argument("--valid", required=True, metavar="CSV", help="validation pairs")
     train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
-    train.add_argument("--backbone", default=DEFAULT, metavar="PATH",
+    train.add_argument("--backbone", default=DEFAULT_MODEL, metavar="PATH",
                        help="local Hugging Face encoder folder (default: all-MiniLM-L6-v2)")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--freeze-backbone", action="store_true",
@@ -55,8 +53,10 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_eval)
 
     export = sub.add_parser("export", help="export the whole scorer to ONNX")
-    export.add_argument("--model", default=DEFAULT, help=MODEL_HELP)
-    export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+    export.add_argument("--iqs-model", "--model", dest="iqs_model", default=IQSParams.model,
+                        help=options.IQS_MODEL_HELP)
+    export.add_argument("--iqs-precision", "--precision", dest="iqs_precision",
+                        default=IQSParams.precision, choices=IQS_PRECISIONS,
                         help="fp32; fp16 (GPUs); int8 dynamic quantization (CPUs)")
     export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     export.set_defaults(func=run_export)
@@ -64,26 +64,22 @@ def register(subparsers) -> None:
     score = sub.add_parser("score", help="score a corpus: writes id, iqs")
     score.add_argument("input", metavar="INPUT", help="corpus file or builtin:sharegpt")
     score.add_argument("--out", required=True, metavar="SCORES", help=".parquet or .jsonl")
-    score.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    options.add_limit(score)
     _add_runtime_args(score)
     score.set_defaults(func=run_score)
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT, help=MODEL_HELP)
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
-    parser.add_argument("--precision", default="fp32",
-                        help="onnx: fp32|fp16|int8; torch: fp32|fp16|bf16")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="pairs per batch (default 4 on CPU, 32 on GPU)")
+    options.add_iqs_flags(parser, own=True)
+    options.add_device(parser)
 
 
 def _scorer(args: argparse.Namespace):
     from car_engine.iqs import IQSScorer
 
-    return IQSScorer.load(args.model, runtime=args.runtime, precision=args.precision,
-                          device=args.device, batch_size=args.batch_size)
+    return IQSScorer.load(args.iqs_model, runtime=args.iqs_runtime,
+                          precision=args.iqs_precision, device=args.device,
+                          batch_size=args.iqs_batch_size)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -96,13 +92,13 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: comma-separated "
                          "integers") from None
-    options = TrainOptions(
+    train_options = TrainOptions(
         epochs=args.epochs, train_blocks=0 if args.freeze_backbone else args.train_blocks,
         batch_pairs=args.batch_pairs, head_lr=args.head_lr, encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay, loss=args.loss, margin=args.margin, seed=args.seed,
         hidden_sizes=hidden, dropout=args.dropout, layer_transform=args.layer_transform,
         max_length=args.max_length)
-    result = train(args.train, args.valid, args.out, backbone=args.backbone, options=options)
+    result = train(args.train, args.valid, args.out, backbone=args.backbone, options=train_options)
     best = result["best"]
     print(f"best epoch {best['epoch']}: valid pairwise accuracy {best['valid_accuracy']:.4f} "
           f"({best['valid_correct']}/{best['valid_pairs']}, ties {best['valid_ties']}) "
@@ -117,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs)
     scorer = _scorer(args)
     metrics = pairwise_accuracy(scorer.score_texts(pairs.texts))
-    metrics.update(pairs_file=args.pairs, model=args.model, runtime=scorer.describe())
+    metrics.update(pairs_file=args.pairs, model=args.iqs_model, runtime=scorer.describe())
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -132,15 +128,16 @@ def run_export(args: argparse.Namespace) -> int:
     from car_engine.iqs.onnx import export, export_info
     from car_engine.iqs.score import load_any
 
-    model, tokenizer = load_any(args.model)
-    path = export(model, args.out, args.precision, tokenizer.pad_token_id or 0)
+    model, tokenizer = load_any(args.iqs_model)
+    path = export(model, args.out, args.iqs_precision, tokenizer.pad_token_id or 0)
     print(export_info(path))
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
     """`iqs score`."""
-    from car_engine.corpus import load_corpus, write_table
+    from car_engine.corpus import load_corpus
+    from car_engine.io import write_table
 
     corpus = load_corpus(args.input, limit=args.limit)
     for rejection in corpus.rejected[:5]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from car_engine.models import DEFAULT, cache_dir, causal_lm_path, minilm_path
+from car_engine.models.registry import DEFAULT, cache_dir, causal_lm_path, minilm_path
 
 IQS_PRECISIONS = ("fp32", "int8")  # the CPU ones; fp16 is exported on a GPU machine when asked
 

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from car_engine.commands import options
+from car_engine.errors import CorpusError, UsageError
 
-from car_engine.corpus import CorpusError, load_corpus, read_table, write_table
-from car_engine.errors import UsageError
-from car_engine.select import (
-    RECORD_FIELDS,
-    STRATEGIES,
-    Selection,
-    attach,
-    picked_rows,
-    select_car_table,
-    select_ifd_table,
-    unique_ids,
-)
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,26 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="selected records (.jsonl or .parquet)")
     p.add_argument("--corpus", help="corpus to take the record fields from, when the scores "
                    "file lacks them; also the base of --ifd-frac (its rejected items count)")
-    car = p.add_argument_group("CaR")
-    car.add_argument("--n1", type=int, default=1000, help="top records by score (default 1000)")
-    car.add_argument("--n2", type=int, default=1, help="top records per cluster (default 1)")
-    car.add_argument("--strategy", choices=STRATEGIES, default="n1+k*n2",
-                     help="n1+k*n2 (paper) or k*topn (cluster picks only)")
-    car.add_argument("--score-column", default="iqs", help="score column (default iqs)")
-    car.add_argument("--no-dedup", action="store_true",
-                     help="do not collapse records of identical (normalised) content")
+    options.add_selection_flags(p.add_argument_group("selection"), ifd_frac_default=None)
+    p.add_argument("--score-column", default="iqs", help="CaR: score column (default iqs)")
     ifd = p.add_argument_group("IFD")
     ifd.add_argument("--ifd", action="store_true", help="IFD selection instead of CaR")
     ifd.add_argument("--ifd-column", default="ifd_ppl", help="ifd_ppl (default) or ifd_loss")
-    ifd.add_argument("--ifd-frac", type=float, help="fraction of the input to keep (e.g. 0.05)")
-    ifd.add_argument("--ifd-count", type=int, help="number of records to keep")
-    ifd.add_argument("--keep-equal-one", action="store_true",
-                     help="drop only IFD > 1 (Cherry LLM keeps exactly 1)")
+    ifd.add_argument("--ifd-count", type=int, help="number of records to keep "
+                     "(instead of --ifd-frac)")
     p.set_defaults(func=run)
 
 
 def _with_record_fields(scores: pa.Table, corpus_path: str | None) -> tuple[pa.Table, int]:
     """Attach the corpus' record fields to the scores by id; returns (table, rejected count)."""
+    import pyarrow.compute as pc
+
+    from car_engine.corpus import load_corpus
+    from car_engine.select import RECORD_FIELDS, attach, unique_ids
+
     if corpus_path is None:
         return scores, 0
     corpus = load_corpus(corpus_path)
@@ -71,6 +59,10 @@ def _summary(counts: dict[str, int], rejected: int, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from car_engine.corpus import read_table
+    from car_engine.io import write_table
+    from car_engine.select import Selection, picked_rows, select_car_table, select_ifd_table
+
     scores, rejected = _with_record_fields(read_table(args.scores), args.corpus)
     selection: Selection
     if args.ifd:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from car_engine.corpus import read_corpus, write_jsonl
+from car_engine.corpus import read_corpus
+from car_engine.io import write_jsonl
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from car_engine.errors import ModelError, UsageError
+from car_engine.config import IQS_PRECISIONS
+from car_engine.io import atomic_path
 from car_engine.iqs.model import IQSModel, masked_mean
-from car_engine.models import cache_dir
+from car_engine.models.registry import cache_dir
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = IQS_PRECISIONS
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OPSET = 17
 EXPORT_VERSION = 2  # bump when export or quantization changes, so cached files are redone
@@ -188,16 +190,12 @@ def ensure_export(model_loader, weights: Path, precision: str, pad_id: int) -> P
         return path
     for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
         stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:
         if precision == "fp32":
             export(model_loader(), tmp, "fp32", pad_id)
         else:
             fp32 = ensure_export(model_loader, weights, "fp32", pad_id)
             (to_fp16 if precision == "fp16" else to_int8)(fp32, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

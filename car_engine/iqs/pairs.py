@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from car_engine.corpus import CorpusError
+from car_engine.errors import CorpusError
 
 TIE_MARGIN = 0.01  # a revised-minus-original gap below this is a tie, not a win
 

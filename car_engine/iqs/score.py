@@ -18,21 +18,22 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, tokenize
-from car_engine.corpus import load_corpus, pair_texts
+from car_engine.config import IQS_BATCH, IQS_PRECISIONS, IQS_RUNTIMES, IQS_TORCH_PRECISIONS, IQSParams
+from car_engine.corpus import RecordsLike, as_records, pair_texts
+from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError
 from car_engine.iqs.checkpoint import load_comet_checkpoint
 from car_engine.iqs.model import IQSModel
-from car_engine.iqs.onnx import PRECISIONS, OrtRunner, ensure_export
+from car_engine.iqs.onnx import OrtRunner, ensure_export
 from car_engine.iqs.store import WEIGHTS_FILE, load_model, resolve_model_dir
-from car_engine.models import DEFAULT
+from car_engine.models.registry import DEFAULT
 
-RUNTIMES = ("onnx", "torch")
+RUNTIMES = IQS_RUNTIMES
 # Pairs per batch when not given. On CPU small batches win: ONNX Runtime scored 120 ShareGPT
 # pairs 1.25x (int8) / 1.18x (fp32) faster at 4 than at 32 (less padding, activations stay in
 # cache; 2 measured about the same as 4, 1 slower). The eager torch runtime was not measured
 # at 4. GPUs want the larger batches.
-CPU_BATCH, GPU_BATCH = 4, 32
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_BATCH, GPU_BATCH = IQS_BATCH
 
 
 def load_any(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, object]:
@@ -55,10 +56,8 @@ class TorchRunner:
     """Eager PyTorch scoring (the reference): ``runner(input_ids, attention_mask) -> scores``."""
 
     def __init__(self, model: IQSModel, device: str | None = None, precision: str = "fp32"):
-        if precision not in TORCH_DTYPES:
-            raise UsageError(f"torch precision must be one of {sorted(TORCH_DTYPES)}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = TORCH_DTYPES[precision]
+        self.dtype = torch_dtype(precision, IQS_TORCH_PRECISIONS, "iqs --runtime torch")
+        self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.on_gpu = self.device.type == "cuda"
 
@@ -90,7 +89,8 @@ class IQSScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @classmethod
-    def load(cls, model: str = DEFAULT, *, runtime: str = "onnx", precision: str = "fp32",
+    def load(cls, model: str = DEFAULT, *, runtime: str = IQSParams.runtime,
+             precision: str = IQSParams.precision,
              device: str | None = None, batch_size: int | None = None) -> IQSScorer:
         """A scorer for ``model`` (``default``, an IQS folder or a COMET ``.ckpt``) on
         ``runtime`` ``onnx`` (exported once and cached beside the weights) or ``torch``;
@@ -101,8 +101,8 @@ class IQSScorer:
             iqs, tokenizer = load_any(model)
             return cls(TorchRunner(iqs, device, precision), tokenizer, iqs.config.max_length,
                        batch_size)
-        if precision not in PRECISIONS:
-            raise UsageError(f"onnx precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision not in IQS_PRECISIONS:
+            raise UsageError(f"onnx precision must be one of {IQS_PRECISIONS}, not {precision!r}")
         loaded: dict = {}
 
         def load_once() -> IQSModel:
@@ -145,24 +145,6 @@ class IQSScorer:
         return self.runner.describe()
 
 
-@torch.inference_mode()
-def reference_scores(model: IQSModel, tokenizer, texts: list[str], batch_size: int = 16,
-                     *, progress: bool = False) -> np.ndarray:
-    """The reference way to score (what CaR's COMET-based scorer does): eager PyTorch fp32,
-    texts sorted by character length, each batch tokenized and padded on its own. Tests
-    and the benchmark compare the engine against this one function."""
-    model = model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    scores = np.empty(len(texts), dtype=np.float64)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="iqs reference", unit="batch", disable=not progress):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=model.config.max_length, return_tensors="pt")
-        scores[idx] = model(batch["input_ids"], batch["attention_mask"]).double().numpy()
-    return scores
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two score vectors (average ranks for ties)."""
     def ranks(x: np.ndarray) -> np.ndarray:
@@ -183,16 +165,15 @@ def _tokenizer_of(model: str | os.PathLike):
 
     from car_engine.iqs.model import IQSConfig
     from car_engine.iqs.store import CONFIG_FILE
-    from car_engine.models import resolve_encoder
+    from car_engine.models.registry import resolve_encoder
 
     config = IQSConfig.from_file(resolve_model_dir(model) / CONFIG_FILE)
     return AutoTokenizer.from_pretrained(resolve_encoder(config.backbone)), config.max_length
 
 
-def score_iqs(records: pa.Table | str, **kwargs) -> pa.Table:
+def score_iqs(records: RecordsLike, **kwargs) -> pa.Table:
     """IQS for a records table or a corpus path: ``id, iqs``. ``kwargs`` go to
     :meth:`IQSScorer.load` (model, runtime, precision, device, batch_size) and ``progress``."""
     progress = kwargs.pop("progress", True)
-    if not isinstance(records, pa.Table):
-        records = load_corpus(records).records
+    records = as_records(records)
     return IQSScorer.load(**kwargs).score(records, progress=progress)

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from car_engine.errors import ModelError
+from car_engine.io import atomic_path, write_text
 from car_engine.iqs.model import IQSConfig, IQSModel, encoder_blocks, encoder_max_length
-from car_engine.models import DEFAULT, resolve_encoder
+from car_engine.models.registry import DEFAULT, resolve_encoder
 
 CONFIG_FILE = "iqs_config.json"
 WEIGHTS_FILE = "iqs.safetensors"
@@ -84,9 +85,9 @@ def trained_state(model: IQSModel) -> dict[str, torch.Tensor]:
 def save_model(model: IQSModel, folder: str | os.PathLike) -> Path:
     """Write ``model`` as an IQS model folder (config JSON + safetensors)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(trained_state(model), str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(model.config.to_json() + "\n", encoding="utf-8")
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(trained_state(model), str(tmp))
+    write_text(folder / CONFIG_FILE, model.config.to_json() + "\n")
     return folder
 
 

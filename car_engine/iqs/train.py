@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, tokenize
 from car_engine.errors import UsageError
+from car_engine.io import atomic_path
 from car_engine.iqs.model import IQSModel, encoder_blocks, masked_mean, run_blocks
 from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
 from car_engine.iqs.store import new_model, save_model, trained_state
-from car_engine.models import DEFAULT, cache_dir
+from car_engine.models.registry import DEFAULT, cache_dir
 
 LOSSES = ("mse", "margin", "mse+margin")
 
@@ -95,10 +96,8 @@ def encode_frozen(model: IQSModel, token_ids: list[list[int]], boundary: int | N
 
 
 def _save_atomic(blob: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def cached_features(model: IQSModel, tokenizer, pairs: Pairs, boundary: int | None,

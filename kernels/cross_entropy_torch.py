@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from car_engine import cpu_linear
+from car_engine.kernels import linear as cpu_linear
 
 # Measured on a 2-core AVX512 CPU: a 256 x 24576 tile (24 MB in fp32) keeps the GEMM efficient
 # and the per-tile overhead small; 256 x 4096 tiles ran ~1.6x slower.

@@ -1,48 +1,36 @@
-"""The per-shard work of each scoring stage, as small picklable workers.
+"""The per-shard work of each scoring stage, as small picklable worker classes.
 
-A worker is built once per process (or Ray actor) from plain parameters, loads its model,
-and turns one shard of records into that shard's output: an Arrow table keyed by ``id``
-(IQS, IFD) or a float32 matrix in the shard's row order (embeddings). The pipeline decides
-which shards run and where; workers know nothing of files or manifests.
+A worker is built once per process (or Ray actor) from its stage's parameters (config.py),
+loads its model, and turns one shard of records into that shard's output: an Arrow table
+keyed by ``id`` (IQS, IFD) or a float32 matrix in the shard's row order (embeddings). The
+pipeline decides which shards run; backends decide where; workers know nothing of files or
+manifests.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class IQSParams:
-    model: str = "default"
-    runtime: str = "onnx"
-    precision: str = "fp32"
-    batch_size: int | None = None  # the scorer's: 4 on CPU, 32 on GPU
+from car_engine.config import EmbedParams, IFDParams, IQSParams
 
 
-@dataclass(frozen=True)
-class IFDParams:
-    model: str = "default"
-    template: str = "none"
-    compat: str | None = None
-    max_length: int = 512
-    dtype: str = "fp32"
-    batch_tokens: int = 8192
+class Worker:
+    """One stage's work on one shard; ``stage`` names its folder, ``suffix`` its files."""
+
+    stage: ClassVar[str]
+    suffix: ClassVar[str] = ".parquet"
+
+    def __call__(self, records: pa.Table) -> pa.Table | np.ndarray:
+        raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class EmbedParams:
-    model: str = "default"
-    dtype: str = "fp32"
-    batch_size: int | None = None  # the Embedder's: 16 on CPU, 64 on GPU
-    compile: bool = False
-
-
-class IQSWorker:
+class IQSWorker(Worker):
     """IQS scores (column ``iqs``) of a shard."""
+
+    stage = "iqs"
 
     def __init__(self, params: IQSParams) -> None:
         from car_engine.iqs import IQSScorer
@@ -54,8 +42,10 @@ class IQSWorker:
         return self.scorer.score(records, progress=False)
 
 
-class IFDWorker:
+class IFDWorker(Worker):
     """IFD losses, perplexities and ratios of a shard (SPEC §2 columns)."""
+
+    stage = "ifd"
 
     def __init__(self, params: IFDParams) -> None:
         from car_engine.ifd import IFDScorer
@@ -68,8 +58,11 @@ class IFDWorker:
         return self.scorer.score(records, progress=False)
 
 
-class EmbedWorker:
+class EmbedWorker(Worker):
     """Unit sentence embeddings (float32 rows in the shard's order) of the SPEC §1 text."""
+
+    stage = "embed"
+    suffix = ".npy"
 
     def __init__(self, params: EmbedParams) -> None:
         from car_engine.embed import Embedder
@@ -81,12 +74,3 @@ class EmbedWorker:
         from car_engine.corpus import pair_texts
 
         return self.embedder.embed(pair_texts(records), progress=False)
-
-
-WORKERS: dict[str, type] = {"iqs": IQSWorker, "ifd": IFDWorker, "embed": EmbedWorker}
-PARAMS: dict[str, type] = {"iqs": IQSParams, "ifd": IFDParams, "embed": EmbedParams}
-
-
-def params_dict(params: Any) -> dict[str, Any]:
-    """A stage's parameters as a plain dict (what its fingerprint is made of)."""
-    return asdict(params)

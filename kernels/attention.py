@@ -3,7 +3,7 @@
 ``csrc/attention.cpp`` runs one (sequence, key/value head) at a time with the scores in L1,
 where PyTorch's matmul + softmax + matmul writes every head's n x n scores to memory and reads
 them back twice, and its flash kernel ran causal grouped-query attention at ~50 GFLOP/s.
-The packed encoders (:mod:`car_engine.packed_bert`, :mod:`car_engine.packed_llama`) call it
+The packed model bodies (:mod:`car_engine.models.bert`, :mod:`car_engine.models.llama`) call it
 on CPUs that have the instructions (:func:`runs`), and keep a PyTorch path for the rest.
 """
 
@@ -14,18 +14,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from car_engine import _native
+from car_engine import native
 
 # Built in and this CPU has AVX512-BF16 (the fp32 kernel is built and gated with it).
-AVAILABLE = _native.attention_supported()
-_KERNELS = {torch.bfloat16: (_native.attention_bf16, torch.int16),
-            torch.float32: (_native.attention_f32, torch.float32)}
+AVAILABLE = native.attention_supported()
+_AS_NUMPY = {torch.bfloat16: torch.int16, torch.float32: torch.float32}  # numpy has no bf16
 
 
 def runs(x: torch.Tensor) -> bool:
     """Whether :func:`fused_attention` can take ``x``: a CPU tensor of a kernel's dtype, on a
     CPU that has the kernel."""
-    return AVAILABLE and x.device.type == "cpu" and x.dtype in _KERNELS
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in _AS_NUMPY
 
 
 def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,
@@ -42,7 +41,8 @@ def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,
     lengths = np.asarray(lengths, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
     context = qkv.new_empty((qkv.shape[0], heads * head_dim))
-    kernel, as_numpy = _KERNELS[qkv.dtype]  # numpy has no bf16: pass its bits as int16
-    kernel(qkv.contiguous().view(as_numpy).numpy(), starts, lengths, heads, kv_heads, head_dim,
-           causal, context.view(as_numpy).numpy(), torch.get_num_threads())
+    as_numpy = _AS_NUMPY[qkv.dtype]  # bf16 passes its bits as int16
+    native.attention(qkv.contiguous().view(as_numpy).numpy(), starts, lengths, heads, kv_heads,
+                     head_dim, causal, context.view(as_numpy).numpy(), torch.get_num_threads(),
+                     bf16=qkv.dtype == torch.bfloat16)
     return context

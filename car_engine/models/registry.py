@@ -10,9 +10,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+from car_engine.config import DEFAULT_MODEL as DEFAULT
 from car_engine.errors import ModelError
-
-DEFAULT = "default"
+from car_engine.io import atomic_dir
 
 
 def cache_dir() -> Path:
@@ -85,15 +85,11 @@ def _convert_smollm2(target: Path) -> None:
 
     Written into a temp folder beside ``target`` and renamed, so a crash never leaves a
     half-written cache that later loads would trust."""
-    import shutil
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype="float32"
@@ -106,16 +102,6 @@ def _convert_smollm2(target: Path) -> None:
         model.load_state_dict(quantized.state_dict())
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # lost a race only if the other won
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def causal_lm_path(model: str | os.PathLike = DEFAULT) -> Path:
@@ -145,14 +131,15 @@ def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise ModelError(f"unknown dtype '{dtype}': choose one of {', '.join(dtypes)}")
+    from car_engine.config import IFD_DTYPES
+    from car_engine.devices import torch_dtype
+
+    torch_type = torch_dtype(dtype, IFD_DTYPES, "causal LM")
     folder = causal_lm_path(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         lm = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtypes[dtype], attn_implementation="sdpa", use_safetensors=True,
+            folder, dtype=torch_type, attn_implementation="sdpa", use_safetensors=True,
             trust_remote_code=False,
         )
     except (OSError, ValueError, KeyError) as err:

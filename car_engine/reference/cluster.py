@@ -1,29 +1,12 @@
-"""The reference way to embed and cluster (CaR's "clustering" half), kept as the yardstick that
-tests and benchmarks measure car_engine.embed and car_engine.cluster against.
-
-- embedding: one ``SentenceTransformer.encode`` call per text;
-- clustering: scikit-learn ``PCA(pca_var)`` then ``KMeans(k, init="k-means++", n_init=10)``.
-"""
+"""The reference way to cluster (CaR's "clustering" half), the yardstick that tests and
+benchmarks measure car_engine.cluster against: scikit-learn ``PCA(pca_var)`` then
+``KMeans(k, init="k-means++", n_init=10)``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-
-def reference_encoder(model_folder: str | Path):
-    """A ``SentenceTransformer`` on CPU, loaded from a local folder (never the hub)."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(model_folder), device="cpu")
-
-
-def reference_embed(texts: Sequence[str], encoder) -> np.ndarray:
-    """float32 [n, d] unit vectors, one ``encode`` call per text, as the reference scripts do."""
-    return np.stack([encoder.encode(text, normalize_embeddings=True) for text in texts])
 
 
 @dataclass

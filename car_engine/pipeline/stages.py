@@ -1,0 +1,119 @@
+"""The stages of a run, each writing shards under ``RUN_DIR/stages/<stage>/``.
+
+read -> (iqs | ifd | embed, shard by shard on a backend) -> cluster. Each stage is resumable:
+a stage whose manifest says complete (and whose files are intact) is skipped; a scoring stage
+reruns only the shards not yet done. Scoring stages work shard by shard, so their memory does
+not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from car_engine.backends import Backend, ShardJob
+from car_engine.config import RunConfig, params_dict
+from car_engine.corpus import read_corpus, resolve_source
+from car_engine.dedup import content_hashes
+from car_engine.io import atomic_path, write_jsonl, write_parquet
+from car_engine.rundir import StageDir, fingerprint
+from car_engine.workers import Worker
+
+
+def _source_identity(source: str) -> dict[str, Any]:
+    path = resolve_source(source)
+    stat = path.stat()
+    return {"source": str(source), "path": str(path.resolve()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
+
+
+def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool) -> StageDir:
+    """Split the corpus into records shards (with content hashes) and collect rejections."""
+    params = {**_source_identity(source), "limit": cfg.limit, "strict": cfg.strict,
+              "shard_size": cfg.shard_size}
+    stage = StageDir(run_dir, "read", fingerprint("read", params, []))
+    if stage.complete:
+        return stage
+    shards, sizes, rejected, items = [], [], [], 0
+    batches = read_corpus(source, batch_size=cfg.shard_size, strict=cfg.strict, limit=cfg.limit)
+    for batch in tqdm(batches, desc="read", unit="shard", disable=not progress):
+        items += batch.records.num_rows + len(batch.rejected)
+        rejected.extend(r.to_dict() for r in batch.rejected)
+        if batch.records.num_rows == 0:
+            continue
+        name = f"records-{len(shards):05d}.parquet"
+        hashes = pa.array(content_hashes(batch.records))
+        write_parquet(stage.file(name), batch.records.append_column("content_hash", hashes))
+        shards.append(name)
+        sizes.append(batch.records.num_rows)
+    write_jsonl(stage.file("rejected.jsonl"), rejected)
+    for name in [*shards, "rejected.jsonl"]:
+        stage.mark_done(name)
+    stage.mark_complete(shards=shards, sizes=sizes, items=items, rejected=len(rejected))
+    return stage
+
+
+def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path,
+                backend: Backend) -> StageDir:
+    """Run a scoring stage over every records shard not yet done."""
+    name = worker.stage
+    stage = StageDir(run_dir, name, fingerprint(name, params_dict(params), [read.fingerprint]))
+    if stage.complete:
+        return stage
+    outputs = [s.replace("records-", f"{name}-").replace(".parquet", worker.suffix)
+               for s in read.info["shards"]]
+    jobs = [ShardJob(str(read.file(src)), str(stage.file(out)))
+            for src, out in zip(read.info["shards"], outputs) if not stage.is_done(out)]
+    backend.map_shards(worker, params, jobs, lambda job: stage.mark_done(Path(job.target).name))
+    stage.mark_complete(shards=outputs)
+    return stage
+
+
+def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig,
+                  progress: bool) -> StageDir:
+    """Gather the embedding shards into one memory-mapped .npy, then PCA + k-means."""
+    from car_engine.cluster import cluster
+
+    params = params_dict(cfg.cluster)
+    stage = StageDir(run_dir, "cluster", fingerprint("cluster", params, [embed.fingerprint]))
+    if stage.complete:
+        return stage
+    n = sum(read.info["sizes"])
+    first = np.load(embed.file(embed.info["shards"][0]), mmap_mode="r")
+    with atomic_path(stage.file("embeddings.npy")) as tmp:
+        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(n, first.shape[1]))
+        row = 0
+        for shard in embed.info["shards"]:
+            part = np.load(embed.file(shard), mmap_mode="r")
+            vectors[row:row + len(part)] = part
+            row += len(part)
+        vectors.flush()
+        del vectors
+    vectors = np.load(stage.file("embeddings.npy"), mmap_mode="r")
+    result = cluster(np.asarray(vectors), k=cfg.k, pca_var=cfg.pca_var, pca_dim=cfg.pca_dim,
+                     seed=cfg.seed, progress=progress)
+    table = pa.table({"cluster": pa.array(result.labels, pa.int64()),
+                      "distance": pa.array(result.distances, pa.float32())})
+    write_parquet(stage.file("clusters.parquet"), table)
+    for name in ("embeddings.npy", "clusters.parquet"):
+        stage.mark_done(name)
+    stage.mark_complete(k=int(result.centroids.shape[0]), n_components=int(result.n_components),
+                        explained_variance=float(result.explained_variance))
+    return stage
+
+
+def concat_shards(stage: StageDir) -> pa.Table:
+    """A scoring stage's shards as one table, in record order."""
+    return pa.concat_tables([pq.read_table(stage.file(s)) for s in stage.info["shards"]])
+
+
+def records_columns(read: StageDir, columns: list[str]) -> pa.Table:
+    """``columns`` of every record, in input order."""
+    return pa.concat_tables([pq.read_table(read.file(s), columns=columns)
+                             for s in read.info["shards"]])
