@@ -23,14 +23,14 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from car_engine.reference.cluster import reference_cluster
-from car_engine.reference.embed import reference_embed, reference_encoder
 from car_engine.batching import tokenize
 from car_engine.cluster import cluster
 from car_engine.corpus import load_corpus, pair_text, pair_texts
-from car_engine.io import atomic_path
 from car_engine.embed import Embedder
+from car_engine.io import atomic_path
 from car_engine.models.registry import cache_dir, minilm_path
+from car_engine.reference.cluster import reference_cluster
+from car_engine.reference.embed import reference_embed, reference_encoder
 
 from .common import format_table, gemm_gflops, peak_rss_mb, row, take_turns, transformer_gflop
 

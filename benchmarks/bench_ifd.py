@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from car_engine.reference.ifd import reference_scores
-from car_engine.corpus import load_corpus
 from car_engine.config import IFD_DTYPES
+from car_engine.corpus import load_corpus
 from car_engine.devices import TORCH_DTYPES
 from car_engine.ifd import OK, IFDScorer
+from car_engine.reference.ifd import reference_scores
 
 from .common import format_table, gemm_gflops, machine, row, take_turns, transformer_gflop
 

@@ -94,7 +94,14 @@ _LAZY = {
     "select_ifd": "car_engine.select",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__", "ClusterResult", "cluster_vectors", "ClusterParams", "EmbedParams",
+    "IFDParams", "IQSParams", "RunConfig", "SelectParams", "Corpus", "RecordsLike", "Rejection",
+    "as_records", "load_corpus", "read_corpus", "records_from_items", "Embedder", "embed_records",
+    "CorpusError", "ModelError", "RunDirBusy", "UsageError", "IFDScorer", "score_ifd",
+    "IQSScorer", "score_iqs", "RunResult", "run", "build_report", "Selection", "select_car",
+    "select_car_ifd", "select_ifd",
+]
 
 
 def __getattr__(name: str) -> Any:

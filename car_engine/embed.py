@@ -21,13 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize
-from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
-from car_engine.io import atomic_path, write_parquet
 from car_engine.config import EMBED_BATCH, EMBED_DTYPES, EMBED_MAX_SEQ_LENGTH, EmbedParams
+from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
 from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError
-from car_engine.models.registry import DEFAULT, resolve_encoder
+from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import PackedBert, supports
+from car_engine.models.registry import DEFAULT, resolve_encoder
 
 DTYPES = EMBED_DTYPES
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",

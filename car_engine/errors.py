@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 
-
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug: please report it)",

@@ -234,8 +234,8 @@ class IFDScorer:
         On CPU a Llama-style model runs packed (:mod:`car_engine.models.llama`: no padding,
         fused layers; 1.3-1.6x the padded transformers forward); ``pack=False``, other models
         and GPUs run the transformers forward on padded batches."""
-        from car_engine.models.registry import load_causal_lm
         from car_engine.models.llama import PackedCausalLM, supports
+        from car_engine.models.registry import load_causal_lm
 
         torch_type = torch_dtype(dtype, IFD_DTYPES, "ifd")
         if batch_tokens < 1:

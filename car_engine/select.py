@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from car_engine import native
 from car_engine.config import STRATEGIES, SelectParams
-from car_engine.dedup import RECORD_FIELDS, content_hashes, survivors
+from car_engine.dedup import content_hashes, survivors
 from car_engine.errors import CorpusError, UsageError
 
 # The reasons a row carries in ``Selection.why``.

@@ -10,7 +10,6 @@ torch's default BLAS here); everything after it is fp32.
 from __future__ import annotations
 
 import torch
-
 from car_engine.kernels import linear as cpu_linear
 
 # Measured on a 2-core AVX512 CPU: a 256 x 24576 tile (24 MB in fp32) keeps the GEMM efficient

@@ -11,9 +11,9 @@ import pytest
 from car_engine.cli import main
 from car_engine.cluster import ClusterResult, cluster, components_for, default_k, fit_pca
 from car_engine.corpus import read_table
-from car_engine.io import write_parquet
 from car_engine.embed import Embedder, ids_path
 from car_engine.errors import UsageError
+from car_engine.io import write_parquet
 
 SPECTRUM = np.array([16, 8, 4, 2, 1, 0.5, 0.25, 0.125] + [0.01] * 24)
 

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pytest
 
 from car_engine import embed as embed_module
-from car_engine.reference.embed import reference_embed, reference_encoder
 from car_engine.cli import main
 from car_engine.corpus import pair_texts
 from car_engine.embed import Embedder, embed_records, ids_path, read_ids
 from car_engine.errors import ModelError, UsageError
 from car_engine.models.registry import minilm_path
+from car_engine.reference.embed import reference_embed, reference_encoder
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from car_engine.kernels import attention as fused_attention
 
 pytestmark = pytest.mark.skipif(not fused_attention.AVAILABLE, reason="needs AVX512-BF16")

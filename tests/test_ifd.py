@@ -11,10 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from car_engine import cli
-from car_engine.reference.ifd import reference_scores
 from car_engine.corpus import RECORD_SCHEMA
-from car_engine.errors import CorpusError
-from car_engine.errors import ModelError, UsageError
+from car_engine.errors import CorpusError, ModelError, UsageError
 from car_engine.ifd import (
     EMPTY_ANSWER,
     IFD_COLUMNS,
@@ -24,6 +22,7 @@ from car_engine.ifd import (
     prompt_text,
     score_ifd,
 )
+from car_engine.reference.ifd import reference_scores
 
 pytestmark = pytest.mark.slow  # real model: a few seconds per test
 

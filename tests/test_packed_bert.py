@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from packed_models import assert_refused
-
 from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
-from car_engine.models.registry import bert as packed_bert
+from packed_models import assert_refused
+
 from car_engine.batching import pad_batch, tokenize
 from car_engine.embed import Embedder
 from car_engine.models.bert import PackedBert, supports
+from car_engine.models.registry import bert as packed_bert
 
 
 @pytest.fixture(scope="module")

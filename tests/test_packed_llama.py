@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from packed_models import assert_refused
-
 from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
-from car_engine.models.registry import load_causal_lm
+from packed_models import assert_refused
+
 from car_engine.models.llama import PackedCausalLM, supports
+from car_engine.models.registry import load_causal_lm
 
 pytestmark = pytest.mark.slow  # real model (SmolLM2-135M-Instruct)
 

@@ -15,8 +15,8 @@ from typing import Any
 from tqdm import tqdm
 
 from car_engine.backends.base import Backend, ShardJob, process_shard
-from car_engine.errors import UsageError
 from car_engine.config import WORKERS
+from car_engine.errors import UsageError
 from car_engine.workers import Worker
 
 
@@ -69,8 +69,8 @@ class RayBackend(Backend):
             num_cpus=1,
             num_gpus=self.gpu_fraction(),
         )
-        for row in tqdm(done.iter_rows(), total=len(items), desc=f"{worker.stage} (ray)", unit="shard",
-                        disable=not self.progress):
+        for row in tqdm(done.iter_rows(), total=len(items), desc=f"{worker.stage} (ray)",
+                        unit="shard", disable=not self.progress):
             on_done(ShardJob(str(row["source"]), str(row["target"])))
 
     def topk_lists(self, score_shards: Sequence[Any], k: int) -> list:

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
     from car_engine.corpus import load_corpus
-    from car_engine.io import write_table
     from car_engine.ifd import OK, IFDScorer
+    from car_engine.io import write_table
 
     if not str(args.out).endswith(OUTPUT_SUFFIXES):
         raise UsageError(f"--out {args.out}: must end in .parquet or .jsonl")

@@ -111,6 +111,6 @@ def records_from_items(items: Iterable[Any], *, strict: bool = True) -> Corpus:
 
 __all__ = [
     "ASSISTANT_ROLES", "BUILTIN_SHAREGPT", "RECORD_SCHEMA", "USER_ROLES", "Corpus", "CorpusBatch",
-    "CorpusError", "RecordsLike", "Rejection", "as_records", "load_corpus", "pair_text", "pair_texts", "read_corpus",
-    "read_table", "records_from_items", "resolve_source", "to_record",
+    "CorpusError", "RecordsLike", "Rejection", "as_records", "load_corpus", "pair_text",
+    "pair_texts", "read_corpus", "read_table", "records_from_items", "resolve_source", "to_record",
 ]

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from car_engine.errors import ModelError, UsageError
 from car_engine.config import IQS_PRECISIONS
+from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path
 from car_engine.iqs.model import IQSModel, masked_mean
 from car_engine.models.registry import cache_dir

@@ -18,7 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, tokenize
-from car_engine.config import IQS_BATCH, IQS_PRECISIONS, IQS_RUNTIMES, IQS_TORCH_PRECISIONS, IQSParams
+from car_engine.config import (
+    IQS_BATCH,
+    IQS_PRECISIONS,
+    IQS_RUNTIMES,
+    IQS_TORCH_PRECISIONS,
+    IQSParams,
+)
 from car_engine.corpus import RecordsLike, as_records, pair_texts
 from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
 from car_engine.kernels import attention as fused_attention
-from car_engine.batching import packed_ids
 from car_engine.kernels.linear import linear
+
+from car_engine.batching import packed_ids
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).

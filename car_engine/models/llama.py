@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
 from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
+
 from car_engine.batching import packed_ids
 
 

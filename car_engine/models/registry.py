@@ -128,7 +128,6 @@ def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
 
     ``model`` is ``default`` (SmolLM2-135M-Instruct, cached as safetensors after the first
     call) or a local Hugging Face causal-LM folder. ``dtype`` is ``fp32`` or ``bf16``."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from car_engine.config import IFD_DTYPES
