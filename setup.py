@@ -47,7 +47,7 @@ setup(
     packages=find_packages(include=["car_engine", "car_engine.*"])
     + ["car_engine.kernels", "car_engine.benchmarks"],
     package_dir={"car_engine.kernels": "kernels", "car_engine.benchmarks": "benchmarks"},
-    package_data={"car_engine": ["assets/**/*", "py.typed"]},
+    package_data={"car_engine": ["assets/**/*", "py.typed", "_native.pyi"]},
     ext_modules=[CMakeExtension("car_engine._native")],
     cmdclass={"build_ext": CMakeBuild},
 )

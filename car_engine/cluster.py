@@ -75,7 +75,8 @@ def components_for(eigenvalues: np.ndarray, pca_var: float) -> int:
     if total <= 0:
         return 1
     cumulative = np.cumsum(eigenvalues) / total
-    return int(min(len(eigenvalues), np.searchsorted(cumulative, pca_var, side="left") + 1))
+    reaching = int(np.searchsorted(cumulative, pca_var, side="left"))  # first index >= pca_var
+    return min(len(eigenvalues), reaching + 1)
 
 
 def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
@@ -103,7 +104,7 @@ def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
 
 def _flat_index(d: int) -> faiss.Index:
     """An exact L2 index: on every GPU FAISS sees, else on CPU."""
-    index = faiss.IndexFlatL2(d)
+    index: faiss.Index = faiss.IndexFlatL2(d)
     if faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     return index
@@ -161,7 +162,8 @@ def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: i
     index.reset()
     clus.train(points, index)
     stats = clus.iteration_stats
-    objective = stats.at(stats.size() - 1).obj
+    # faiss's stubs call this a list; it is a SWIG ClusteringIterationStatsVector (no len/[-1])
+    objective = stats.at(stats.size() - 1).obj  # type: ignore[attr-defined]
     return faiss.vector_to_array(clus.centroids).reshape(k, d), float(objective)
 
 
@@ -203,13 +205,15 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
     index = _flat_index(d)
     bar = tqdm(total=n_init * PROBE_ITER + max_iter, desc="k-means", unit="iter",
                disable=not progress)
-    best, best_objective = None, math.inf
+    best: np.ndarray | None = None
+    best_objective = math.inf
     for _ in range(n_init):
         start = kmeans_plus_plus(init_points, k, rng)
         centroids, objective = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
         bar.update(PROBE_ITER)
         if objective < best_objective:
             best, best_objective = centroids, objective
+    assert best is not None, "no k-means start had a finite objective (or n_init < 1)"
     best_objective = math.inf  # the probes' objective was on the sample, not on all points
     done = 0
     while done < max_iter:

@@ -16,7 +16,7 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 def torch_dtype(name: str, allowed: Sequence[str], what: str) -> torch.dtype:
     """The torch dtype of precision ``name``, which must be one of ``allowed`` for ``what``."""
     if name not in allowed:
-        raise UsageError(f"{what}: unknown precision {name!r} (choose from {', '.join(allowed)})")
+        raise UsageError(f"{what}: unknown dtype {name!r} (choose from {', '.join(allowed)})")
     return TORCH_DTYPES[name]
 
 

@@ -12,8 +12,9 @@ matches ``SentenceTransformer(folder).encode`` to float rounding.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -146,7 +147,7 @@ class Embedder:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.dim = int(self.model.config.hidden_size)
 
-    def _batches(self, token_ids: list[list[int]]):
+    def _batches(self, token_ids: list[list[int]]) -> Iterator[np.ndarray]:
         """Row indices of each batch: packed batches of a token budget, or padded ones."""
         if self.packed is not None:
             return token_batches(token_ids, self.batch_size * self.max_seq_length)
@@ -195,7 +196,8 @@ def _checked_text(text: object, index: int) -> str:
     return text.strip()
 
 
-def embed_records(records: RecordsLike, out: str | Path | None = None, **kwargs) -> np.ndarray:
+def embed_records(records: RecordsLike, out: str | Path | None = None, **kwargs: Any
+                  ) -> np.ndarray:
     """Embed every record's pair text (SPEC §3) with an :class:`Embedder` built from ``kwargs``.
 
     With ``out``, vectors are written chunk by chunk into a ``.npy`` (plus the companion ids file,

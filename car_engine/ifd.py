@@ -15,6 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -60,7 +61,7 @@ _VICUNA = (
 )
 
 
-def prompt_text(template: str, instruction: str, input: str, tokenizer=None) -> str:
+def prompt_text(template: str, instruction: str, input: str, tokenizer: Any = None) -> str:
     """The prompt a template preset builds from an instruction and its (maybe empty) input."""
     user = f"{instruction}\n{input}" if input else instruction
     if template == "none":
@@ -104,7 +105,7 @@ class EncodedPair:
     status: str
 
 
-def start_token(tokenizer) -> int:
+def start_token(tokenizer: Any) -> int:
     """BOS if the model has one, else EOS (SPEC §2)."""
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
         tokenizer.eos_token_id
@@ -124,7 +125,7 @@ def _column(records: pa.Table, name: str) -> list[str]:
     return [v or "" for v in values]
 
 
-def encode_pairs(tokenizer, records: pa.Table, *, template: str, direct_header: str = "",
+def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_header: str = "",
                  max_length: int = 512) -> list[EncodedPair]:
     """Tokenize every record's prompt and answer separately (no special tokens), join the ids
     so the boundary is exact, and cut the answer's tail to fit ``max_length``."""
@@ -167,6 +168,7 @@ def score_row(rid: str, pair: EncodedPair, loss_cond: float | None,
     if pair.status != OK:
         row["n_tokens"] = 0
         return row
+    assert loss_cond is not None and loss_direct is not None  # both are scored for an OK pair
     ppl_cond, ppl_direct = _exp(loss_cond), _exp(loss_direct)
     scores = {
         "loss_cond": loss_cond, "loss_direct": loss_direct,
@@ -315,11 +317,11 @@ class IFDScorer:
                             tokens=f"{done_tokens}/{total_tokens}")
         bar.close()
         ids = [str(v) for v in records.column("id").to_pylist()]
-        return scores_table(ids, pairs, [tuple(lc) for lc in losses])
+        return scores_table(ids, pairs, [(cond, direct) for cond, direct in losses])
 
 
 def score_ifd(records: RecordsLike, *, progress: bool = True,
-              limit: int | None = None, **kwargs) -> pa.Table:
+              limit: int | None = None, **kwargs: Any) -> pa.Table:
     """IFD scores for a records table or a corpus path (read with ``load_corpus``); ``kwargs``
     go to :class:`IFDScorer`."""
     if isinstance(records, (str, os.PathLike)):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,11 +22,14 @@ from car_engine.io import atomic_path, write_text
 from car_engine.rundir import take_run_records
 from car_engine.select import WHY_N1
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 EXAMPLES = 5
 MAP_POINTS = 20_000
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +38,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> str:
+def _save(fig: Figure, path: Path) -> str:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)

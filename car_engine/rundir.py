@@ -5,7 +5,8 @@ its size and SHA-256, under which parameters. A stage's *fingerprint* hashes its
 parameters and its upstream stages' fingerprints, so changing a parameter invalidates that
 stage and everything after it, and nothing before. A file is written atomically before it is
 recorded, and checked against its record on resume: a file truncated or altered after it was
-recorded is recomputed, never trusted. ``RUN_DIR/.lock`` keeps two runs from interleaving.
+recorded is recomputed, never trusted; temp files of writes a kill cut short are deleted.
+``RUN_DIR/.lock`` keeps two runs from interleaving.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from car_engine.io import write_json
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: every file recorded with its size and SHA-256
 LOCK = ".lock"
+TEMP_FILES = ".*.tmp"  # how io.atomic_path names a file being written
 
 
 def fingerprint(stage: str, params: dict[str, Any], upstream: list[str]) -> str:
@@ -59,6 +61,7 @@ class StageDir:
         self.path = Path(run_dir) / "stages" / name
         self._verified: dict[str, tuple[int, int]] = {}  # file -> (size, mtime) checked
         self._state = self._load()
+        self._drop_temp_files()
 
     def _load(self) -> dict[str, Any]:
         manifest = self.path / MANIFEST
@@ -79,6 +82,12 @@ class StageDir:
 
     def _save(self, state: dict[str, Any]) -> None:
         write_json(self.path / MANIFEST, state)
+
+    def _drop_temp_files(self) -> None:
+        # Temp files of writes that never finished (a run or an actor killed mid-write). A
+        # stage is only written under the run lock, so none of them is anyone's any more.
+        for tmp in self.path.glob(TEMP_FILES):
+            tmp.unlink(missing_ok=True)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -132,6 +141,7 @@ class StageDir:
         self._state["complete"] = True
         self._state["info"] = info
         self._save(self._state)
+        self._drop_temp_files()
 
     @property
     def info(self) -> dict[str, Any]:

@@ -119,6 +119,7 @@ def select_ifd(
     ifd = np.asarray(ifd, dtype=np.float64)
     n = ifd.shape[0]
     if count is None:
+        assert fraction is not None  # exactly one of the two is given (checked above)
         count = int(fraction * (n if base is None else base))
     if count < 0:
         raise UsageError("count must be >= 0")

@@ -9,7 +9,7 @@ manifests.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,10 @@ class Worker:
 
     stage: ClassVar[str]
     suffix: ClassVar[str] = ".parquet"
+
+    def __init__(self, params: Any) -> None:
+        """Build from the stage's parameters (IQSParams, IFDParams, ...): load the model."""
+        raise NotImplementedError
 
     def __call__(self, records: pa.Table) -> pa.Table | np.ndarray:
         raise NotImplementedError

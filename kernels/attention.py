@@ -38,11 +38,11 @@ def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,
     :func:`runs` first."""
     kv_heads = kv_heads or heads
     head_dim = qkv.shape[1] // (heads + 2 * kv_heads)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+    lens = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens[:-1])]).astype(np.int64)
     context = qkv.new_empty((qkv.shape[0], heads * head_dim))
     as_numpy = _AS_NUMPY[qkv.dtype]  # bf16 passes its bits as int16
-    native.attention(qkv.contiguous().view(as_numpy).numpy(), starts, lengths, heads, kv_heads,
+    native.attention(qkv.contiguous().view(as_numpy).numpy(), starts, lens, heads, kv_heads,
                      head_dim, causal, context.view(as_numpy).numpy(), torch.get_num_threads(),
                      bf16=qkv.dtype == torch.bfloat16)
     return context

@@ -11,17 +11,34 @@ the plain ops.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
                                                              "_linear_pointwise")
-# fp16 needs AVX512-FP16 in oneDNN; torch's own ops handle it everywhere.
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's linear runs ``dtype`` on this CPU. fp16 needs AVX512-FP16; bf16 has
+    no oneDNN kernel on AVX2-only CPUs ("could not create a primitive descriptor"), where
+    torch's own ops still run it. Probed once, on a tiny GEMM."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if dtype == torch.float32:
+        return True
+    x = torch.ones(2, 2, dtype=dtype)
+    try:
+        torch.ops.mkldnn._linear_pointwise(x, x, None, "none", [], "")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _onednn(x: torch.Tensor) -> bool:
-    return AVAILABLE and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES
+    return AVAILABLE and x.device.type == "cpu" and _onednn_runs(x.dtype)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

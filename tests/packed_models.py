@@ -1,4 +1,4 @@
-"""Test helper for the packed forwards (car_engine.packed_bert, car_engine.packed_llama)."""
+"""Test helper for the packed model bodies (car_engine.models.bert, car_engine.models.llama)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from car_engine import corpus as corpus_module
-from car_engine.corpus import load_corpus, read_corpus
+from car_engine.corpus import json_array, load_corpus, read_corpus
 from car_engine.errors import CorpusError
 from car_engine.io import write_jsonl
 
@@ -301,7 +301,7 @@ def test_json_array_accounts_for_every_item(entries, gz, ascii_only, separator, 
     # Tiny read chunks put every kind of token (numbers, escapes, multi-byte characters)
     # across a chunk boundary somewhere.
     data, _ = json_array_bytes(entries, ascii_only, separator)
-    with folder() as tmp, mock.patch.object(corpus_module, "_JSON_CHUNK", chunk):
+    with folder() as tmp, mock.patch.object(json_array, "_JSON_CHUNK", chunk):
         path = write_bytes(tmp, data, "json", gz=gz)
         corpus = load_corpus(path)
         check_accounting(path, corpus, len(entries))
@@ -317,7 +317,7 @@ def test_json_array_cut_short_keeps_whole_items_and_one_rejection(entries, data,
     raw, ends = json_array_bytes(entries, ascii_only=data.draw(st.booleans()), separator=b"\n")
     cut = data.draw(st.integers(1, len(raw) - 1))
     whole = sum(end <= cut for end in ends)
-    with folder() as tmp, mock.patch.object(corpus_module, "_JSON_CHUNK", chunk):
+    with folder() as tmp, mock.patch.object(json_array, "_JSON_CHUNK", chunk):
         path = write_bytes(tmp, raw[:cut], "json")
         corpus = load_corpus(path)
         check_accounting(path, corpus, whole + 1)

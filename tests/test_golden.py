@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow  # the default models, three methods
 def assert_same_outputs(run_dir: Path, name: str) -> None:
     want = GOLDEN / name
     assert (run_dir / "selected.jsonl").read_bytes() == (want / "selected.jsonl").read_bytes()
-    got, expected = pq.read_table(run_dir / "scores.parquet"), pq.read_table(want / "scores.parquet")
+    got = pq.read_table(run_dir / "scores.parquet")
+    expected = pq.read_table(want / "scores.parquet")
     assert got.schema == expected.schema
     assert got.equals(expected)
 
@@ -44,3 +45,19 @@ def test_car_ifd_and_ifd_are_unchanged(tmp_path):
     assert main(["run", "builtin:sharegpt", *SMALL, "--ifd-frac", "0.2", "--method", "ifd",
                  *COMMON, "--out", str(ifd)]) == 0
     assert_same_outputs(ifd, "ifd")
+
+
+def test_keep_equal_one_labels_what_it_drops(tmp_path):
+    """car+ifd --keep-equal-one drops only IFD > 1 and says so (it used to say ">= 1")."""
+    from car_engine.select import WHY_MISALIGNED, WHY_MISALIGNED_STRICT
+
+    out = tmp_path / "strict"
+    args = ["run", "builtin:sharegpt", *SMALL, "--n1", "4", "--n2", "1", "--method", "car+ifd",
+            *COMMON, "--out", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--keep-equal-one"]) == 0  # selection only: the stages are reused
+    scores = pq.read_table(out / "scores.parquet").to_pylist()
+    dropped = [r for r in scores if r["ifd_ppl"] is not None and r["ifd_ppl"] > 1]
+    assert dropped, "the slice must hold a record with IFD > 1"
+    assert {r["why"] for r in dropped} == {WHY_MISALIGNED_STRICT}
+    assert WHY_MISALIGNED not in {r["why"] for r in scores}

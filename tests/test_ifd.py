@@ -81,7 +81,7 @@ def assert_scores_close(got: pa.Table, want: pa.Table, atol: float) -> None:
 
 @pytest.mark.parametrize("packed", [True, False])
 def test_fp32_matches_batch1_hf_reference(scorer, records, scored, packed):
-    # packed: the CPU default (car_engine.packed_llama); not packed: the padded transformers
+    # packed: the CPU default (car_engine.models.llama); not packed: the padded transformers
     # forward that GPUs and other architectures run
     assert scorer.packed is not None
     if not packed:

@@ -1,4 +1,4 @@
-"""Every native routine against its plain numpy/heapq reference (car_engine.baselines.select)."""
+"""Every native routine against its plain numpy/heapq reference (car_engine.reference.select)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from packed_models import assert_refused
 
 from car_engine.batching import pad_batch, tokenize
 from car_engine.embed import Embedder
+from car_engine.models import bert as packed_bert
 from car_engine.models.bert import PackedBert, supports
-from car_engine.models.registry import bert as packed_bert
 
 
 @pytest.fixture(scope="module")

@@ -65,16 +65,16 @@ def test_every_record_is_accounted_for(reference_run, corpus):
 
 KILLER = """
 import os, sys
-from car_engine import backends, manifest
+from car_engine import rundir
 from car_engine.backends import base
 when, after = sys.argv[1], int(sys.argv[2])
 if when == "after-record":  # killed right after the manifest records a shard
-    original = manifest.StageDir.mark_done
+    original = rundir.StageDir.mark_done
     def mark_done(self, shard):
         original(self, shard)
-        if self.name == "embed" and len(self._state["done"]) >= after:
+        if self.name == "embed" and len(self.done) >= after:
             os.kill(os.getpid(), 9)
-    manifest.StageDir.mark_done = mark_done
+    rundir.StageDir.mark_done = mark_done
 else:  # killed between writing a shard file and recording it
     original = base.process_shard
     count = [0]

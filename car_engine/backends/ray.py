@@ -61,13 +61,17 @@ class RayBackend(Backend):
             return
         items = [{"source": j.source, "target": j.target} for j in jobs]
         data = self.ray.data.from_items(items, override_num_blocks=len(items))
+        # An actor that dies (OOM, a lost node, kill -9) is restarted and its shard retried,
+        # so it costs only that shard; said here, not left to Ray Data's defaults.
         done = data.map_batches(
             _ShardActor,
             fn_constructor_args=(worker, params),
             batch_size=1,
-            concurrency=min(self.workers, len(items)),
+            compute=self.ray.data.ActorPoolStrategy(size=min(self.workers, len(items))),
             num_cpus=1,
             num_gpus=self.gpu_fraction(),
+            max_restarts=-1,
+            max_task_retries=-1,
         )
         for row in tqdm(done.iter_rows(), total=len(items), desc=f"{worker.stage} (ray)",
                         unit="shard", disable=not self.progress):
@@ -81,7 +85,6 @@ class RayBackend(Backend):
 
             top = native.topk(scores, k)
             return scores[top], top + offset
-
 
         refs, offset = [], 0
         for scores in score_shards:

@@ -40,7 +40,8 @@ def _with_record_fields(scores: pa.Table, corpus_path: str | None) -> tuple[pa.T
     import pyarrow.compute as pc
 
     from car_engine.corpus import load_corpus
-    from car_engine.select import RECORD_FIELDS, attach, unique_ids
+    from car_engine.dedup import RECORD_FIELDS
+    from car_engine.select import attach, unique_ids
 
     if corpus_path is None:
         return scores, 0

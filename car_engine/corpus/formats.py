@@ -8,10 +8,10 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +24,7 @@ BUILTIN_SHAREGPT = "builtin:sharegpt"
 
 
 @contextmanager
-def open_binary(path: Path) -> Iterator[BinaryIO]:
+def open_binary(path: Path) -> Iterator[io.BufferedIOBase]:
     with open(path, "rb") as raw:
         if raw.read(2) == b"\x1f\x8b":
             raw.seek(0)
@@ -68,7 +68,7 @@ def _parse_json_line(raw: bytes) -> Any:
         return BadItem(f"malformed JSON: {err}")
 
 
-def _jsonl_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
+def _jsonl_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
     number = 0
     try:
         for number, raw in enumerate(stream, start=1):
@@ -82,7 +82,7 @@ def _jsonl_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
 
 
 
-def _parquet_items(stream: BinaryIO, batch_size: int) -> Iterator[tuple[str, Any]]:
+def _parquet_items(stream: io.BufferedIOBase, batch_size: int) -> Iterator[tuple[str, Any]]:
     index = 0
     try:
         # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
@@ -139,7 +139,7 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return path
 
 
-def raw_items(path: Path, batch_size: int) -> Iterator[tuple[str, Any]]:
+def raw_items(path: Path, batch_size: int) -> Generator[tuple[str, Any], None, None]:
     fmt = format_of(path)
     with open_binary(path) as stream:
         if fmt == "jsonl":
@@ -151,7 +151,7 @@ def raw_items(path: Path, batch_size: int) -> Iterator[tuple[str, Any]]:
 
 
 
-def _table_from(stream: BinaryIO, fmt: str, path: Path) -> pa.Table:
+def _table_from(stream: io.BufferedIOBase, fmt: str, path: Path) -> pa.Table:
     if fmt == "parquet":
         # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
         seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream

@@ -4,11 +4,12 @@ cut off part-way still yields its whole elements (the ShareGPT dump is such a fi
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import re
 import zlib
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from car_engine.corpus.records import BadItem
 
@@ -24,7 +25,7 @@ class _TextWindow:
     Invalid UTF-8 bytes become lone surrogates (``surrogateescape``), so an item holding them
     is rejected by name instead of stopping the whole file."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: io.BufferedIOBase) -> None:
         self.stream = stream
         self.text = ""
         self.pos = 0
@@ -70,7 +71,9 @@ class _TextWindow:
     def peek(self) -> str | None:
         """The next non-whitespace character (consuming the whitespace), or None at the end."""
         while True:
-            self.pos = _JSON_WS.match(self.text, self.pos).end()
+            blank = _JSON_WS.match(self.text, self.pos)
+            assert blank is not None  # the pattern matches the empty string too
+            self.pos = blank.end()
             if self.pos < len(self.text):
                 return self.text[self.pos]
             if not self.fill():
@@ -107,7 +110,7 @@ def _is_cut_off(err: json.JSONDecodeError) -> bool:
             or any(w.startswith(rest) for w in _JSON_WORDS))
 
 
-def json_array_items(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
+def json_array_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
     """Decode a JSON array element by element, so a file cut off part-way still yields its
     whole elements (the ShareGPT dump is such a file) and memory stays bounded."""
     decoder = json.JSONDecoder()

@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -90,7 +91,7 @@ def _read_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def load_comet_checkpoint(ckpt: str | os.PathLike, *, encoder: str | os.PathLike | None = None,
-                          hparams: str | os.PathLike | None = None) -> tuple[IQSModel, object]:
+                          hparams: str | os.PathLike | None = None) -> tuple[IQSModel, Any]:
     """Build an :class:`IQSModel` from a CaR/COMET checkpoint. ``encoder`` is a local folder
     with the encoder's ``config.json`` and tokenizer (default: ``pretrained_model`` from the
     hparams when that is a local folder; hub names are not downloaded)."""

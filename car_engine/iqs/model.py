@@ -10,8 +10,10 @@ trainer uses that to cache pooled per-layer vectors of frozen layers (see ``trai
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,7 +92,8 @@ def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
     raise ModelError(f"{type(encoder).__name__}: cannot find its list of transformer blocks")
 
 
-def run_blocks(blocks, states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+def run_blocks(blocks: Iterable[nn.Module], states: torch.Tensor, mask: torch.Tensor
+               ) -> list[torch.Tensor]:
     """Run encoder ``blocks`` on hidden ``states`` (the trainer's cached lower layers) and
     return each block's mean-pooled output."""
     additive = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
@@ -102,7 +105,7 @@ def run_blocks(blocks, states: torch.Tensor, mask: torch.Tensor) -> list[torch.T
     return pooled
 
 
-def encoder_max_length(config, tokenizer=None) -> int:
+def encoder_max_length(config: Any, tokenizer: Any = None) -> int:
     """The longest input (specials included) the encoder's position table allows."""
     limit = int(getattr(config, "max_position_embeddings", 512))
     if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS:

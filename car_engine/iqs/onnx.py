@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,6 +41,8 @@ class _FrozenMixScorer(nn.Module):
     """Inference form of :class:`IQSModel` for export: the mix weights (sparsemax/softmax of
     the scalars, times gamma) are a constant, so the graph needs no sort."""
 
+    mix: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, model: IQSModel) -> None:
         super().__init__()
         self.encoder, self.head = model.encoder, model.head
@@ -49,7 +53,8 @@ class _FrozenMixScorer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=True, return_dict=True)
-        mixed = sum(w * h for w, h in zip(self.mix, out.hidden_states))
+        # sum() starts from 0, so its type says int | Tensor; over one or more layers it is a Tensor
+        mixed = cast(torch.Tensor, sum(w * h for w, h in zip(self.mix, out.hidden_states)))
         return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
 
 
@@ -64,8 +69,9 @@ def _example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 def export_fp32(model: IQSModel, out: Path, pad_id: int = 0) -> Path:
     """Trace ``model`` to an fp32 ONNX graph with dynamic batch and sequence axes."""
     model = model.eval()
-    if hasattr(model.encoder, "set_attn_implementation"):
-        model.encoder.set_attn_implementation("eager")  # plain ops trace and fuse reliably
+    encoder: Any = model.encoder  # a transformers model: its methods are not nn.Module's
+    if hasattr(encoder, "set_attn_implementation"):
+        encoder.set_attn_implementation("eager")  # plain ops trace and fuse reliably
     wrapper = _FrozenMixScorer(model).eval()
     dynamic = {"input_ids": {0: "batch", 1: "sequence"},
                "attention_mask": {0: "batch", 1: "sequence"}, "score": {0: "batch"}}
@@ -82,7 +88,7 @@ def _fuse_transformer_ops(path: Path, model: IQSModel) -> None:
     the plain graph if the optimizer cannot handle it."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    cfg = model.encoder.config
+    cfg: Any = model.encoder.config  # a transformers config (torch types it Tensor | Module)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -179,7 +185,8 @@ def cached_export_path(weights: Path, precision: str, fingerprint: str) -> Path:
     return folder / f"{weights.stem}-{precision}-{fingerprint}.onnx"
 
 
-def ensure_export(model_loader, weights: Path, precision: str, pad_id: int) -> Path:
+def ensure_export(model_loader: Callable[[], IQSModel], weights: Path, precision: str,
+                  pad_id: int) -> Path:
     """The cached export for ``weights`` at ``precision``, made if missing or stale. The
     model comes from ``model_loader()``, called only when an fp32 trace is needed; fp16 and
     int8 files are converted from the cached fp32 one."""

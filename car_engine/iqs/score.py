@@ -9,8 +9,8 @@ CaR/COMET ``.ckpt``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ RUNTIMES = IQS_RUNTIMES
 CPU_BATCH, GPU_BATCH = IQS_BATCH
 
 
-def load_any(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, object]:
+def load_any(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, Any]:
     """An IQS model and tokenizer from ``default``, a model folder or a COMET ``.ckpt``."""
     if str(model).endswith(".ckpt"):
         return load_comet_checkpoint(model)
@@ -56,6 +56,15 @@ def weights_path(model: str | os.PathLike = DEFAULT) -> Path:
             raise ModelError(f"{model}: no such checkpoint")
         return Path(model)
     return resolve_model_dir(model) / WEIGHTS_FILE
+
+
+class Runner(Protocol):
+    """What :class:`IQSScorer` runs: :class:`TorchRunner` or :class:`OrtRunner` (an
+    ``on_gpu`` attribute, when present, picks the default batch size)."""
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
 
 
 class TorchRunner:
@@ -84,7 +93,7 @@ class TorchRunner:
 class IQSScorer:
     """Tokenize, batch by length, run, and put the scores back in input order."""
 
-    def __init__(self, runner: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer,
+    def __init__(self, runner: Runner, tokenizer: Any,
                  max_length: int, batch_size: int | None = None) -> None:
         if batch_size is None:
             batch_size = GPU_BATCH if getattr(runner, "on_gpu", False) else CPU_BATCH
@@ -165,7 +174,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def _tokenizer_of(model: str | os.PathLike):
+def _tokenizer_of(model: str | os.PathLike) -> tuple[Any, int]:
     """Tokenizer and max length of a model folder without building the encoder."""
     from transformers import AutoTokenizer
 
@@ -177,7 +186,7 @@ def _tokenizer_of(model: str | os.PathLike):
     return AutoTokenizer.from_pretrained(resolve_encoder(config.backbone)), config.max_length
 
 
-def score_iqs(records: RecordsLike, **kwargs) -> pa.Table:
+def score_iqs(records: RecordsLike, **kwargs: Any) -> pa.Table:
     """IQS for a records table or a corpus path: ``id, iqs``. ``kwargs`` go to
     :meth:`IQSScorer.load` (model, runtime, precision, device, batch_size) and ``progress``."""
     progress = kwargs.pop("progress", True)

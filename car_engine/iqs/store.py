@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,7 +38,7 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     return folder
 
 
-def load_encoder(backbone: str | os.PathLike):
+def load_encoder(backbone: str | os.PathLike) -> tuple[Any, Any]:
     """A Hugging Face encoder and its tokenizer from a local folder (``default`` = MiniLM)."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -56,7 +57,7 @@ def load_encoder(backbone: str | os.PathLike):
     return encoder.eval(), tokenizer
 
 
-def new_model(backbone: str | os.PathLike = DEFAULT, **options) -> tuple[IQSModel, object]:
+def new_model(backbone: str | os.PathLike = DEFAULT, **options: Any) -> tuple[IQSModel, Any]:
     """A fresh (untrained head) IQS model on ``backbone``; ``options`` set IQSConfig fields."""
     encoder, tokenizer = load_encoder(backbone)
     # A folder is stored absolute so the saved model loads from any working directory.
@@ -91,7 +92,7 @@ def save_model(model: IQSModel, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_model(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, object]:
+def load_model(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, Any]:
     """Load an IQS model folder: the backbone from its own folder, then the stored weights,
     every stored key checked against the model."""
     folder = resolve_model_dir(model)

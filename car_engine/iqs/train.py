@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ def encode_frozen(model: IQSModel, token_ids: list[list[int]], boundary: int | N
     ``boundary`` is given, hidden state ``boundary`` token by token."""
     model.eval()
     pooled = torch.zeros((model.config.num_layers, len(token_ids), model.config.hidden_size))
-    states: list[torch.Tensor] | None = None if boundary is None else [None] * len(token_ids)
+    states: list[torch.Tensor | None] | None = (None if boundary is None
+                                                else [None] * len(token_ids))
     for idx in tqdm(list(length_batches(token_ids, batch_size)), desc=desc, unit="batch"):
         ids, mask = (torch.from_numpy(a) for a in pad_batch(token_ids, idx, pad_id))
         layers = model.hidden_states(ids, mask)
@@ -92,7 +94,8 @@ def encode_frozen(model: IQSModel, token_ids: list[list[int]], boundary: int | N
         if states is not None:
             for row, i in enumerate(idx):
                 states[i] = layers[boundary, row, : len(token_ids[i])].to(torch.float16).clone()
-    return CachedFeatures(pooled, states)
+    # length_batches hands out every text once, so no slot of states is still None here
+    return CachedFeatures(pooled, cast("list[torch.Tensor] | None", states))
 
 
 def _save_atomic(blob: dict, path: Path) -> None:
@@ -100,7 +103,7 @@ def _save_atomic(blob: dict, path: Path) -> None:
         torch.save(blob, tmp)
 
 
-def cached_features(model: IQSModel, tokenizer, pairs: Pairs, boundary: int | None,
+def cached_features(model: IQSModel, tokenizer: Any, pairs: Pairs, boundary: int | None,
                     batch_size: int) -> CachedFeatures:
     """:func:`encode_frozen` for a pairs file, cached on disk (read back with
     ``torch.load(weights_only=True)``) so repeated trainings skip the encoder pass."""
@@ -131,6 +134,7 @@ def scores_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
     pooled = feats.pooled[: boundary + 1, torch.from_numpy(idx)]
     top = encoder_blocks(model.encoder)[boundary:]
     if len(top):
+        assert feats.states is not None  # cached whenever blocks above boundary are trained
         states, mask = pad_states([feats.states[i] for i in idx])
         pooled = torch.cat([pooled, torch.stack(run_blocks(top, states, mask))], dim=0)
     return model.score_pooled(pooled)
@@ -211,6 +215,7 @@ def train(train_csv: str | os.PathLike, valid_csv: str | os.PathLike, out: str |
         epochs.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{metrics['accuracy']:.4f}")
         if best is None or metrics["accuracy"] > best["valid_accuracy"]:
             best, best_state = row, copy.deepcopy(trained_state(model))
+    assert best is not None and best_state is not None  # options.check(): epochs >= 1
     model.load_state_dict(best_state, strict=False)
     model.config.metrics = {"best_epoch": best["epoch"],
                             "valid_accuracy": best["valid_accuracy"],

@@ -17,7 +17,8 @@ else, and GPUs, use the transformers forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,26 @@ from car_engine.batching import packed_ids
 MAX_GROUP_SCORES = 2 ** 21
 
 
+class _Layer(TypedDict):
+    """One encoder layer's weights, cast (see :class:`PackedBert`)."""
+
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    out_norm: tuple[torch.Tensor, torch.Tensor]
+    up_w: torch.Tensor
+    up_b: torch.Tensor
+    down_w: torch.Tensor
+    down_b: torch.Tensor
+    down_norm: tuple[torch.Tensor, torch.Tensor]
+
+
 def supports(model: torch.nn.Module) -> str | None:
     """None when ``model`` is a BERT encoder this module computes exactly, else the reason."""
-    config = model.config
+    # torch types a submodule or config read off a Module as Tensor | Module: these are
+    # transformers' (a BertConfig, BertEmbeddings, ...), so they are read as Any.
+    config: Any = model.config
     checks = {
         "model type is not bert": config.model_type != "bert",
         "position embeddings are not absolute":
@@ -53,23 +71,24 @@ class PackedBert:
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"not a plain BERT encoder: {reason}")
-        config = model.config
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
-        self.eps = config.layer_norm_eps
-        self.max_positions = config.max_position_embeddings
+        config: Any = model.config  # a BertConfig (see supports)
+        self.heads: int = config.num_attention_heads
+        self.head_dim: int = config.hidden_size // self.heads
+        self.eps: float = config.layer_norm_eps
+        self.max_positions: int = config.max_position_embeddings
 
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(dtype).contiguous()
 
-        emb = model.embeddings
+        emb: Any = model.embeddings
         self.word = cast(emb.word_embeddings.weight)
         self.position = cast(emb.position_embeddings.weight)
         self.token_type = cast(emb.token_type_embeddings.weight[0])  # every token is type 0
         self.embed_norm = (cast(emb.LayerNorm.weight), cast(emb.LayerNorm.bias))
         scale = self.head_dim ** -0.5  # folded into the query weights: one less pass per layer
-        self.layers = []
-        for layer in model.encoder.layer:
+        self.layers: list[_Layer] = []
+        encoder: Any = model.encoder
+        for layer in encoder.layer:
             att = layer.attention.self
             self.layers.append({
                 "qkv_w": cast(torch.cat([att.query.weight * scale, att.key.weight,
@@ -104,7 +123,8 @@ class PackedBert:
                            layer["down_norm"])
         return list(x.split(lengths))
 
-    def _attention_for(self, lengths: list[int], x: torch.Tensor):
+    def _attention_for(self, lengths: list[int], x: torch.Tensor
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The attention every layer of this batch uses, with its per-batch layout computed
         once: the fused kernel (bf16 on CPUs with AVX512-BF16) or matmul + softmax."""
         # fp32 keeps matmul + softmax, the path held to sentence-transformers at 2e-5 (the

@@ -20,6 +20,7 @@ forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,24 @@ from car_engine.kernels import linear as cpu_linear
 from car_engine.batching import packed_ids
 
 
+class _Layer(TypedDict):
+    """One decoder layer's weights, cast (see :class:`PackedCausalLM`)."""
+
+    attn_norm: torch.Tensor
+    qkv: torch.Tensor
+    out: torch.Tensor
+    mlp_norm: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
 def supports(model: torch.nn.Module) -> str | None:
     """None when ``model`` (a ``LlamaForCausalLM`` or its body) is computed exactly by
     :class:`PackedCausalLM`, else the reason it is not."""
-    config = model.config
+    # torch types a submodule or config read off a Module as Tensor | Module: these are
+    # transformers' (a LlamaConfig, LlamaModel, ...), so they are read as Any.
+    config: Any = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     checks = {
         "model type is not llama": config.model_type != "llama",
@@ -45,7 +60,7 @@ def supports(model: torch.nn.Module) -> str | None:
     return next((reason for reason, failed in checks.items() if failed), None)
 
 
-def _rope_theta(config) -> float:
+def _rope_theta(config: Any) -> float:
     rope = getattr(config, "rope_parameters", None) or {}
     return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
@@ -60,13 +75,14 @@ class PackedCausalLM:
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"not a plain Llama model: {reason}")
-        config = model.config
-        body = getattr(model, "model", model)
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = config.rms_norm_eps
-        self.max_positions = config.max_position_embeddings
+        config: Any = model.config  # a LlamaConfig (see supports)
+        body: Any = getattr(model, "model", model)
+        self.heads: int = config.num_attention_heads
+        self.kv_heads: int = config.num_key_value_heads
+        self.head_dim: int = (getattr(config, "head_dim", None)
+                              or config.hidden_size // self.heads)
+        self.eps: float = config.rms_norm_eps
+        self.max_positions: int = config.max_position_embeddings
         self.dtype = dtype
         inv_freq = 1.0 / _rope_theta(config) ** (
             torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
@@ -80,7 +96,7 @@ class PackedCausalLM:
         scale = self.head_dim ** -0.5
         self.embed = cast(body.embed_tokens.weight)
         self.final_norm = cast(body.norm.weight)
-        self.layers = []
+        self.layers: list[_Layer] = []
         for layer in body.layers:
             att, mlp = layer.self_attn, layer.mlp
             self.layers.append({

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 
 from car_engine.backends import Backend
 from car_engine.config import RunConfig
-from car_engine.ifd import IFD_COLUMNS
 from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.rundir import StageDir, take_records
@@ -28,8 +27,6 @@ from car_engine.select import (
     select_ifd,
 )
 
-# The IFD scorer's columns as scores.parquet names them (its "status" is "ifd_status").
-IFD_SCORE_COLUMNS = {c: "ifd_status" if c == "status" else c for c in IFD_COLUMNS[1:]}
 PICK_SCORE_COLUMNS = ("iqs", "ifd_ppl", "ifd_loss", "cluster")
 
 
@@ -40,10 +37,12 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if iqs is not None:
         table = attach(table, concat_shards(iqs), ["iqs"], "iqs stage", required=True)
     if ifd is not None:
-        ifd_table = concat_shards(ifd).rename_columns(
-            [IFD_SCORE_COLUMNS.get(c, c) for c in IFD_COLUMNS])
-        table = attach(table, ifd_table, list(IFD_SCORE_COLUMNS.values()), "ifd stage",
-                       required=True)
+        from car_engine.ifd import IFD_COLUMNS  # torch loads only for a run that scores IFD
+
+        # The IFD scorer's columns as scores.parquet names them ("status" is "ifd_status").
+        named = ["ifd_status" if c == "status" else c for c in IFD_COLUMNS]
+        ifd_table = concat_shards(ifd).rename_columns(named)
+        table = attach(table, ifd_table, named[1:], "ifd stage", required=True)
     if clusters is not None:
         cl = pq.read_table(clusters.file("clusters.parquet"))
         table = table.append_column("cluster", cl["cluster"]).append_column(

@@ -39,7 +39,10 @@ def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool) -> St
     stage = StageDir(run_dir, "read", fingerprint("read", params, []))
     if stage.complete:
         return stage
-    shards, sizes, rejected, items = [], [], [], 0
+    shards: list[str] = []
+    sizes: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    items = 0
     batches = read_corpus(source, batch_size=cfg.shard_size, strict=cfg.strict, limit=cfg.limit)
     for batch in tqdm(batches, desc="read", unit="shard", disable=not progress):
         items += batch.records.num_rows + len(batch.rejected)

@@ -25,7 +25,7 @@ def sequence_loss(model, ids: list[int], n_score: int) -> float:
 
 def reference_scores(model, records: pa.Table, pairs: list[EncodedPair]) -> pa.Table:
     """IFD table for ``records`` (encoded as ``pairs``) the reference way."""
-    losses = []
+    losses: list[tuple[float | None, float | None]] = []
     for pair in pairs:
         if pair.status != OK:
             losses.append((None, None))

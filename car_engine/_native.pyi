@@ -1,0 +1,38 @@
+"""Types of the pybind11 extension built from csrc/module.cpp (see there for each routine)."""
+
+import numpy as np
+
+def topk(scores: np.ndarray, k: int) -> np.ndarray: ...
+def topk_per_cluster(
+    scores: np.ndarray, labels: np.ndarray, n_per_cluster: int, n_clusters: int = -1
+) -> np.ndarray: ...
+def merge_topk(
+    scores_lists: list[np.ndarray], id_lists: list[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]: ...
+def hash_texts(texts: list[str]) -> np.ndarray: ...
+def hash_bytes(data: bytes) -> int: ...
+def dedup(hashes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray: ...
+def attention_supported() -> bool: ...
+def attention_bf16(
+    qkv: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    causal: bool,
+    out: np.ndarray,
+    threads: int,
+) -> None: ...
+def attention_f32(
+    qkv: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    causal: bool,
+    out: np.ndarray,
+    threads: int,
+) -> None: ...
+def union_ordered(index_arrays: list[np.ndarray]) -> np.ndarray: ...
