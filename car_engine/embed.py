@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize
 from car_engine.config import EMBED_BATCH, EMBED_DTYPES, EMBED_MAX_SEQ_LENGTH, EmbedParams
 from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
-from car_engine.devices import torch_device, torch_dtype
+from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import PackedBert, supports
@@ -119,6 +119,7 @@ class Embedder:
         torch_type = torch_dtype(dtype, EMBED_DTYPES, "embed")
         if dtype == "fp16" and self.device.type == "cpu":
             raise UsageError("fp16 is for GPUs; use bf16 on CPU")
+        warn_if_emulated(torch_type, self.device, "embed --embed-dtype bf16")
         folder = resolve_encoder(model)
         transformer_dir, pooling_dir = _module_paths(folder)
         self.pooling = _pooling_mode(pooling_dir)

@@ -25,7 +25,7 @@ from car_engine import kernels
 from car_engine.batching import pad_batch, token_batches
 from car_engine.config import DEFAULT_MODEL, IFD_DTYPES, IFD_TEMPLATES, IFDParams
 from car_engine.corpus import RecordsLike, as_records, load_corpus
-from car_engine.devices import torch_device, torch_dtype
+from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import CorpusError, ModelError, UsageError
 
 IFD_COLUMNS = ["id", "loss_cond", "loss_direct", "ppl_cond", "ppl_direct", "ifd_ppl", "ifd_loss",
@@ -245,6 +245,7 @@ class IFDScorer:
         self.template, self.direct_header = resolve_preset(template, compat)
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
         self.device = torch_device(device)
+        warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
         self.model.to(self.device)
         self.body = self.model.base_model
