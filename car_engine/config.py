@@ -26,6 +26,10 @@ EMBED_DTYPES = ("fp32", "bf16", "fp16")
 IQS_RUNTIMES = ("onnx", "torch")
 IQS_PRECISIONS = ("fp32", "fp16", "int8")  # ONNX Runtime; eager torch takes fp32|fp16|bf16
 IQS_TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+# The template each IFD compat preset implies (car_engine.ifd.COMPAT adds the direct header).
+IFD_COMPAT_TEMPLATES = {"superfiltering": "none", "cherry": "alpaca"}
+TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")  # what io.write_table can write
+SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
 
 # Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md.
 IQS_BATCH = (4, 32)
@@ -44,6 +48,15 @@ class IQSParams:
     precision: str = "fp32"
     batch_size: int | None = None  # None: IQS_BATCH for the device
 
+    def check(self) -> None:
+        """Refuse, before the scorer loads, a runtime, precision or batch size it cannot take."""
+        _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
+        precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
+        if self.precision not in precisions:
+            raise UsageError(f"--iqs-precision {self.precision}: the {self.runtime} runtime "
+                             f"takes {'|'.join(precisions)}")
+        _check_at_least("--iqs-batch-size", self.batch_size, 1)
+
 
 @dataclass(frozen=True)
 class IFDParams:
@@ -56,6 +69,19 @@ class IFDParams:
     dtype: str = "fp32"
     batch_tokens: int = 8192
 
+    def check(self) -> None:
+        """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
+        _check_choice("--template", self.template, IFD_TEMPLATES)
+        if self.compat is not None:
+            _check_choice("--compat", self.compat, IFD_COMPAT)
+            implied = IFD_COMPAT_TEMPLATES[self.compat]
+            if self.template not in ("none", implied):
+                raise UsageError(f"--compat {self.compat} implies --template {implied}, "
+                                 f"not '{self.template}'")
+        _check_choice("--ifd-dtype", self.dtype, IFD_DTYPES)
+        _check_at_least("--max-length", self.max_length, 2)
+        _check_at_least("--batch-tokens", self.batch_tokens, 1)
+
 
 @dataclass(frozen=True)
 class EmbedParams:
@@ -66,6 +92,11 @@ class EmbedParams:
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
 
+    def check(self) -> None:
+        """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
+        _check_choice("--embed-dtype", self.dtype, EMBED_DTYPES)
+        _check_at_least("--embed-batch-size", self.batch_size, 1)
+
 
 @dataclass(frozen=True)
 class ClusterParams:
@@ -75,6 +106,15 @@ class ClusterParams:
     pca_var: float = 0.95
     pca_dim: int | None = None
     seed: int = 42
+
+    def check(self) -> None:
+        """Refuse what no clustering can use; --k against the records is :func:`check_k`."""
+        _check_at_least("--k", self.k, 1)
+        if not 0 < self.pca_var <= 1:
+            raise UsageError(f"--pca-var must be in (0, 1], got {self.pca_var}")
+        _check_at_least("--pca-dim", self.pca_dim, 1)
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +164,14 @@ class RunConfig:
             raise UsageError("--ifd-frac must be in [0, 1]")
         if self.n1 < 0 or self.n2 < 0:
             raise UsageError("--n1 and --n2 must be >= 0")
+        check_limit(self.limit)
+        # Only the stages the method runs: a flag of a stage that does not run changes nothing.
+        if self.uses_car:
+            self.iqs.check()
+            self.embed.check()
+            self.cluster.check()
+        if self.uses_ifd:
+            self.ifd.check()
 
     @property
     def uses_car(self) -> bool:
@@ -144,6 +192,36 @@ class RunConfig:
     def cluster(self) -> ClusterParams:
         """The clustering part of the run."""
         return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed)
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a negative --limit (a usage error, before anything is read)."""
+    _check_at_least("--limit", limit, 0)
+
+
+def check_k(k: int | None, n_records: int) -> None:
+    """Refuse a --k above the number of records to cluster: call it as soon as that number is
+    known (right after reading, before any model loads), not when k-means starts."""
+    if k is not None and k > n_records:
+        raise UsageError(f"--k {k} is more than the {n_records} records read (k-means needs "
+                         "at least k records)")
+
+
+def check_table_out(path: str) -> None:
+    """Refuse, before any work, an --out that io.write_table cannot write."""
+    if not str(path).endswith(TABLE_SUFFIXES):
+        raise UsageError(f"--out {path}: must end in .parquet or .jsonl")
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{flag} {value}: choose from {', '.join(choices)}")
+
+
+def _check_at_least(flag: str, value: int | None, least: int) -> None:
+    """``value`` (None: the default, always fine) must be >= ``least``."""
+    if value is not None and value < least:
+        raise UsageError(f"{flag} must be >= {least}, got {value}")
 
 
 def default_of(cls: type, name: str) -> Any:

@@ -1,7 +1,11 @@
-"""Exact-duplicate content: one 64-bit hash per record of the pair text every scorer sees,
-and which record of each group of equal hashes survives (the best-scored one)."""
+"""Exact-duplicate content: one 64-bit hash per record of everything the record carries (the
+pair text every scorer sees, and every turn of a conversation), and which record of each group
+of equal hashes survives (the best-scored one)."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -13,12 +17,50 @@ RECORD_FIELDS = ("instruction", "input", "output")
 
 
 def content_hashes(table: pa.Table) -> np.ndarray | None:
-    """Hashes (uint64) of the SPEC §1 pair text of every row, equal for texts that differ only
-    in case, Unicode composition or whitespace; None when the record fields are absent."""
+    """Hashes (uint64) of the content of every row, equal for contents that differ only in
+    case, Unicode composition or whitespace; None when the record fields are absent.
+
+    A single-exchange record hashes its SPEC §1 pair text. A conversation of more turns also
+    hashes every turn (role and text): conversations that open alike and then diverge are not
+    duplicates (the pair text holds only their first exchange)."""
     if not all(f in table.column_names for f in RECORD_FIELDS):
         return None
     cols = [table.column(f).to_pylist() for f in RECORD_FIELDS]
-    return native.hash_texts(pair_text(i or "", x or "", o or "") for i, x, o in zip(*cols))
+    hashes = native.hash_texts(pair_text(i or "", x or "", o or "") for i, x, o in zip(*cols))
+    if "turns" in table.column_names:
+        rows, turns = _conversations(table.column("turns").to_pylist())
+        if rows:
+            hashes[rows] = _conversation_hashes(hashes[rows], turns)
+    return hashes
+
+
+def _conversations(column: list[str | None]) -> tuple[list[int], list[list[dict[str, str]]]]:
+    """The rows whose conversation has more than its first exchange, and their turns."""
+    rows, found = [], []
+    for row, raw in enumerate(column):
+        if raw is not None:
+            turns = json.loads(raw)
+            if len(turns) > 2:  # two turns are the pair text's user and assistant turns
+                rows.append(row)
+                found.append(turns)
+    return rows, found
+
+
+def _conversation_hashes(pair_hashes: np.ndarray, conversations: list[list[dict[str, str]]]
+                         ) -> np.ndarray:
+    """One hash per conversation of its pair text's hash and every turn's role and text, each
+    hashed (so normalised) on its own: no turn text can imitate a turn boundary."""
+    texts = [text for turns in conversations for turn in turns
+             for text in (turn["role"], turn["content"])]
+    parts = native.hash_texts(texts).astype("<u8")
+    out = np.empty(len(conversations), dtype=np.uint64)
+    start = 0
+    for n, (pair_hash, turns) in enumerate(zip(pair_hashes, conversations)):
+        end = start + 2 * len(turns)
+        blob = np.asarray(pair_hash, dtype="<u8").tobytes() + parts[start:end].tobytes()
+        out[n] = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
+        start = end
+    return out
 
 
 def survivors(hashes: np.ndarray, scores: np.ndarray) -> np.ndarray:

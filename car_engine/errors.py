@@ -31,6 +31,10 @@ class ModelError(RuntimeError):
     """A model or checkpoint that is missing, unsafe to load, or does not fit."""
 
 
+class OutputError(RuntimeError):
+    """An output path that cannot be used as asked (a file where a folder must be)."""
+
+
 def exit_code_for(err: BaseException) -> tuple[int, str]:
     """Map an exception to (exit code, one-line message)."""
     if isinstance(err, CorpusError):
@@ -39,6 +43,8 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
         return 2, str(err)
     if isinstance(err, ModelError):
         return 5, str(err)
+    if isinstance(err, OutputError):
+        return 4, str(err)
     if isinstance(err, OSError):
         where = f" ({err.filename})" if err.filename else ""
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):

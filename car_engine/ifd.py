@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from car_engine import kernels
-from car_engine.batching import pad_batch, token_batches
+from car_engine.batching import head_ids, pad_batch, token_batches
 from car_engine.config import DEFAULT_MODEL, IFD_DTYPES, IFD_TEMPLATES, IFDParams
 from car_engine.corpus import RecordsLike, as_records, load_corpus
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
@@ -128,7 +128,10 @@ def _column(records: pa.Table, name: str) -> list[str]:
 def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_header: str = "",
                  max_length: int = 512) -> list[EncodedPair]:
     """Tokenize every record's prompt and answer separately (no special tokens), join the ids
-    so the boundary is exact, and cut the answer's tail to fit ``max_length``."""
+    so the boundary is exact, and cut the answer's tail to fit ``max_length``. A text longer
+    than ``max_length`` tokens is tokenized from a prefix only (:func:`batching.head_ids`):
+    every field of an ``ok`` pair is as from the whole text, and a prompt that leaves no room
+    keeps at least ``max_length`` of its tokens in ``cond_ids``, not all."""
     if max_length < 2:
         raise UsageError(f"max_length must be at least 2, got {max_length}")
     _column(records, "id")
@@ -137,7 +140,8 @@ def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_hea
     prompts = [prompt_text(template, i, x, tokenizer) for i, x in zip(instructions, inputs)]
 
     def ids(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        # max_length ids of a text tell all a pair needs: whether it fits, and what is kept
+        return head_ids(tokenizer, texts, max_length, add_special_tokens=False)
 
     prompt_ids, answer_ids = ids(prompts), ids(outputs)
     header = ids([direct_header])[0] if direct_header else []

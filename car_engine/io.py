@@ -3,6 +3,7 @@ place only when complete, so no file under a final name is ever half-written."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -29,14 +30,45 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _make_parent(final: Path) -> None:
+    """Create the folder ``final`` goes in; a file in the way is named (mkdir names only the
+    path it could not make, as 'File exists')."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in final.parents if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder",
+                                 str(final)) from None
+
+
+def _naming_final(err: OSError, tmp: str | None, final: Path) -> OSError:
+    """``err`` naming ``final`` where it named the temp file or no file (``tmp`` None: the
+    temp name is not known yet, as when mkstemp fails): users know the output path, not its
+    temp names. An error naming some other file (an input read while writing) is kept."""
+    if err.filename is not None and tmp is not None and tmp not in str(err.filename):
+        return err
+    if err.filename is None or tmp is None:
+        name = str(final)
+    else:  # in a temp folder: the same file under the final folder
+        name = str(err.filename).replace(tmp, str(final))
+    reason = err.strerror or (str(err).replace(tmp, str(final)) if tmp else str(err))
+    return OSError(err.errno, reason, name)  # OSError() picks the errno's subclass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds,
     so no half-written file ever carries the final name (an old file there stays intact).
-    ``suffix`` ends the temp name, for writers that go by the extension."""
+    ``suffix`` ends the temp name, for writers that go by the extension. An OSError names
+    ``path``, never the temp file."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    _make_parent(final)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    except OSError as err:
+        raise _naming_final(err, None, final) from err
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,6 +76,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming_final(err, tmp, final) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -134,8 +169,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     A folder already at ``path`` (another process finished first) is kept, and the new one is
     dropped: both hold the same files, and a folder cannot be replaced atomically."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    _make_parent(final)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as err:
+        raise _naming_final(err, None, final) from err
     try:
         yield tmp
         tmp.chmod(_new_file_mode() | 0o111)  # mkdtemp makes it private
@@ -144,5 +182,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         except OSError:
             if not final.is_dir() or not any(final.iterdir()):
                 raise
+    except OSError as err:
+        raise _naming_final(err, str(tmp), final) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,9 @@ parameters and its upstream stages' fingerprints, so changing a parameter invali
 stage and everything after it, and nothing before. A file is written atomically before it is
 recorded, and checked against its record on resume: a file truncated or altered after it was
 recorded is recomputed, never trusted; temp files of writes a kill cut short are deleted.
-``RUN_DIR/.lock`` keeps two runs from interleaving.
+``RUN_DIR/.lock`` keeps two runs from interleaving. ``RUN_DIR/.outputs.json`` names the
+fingerprint the final files (selected.jsonl, ...) were all written for; a run for another one
+removes them before it starts, so a run that fails leaves no outputs of a different input.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from car_engine.io import write_json
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: every file recorded with its size and SHA-256
 LOCK = ".lock"
+OUTPUTS_RECORD = ".outputs.json"
+# A run's final files: outputs.py writes the first four, report.py the page and its plots.
+OUTPUTS = ("selected.jsonl", "scores.parquet", "rejected.jsonl", "summary.json", "report.html",
+           "iqs_hist.png", "ifd_hist.png", "iqs_vs_ifd.png", "cluster_sizes.png",
+           "cluster_map.png")
 TEMP_FILES = ".*.tmp"  # how io.atomic_path names a file being written
 
 
@@ -175,6 +182,33 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def clear_outputs(run_dir: Path, fp: str | None) -> list[str]:
+    """Remove the final files of an earlier run unless ``RUN_DIR/.outputs.json`` says they were
+    all written for fingerprint ``fp`` (a run that then fails must not leave outputs that
+    describe another input or other parameters); says on stderr what went. Returns the names
+    removed. An identical rerun keeps them: it rewrites the same bytes."""
+    run_dir = Path(run_dir)
+    record = run_dir / OUTPUTS_RECORD
+    try:
+        if fp is not None and json.loads(record.read_text()) == {"fingerprint": fp}:
+            return []
+    except (OSError, ValueError):
+        pass  # no record (or a broken one): nothing here is known to belong to this run
+    removed = [name for name in OUTPUTS if (run_dir / name).is_file()]
+    record.unlink(missing_ok=True)  # first: a kill below must not leave files it vouches for
+    for name in removed:
+        (run_dir / name).unlink()
+    if removed:
+        print(f"car-engine: removed {', '.join(removed)} of an earlier run from {run_dir} (they "
+              "describe other inputs or parameters); this run writes them anew", file=sys.stderr)
+    return removed
+
+
+def record_outputs(run_dir: Path, fp: str) -> None:
+    """Record that the final files now in ``run_dir`` were all written for fingerprint ``fp``."""
+    write_json(Path(run_dir) / OUTPUTS_RECORD, {"fingerprint": fp})
 
 
 def take_records(folder: Path, shards: list[str], sizes: list[int], rows: np.ndarray,

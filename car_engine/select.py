@@ -188,10 +188,11 @@ def unique_ids(table: pa.Table, name: str) -> pa.ChunkedArray:
 
 
 def attach(base: pa.Table, other: pa.Table, columns: list[str], name: str, *,
-           required: bool = False) -> pa.Table:
+           required: bool = False, base_name: str = "base") -> pa.Table:
     """Left-join ``columns`` of ``other`` onto ``base`` by id (null where ``other`` lacks it;
-    with ``required``, an id of ``base`` that ``other`` lacks is an error naming it)."""
-    where = pc.index_in(unique_ids(base, "base"), value_set=unique_ids(other, name))
+    with ``required``, an id of ``base`` that ``other`` lacks is an error naming it).
+    ``name`` and ``base_name`` name the two tables in errors (the files the user gave)."""
+    where = pc.index_in(unique_ids(base, base_name), value_set=unique_ids(other, name))
     if required and where.null_count:
         missing = base["id"].filter(pc.is_null(where))[0]
         raise CorpusError(f"{name}: no row for record id '{missing}'")
@@ -216,17 +217,104 @@ def in_input_order(table: pa.Table) -> pa.Table:
 def _float_column(table: pa.Table, column: str, name: str) -> np.ndarray:
     if column not in table.column_names:
         raise CorpusError(f"{name}: no '{column}' column (have: {', '.join(table.column_names)})")
-    return table.column(column).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    values = table.column(column)
+    try:
+        return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        reason = str(err).splitlines()[0]
+        raise CorpusError(f"{name}: '{column}' is not a number column ({values.type}): "
+                          f"{reason}") from None
 
 
-def scored_ifd(table: pa.Table, column: str = "ifd_ppl", status_column: str = "status"
-               ) -> np.ndarray:
+def check_finite(table: pa.Table, name: str, rows: np.ndarray | None = None) -> None:
+    """Refuse NaN or infinity in any float column of a scores file (among ``rows``, a mask of
+    the rows a selection can pick): a missing score is null, and no output holds the others
+    as JSON, so they would be blamed on the output file."""
+    for column in table.column_names:
+        values = table.column(column)
+        if not pa.types.is_floating(values.type):
+            continue
+        numbers = values.to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(numbers) & ~values.is_null().to_numpy(zero_copy_only=False)
+        if rows is not None:
+            bad &= rows
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            raise CorpusError(f"{name}: id '{table['id'][at]}': '{column}' is {numbers[at]}, "
+                              "not a finite number (leave a missing score null)")
+
+
+def _cluster_labels(clusters: pa.Table, name: str) -> pa.ChunkedArray:
+    """The ``cluster`` column as integer labels (a float one like 3.0 is the label 3); a null,
+    fractional or non-numeric label is an error naming the id and the value."""
+    if "cluster" not in clusters.column_names:
+        raise CorpusError(f"{name}: no 'cluster' column")
+    labels = clusters.column("cluster")
+    bad = labels.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(labels.type):
+        numbers = labels.to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):  # NaN and infinity are bad labels, not warnings
+            bad |= (np.trunc(numbers) != numbers) | (np.abs(numbers) >= 2.0**63)
+    elif not pa.types.is_integer(labels.type):
+        bad[:] = True
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        value = labels[at].as_py()
+        what = "null" if value is None else repr(value)
+        raise CorpusError(f"{name}: id '{clusters['id'][at]}': cluster {what} is not an integer "
+                          "label (a negative one means no cluster)")
+    if pa.types.is_integer(labels.type):
+        return labels  # as the file holds them: the output keeps their type
+    return labels.cast(pa.int64())
+
+
+def _with_clusters(scores: pa.Table, clusters: pa.Table, scores_name: str,
+                   clusters_name: str) -> pa.Table:
+    """``scores`` with each row's cluster: the clusters file must hold exactly the ids of the
+    scores file (a missing id does not mean "no cluster": that is a negative label)."""
+    score_ids = unique_ids(scores, scores_name)
+    cluster_ids = unique_ids(clusters, clusters_name)
+    clusters = clusters.set_column(clusters.column_names.index("cluster"), "cluster",
+                                   _cluster_labels(clusters, clusters_name))
+    faults = ((cluster_ids, score_ids, "id '{}' is not in the scores file {}"),
+              (score_ids, cluster_ids, "no row for id '{}' of the scores file {}"))
+    for ids, others, fault in faults:
+        lacking = pc.invert(pc.is_in(ids, value_set=others))
+        if pc.any(lacking).as_py():
+            first = ids.filter(lacking)[0]
+            raise CorpusError(f"{clusters_name}: {fault.format(first, scores_name)}")
+    return attach(scores, clusters, ["cluster"], clusters_name, base_name=scores_name)
+
+
+def _dense(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k-1 in the same order (negative ones stay "no cluster"): picks
+    depend only on the grouping, and the native per-cluster slabs are sized by the largest
+    label (one of 10**9 would need gigabytes)."""
+    codes = np.full(labels.shape, -1, dtype=np.int64)
+    assigned = labels >= 0
+    codes[assigned] = np.unique(labels[assigned], return_inverse=True)[1]
+    return codes
+
+
+def scored_ifd(table: pa.Table, column: str = "ifd_ppl", status_column: str = "status", *,
+               name: str = "scores") -> np.ndarray:
     """IFD values as float64, NaN where the row's status is not "ok" (no score to select by)."""
-    ifd = _float_column(table, column, "scores")
+    ifd = _float_column(table, column, name)
     if status_column in table.column_names:
-        ok = pc.equal(table.column(status_column), "ok").fill_null(False)
-        ifd = np.where(ok.to_numpy(zero_copy_only=False), ifd, np.nan)
+        ifd = np.where(_ok_rows(table, status_column, name), ifd, np.nan)
     return ifd
+
+
+def _ok_rows(table: pa.Table, status_column: str, name: str) -> np.ndarray:
+    """Rows whose status is "ok" (every row when the table has no status column)."""
+    if status_column not in table.column_names:
+        return np.ones(table.num_rows, dtype=bool)
+    status = table.column(status_column)
+    if not (pa.types.is_string(status.type) or pa.types.is_large_string(status.type)
+            or pa.types.is_null(status.type)):
+        raise CorpusError(f"{name}: '{status_column}' must be text (\"ok\" or why there is no "
+                          f"score), not {status.type}")
+    return pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def picked_rows(table: pa.Table, selection: Selection) -> pa.Table:
@@ -244,13 +332,18 @@ def select_car_table(
     n2: int = SelectParams.n2,
     strategy: str = SelectParams.strategy,
     dedup_content: bool = SelectParams.dedup,
+    scores_name: str = "scores",
+    clusters_name: str = "clusters",
 ) -> tuple[pa.Table, Selection]:
     """CaR over keyed tables: ``scores`` (id, score column, and the record fields for content
-    dedup and output) and ``clusters`` (id, cluster). Returns (all rows in input order with
-    their cluster, the Selection over those rows)."""
-    table = in_input_order(attach(scores, clusters, ["cluster"], "clusters"))
-    s = _float_column(table, score_column, "scores")
-    labels = table.column("cluster").fill_null(-1).cast(pa.int64()).to_numpy()
+    dedup and output) and ``clusters`` (id, integer cluster; exactly the ids of ``scores``).
+    Scores must be finite or null (no score). ``scores_name`` and ``clusters_name`` name the
+    files in errors. Returns (all rows in input order with their cluster, the Selection over
+    those rows)."""
+    table = in_input_order(_with_clusters(scores, clusters, scores_name, clusters_name))
+    s = _float_column(table, score_column, scores_name)
+    check_finite(table, scores_name)
+    labels = _dense(table.column("cluster").to_numpy())
     hashes = content_hashes(table) if dedup_content else None
     return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes)
 
@@ -263,12 +356,15 @@ def select_ifd_table(
     count: int | None = None,
     keep_equal_one: bool = SelectParams.keep_equal_one,
     base: int | None = None,
+    scores_name: str = "scores",
 ) -> tuple[pa.Table, Selection]:
     """IFD selection over a keyed scores table (rows whose ``status`` is not "ok" have no
-    score and are never selected). Returns (rows in input order, the Selection)."""
-    unique_ids(scores, "scores")
+    score and are never selected; the others must be finite or null). ``scores_name`` names
+    the file in errors. Returns (rows in input order, the Selection)."""
+    unique_ids(scores, scores_name)
     table = in_input_order(scores)
-    ifd = scored_ifd(table, ifd_column, "status")
+    ifd = scored_ifd(table, ifd_column, "status", name=scores_name)
+    check_finite(table, scores_name, _ok_rows(table, "status", scores_name))
     selection = select_ifd(ifd, fraction=fraction, count=count,
                            keep_equal_one=keep_equal_one, base=base)
     return table, selection

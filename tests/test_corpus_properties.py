@@ -58,8 +58,10 @@ json_value = st.recursive(
 not_string = st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False),
                        st.lists(json_scalar, max_size=2),
                        st.dictionaries(st.text(max_size=4), json_scalar, max_size=2))
-# Any text a person could write, NUL and control characters included; "empty" means blank.
-filled = st.text(min_size=1, max_size=24).filter(str.strip)
+# Any text a person could write, control characters included but not NUL, which the readers
+# reject (raw or escaped) as a bad item; "empty" means blank.
+text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=24)
+filled = text.filter(str.strip)
 blank = st.sampled_from(["", " ", "\n\t ", "\u3000", "\x1c"])
 extras = st.dictionaries(st.text(max_size=8).filter(lambda k: k not in RESERVED), json_value,
                          max_size=2)
@@ -90,16 +92,16 @@ def good_items(draw) -> Entry:
         item = {"instruction": instruction, "output": output}
         choice = draw(st.sampled_from(["absent", "null", "text"]))
         if choice != "absent":
-            inp = draw(st.text(max_size=12)) if choice == "text" else ""
+            inp = draw(text) if choice == "text" else ""
             item["input"] = None if choice == "null" else inp
     elif shape == "sharegpt":
         later = draw(st.lists(st.fixed_dictionaries(
-            {"from": st.sampled_from(["human", "gpt", "system"]), "value": st.text(max_size=6)}),
+            {"from": st.sampled_from(["human", "gpt", "system"]), "value": text}),
             max_size=2))
         item = {"conversations": [{"from": "human", "value": instruction},
                                   {"from": "gpt", "value": output}, *later]}
     else:
-        system = [{"role": "system", "content": draw(st.text(max_size=6))}] if draw(
+        system = [{"role": "system", "content": draw(text)}] if draw(
             st.booleans()) else []
         item = {"messages": [*system, {"role": "user", "content": instruction},
                              {"role": "assistant", "content": output}]}

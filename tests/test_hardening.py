@@ -35,7 +35,8 @@ BAD_LINES = st.sampled_from([
 ])
 GOOD_LINES = st.builds(
     lambda text, extra: json.dumps({**GOOD, "output": text or "x", **extra}).encode(),
-    st.text(min_size=1, max_size=40).filter(str.strip),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"),  # NUL: a bad item
+            min_size=1, max_size=40).filter(str.strip),
     st.dictionaries(st.sampled_from(["extra", "meta", "score"]), st.integers(), max_size=2),
 )
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
-from car_engine.config import KMEANS_RESTARTS
-from car_engine.errors import CorpusError
+from car_engine.config import KMEANS_RESTARTS, ClusterParams, check_table_out
+from car_engine.errors import CorpusError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +40,14 @@ def _load(path: str) -> np.ndarray:
     """The memory-mapped [n, d] float array in ``path``, or a clear error."""
     import numpy as np
 
+    if Path(path).is_dir():
+        raise CorpusError(f"{path}: is a directory, not a .npy file")
     if not Path(path).is_file():
         raise CorpusError(f"{path}: no such file")
+    with open(path, "rb") as f:  # np.load takes anything else for a pickle, and says so
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise CorpusError(f"{path}: not a .npy file (embeddings come from `car-engine "
+                              "embed`)")
     try:
         vectors = np.load(path, mmap_mode="r")
     except ValueError as err:
@@ -58,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from car_engine.embed import ids_path, read_ids
     from car_engine.io import write_table
 
-    vectors = _load(args.embeddings)
+    check_table_out(args.out)
+    ClusterParams(k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed).check()
+    if args.n_init < 1:
+        raise UsageError(f"--n-init must be >= 1, got {args.n_init}")
+    vectors = _load(args.embeddings)  # --k against the vectors: cluster() checks it first
     ids = read_ids(args.embeddings)
     if ids is None:
         ids = [str(i) for i in range(vectors.shape[0])]

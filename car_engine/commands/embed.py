@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from car_engine.commands import options
-from car_engine.config import EMBED_MAX_SEQ_LENGTH
+from car_engine.config import EMBED_MAX_SEQ_LENGTH, check_limit
+from car_engine.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the corpus, embed it, report where the vectors and ids went."""
-    from car_engine.corpus import load_corpus
     from car_engine.embed import embed_records, ids_path
 
-    corpus = load_corpus(args.input, limit=args.limit)
+    if not str(args.out).endswith(".npy"):
+        raise UsageError(f"--out {args.out}: embeddings are written as .npy")
+    check_limit(args.limit)
+    options.embed_params(args).check()
+    if args.max_seq_length < 2:
+        raise UsageError(f"--max-seq-length must be >= 2, got {args.max_seq_length}")
+    corpus = options.read_records(args.input, args.limit)
     vectors = embed_records(corpus.records, args.out, model=args.embed_model,
                             batch_size=args.embed_batch_size, dtype=args.embed_dtype,
                             device=args.device, max_seq_length=args.max_seq_length,

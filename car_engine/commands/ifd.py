@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from car_engine.commands import options
-from car_engine.errors import UsageError
-
-OUTPUT_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")
+from car_engine.config import check_limit, check_table_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,17 +34,15 @@ def run(args: argparse.Namespace) -> int:
     """Score the corpus and write the table atomically."""
     import pyarrow.compute as pc
 
-    from car_engine.corpus import load_corpus
     from car_engine.ifd import OK, IFDScorer
     from car_engine.io import write_table
 
-    if not str(args.out).endswith(OUTPUT_SUFFIXES):
-        raise UsageError(f"--out {args.out}: must end in .parquet or .jsonl")
-    if args.limit is not None and args.limit < 0:
-        raise UsageError(f"--limit must be >= 0, got {args.limit}")
-    if args.max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
-    corpus = load_corpus(args.input, limit=args.limit)
+    check_table_out(args.out)
+    check_limit(args.limit)
+    options.ifd_params(args).check()
+    corpus = options.read_records(args.input, args.limit)
+    if args.quiet:
+        options.silence_hf_progress()
     scorer = IFDScorer(args.ifd_model, template=args.template, compat=args.compat,
                        max_length=args.max_length, dtype=args.ifd_dtype,
                        batch_tokens=args.batch_tokens, device=args.device,

@@ -135,14 +135,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    """`iqs score`."""
-    from car_engine.corpus import load_corpus
+    """`iqs score`: every flag and the corpus are checked before the scorer loads."""
+    from car_engine.config import check_limit, check_table_out
     from car_engine.io import write_table
 
-    corpus = load_corpus(args.input, limit=args.limit)
+    check_table_out(args.out)
+    check_limit(args.limit)
+    options.iqs_params(args).check()
+    corpus = options.read_records(args.input, args.limit)
     for rejection in corpus.rejected[:5]:
         print(f"skipped: {rejection.message()}", file=sys.stderr)
     scores = _scorer(args).score(corpus.records)
     write_table(args.out, scores)
-    print(f"{scores.num_rows} records scored -> {args.out}")
+    print(f"{scores.num_rows} records scored -> {args.out} "
+          f"({len(corpus.rejected)} rejected items)")
     return 0

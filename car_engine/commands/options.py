@@ -9,7 +9,9 @@ had (``ifd --dtype``, ``embed --model``), so no older command line breaks.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+import sys
+from typing import TYPE_CHECKING, Any
 
 from car_engine.config import (
     EMBED_DTYPES,
@@ -26,6 +28,10 @@ from car_engine.config import (
     IQSParams,
     SelectParams,
 )
+from car_engine.errors import CorpusError
+
+if TYPE_CHECKING:
+    from car_engine.corpus import Corpus
 
 Group = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -131,8 +137,38 @@ def add_quiet(group: Group) -> None:
 
 
 def add_limit(group: Group) -> None:
-    """--limit."""
+    """--limit (check it with config.check_limit: a negative one is a usage error)."""
     group.add_argument("--limit", type=int, help="read only the first N items")
+
+
+def read_records(source: str, limit: int | None) -> Corpus:
+    """The corpus a scorer subcommand scores, read before any model loads: a file that cannot
+    be read and a corpus with no valid record are bad input (exit 3), as `run` has them."""
+    from car_engine.corpus import load_corpus
+
+    corpus = load_corpus(source, limit=limit, fail_unreadable=True)
+    if len(corpus) == 0:
+        if limit == 0:
+            why = "--limit 0 reads no item"
+        elif not corpus.rejected:
+            why = "the file holds no item"
+        else:
+            first = corpus.rejected[0]
+            why = f"{len(corpus.rejected)} items rejected, the first at {first.location}: " \
+                  f"{first.reason}"
+        raise CorpusError(f"{source}: no valid record ({why})")
+    return corpus
+
+
+def silence_hf_progress() -> None:
+    """Turn off Hugging Face's own progress bars ("Loading weights"), here and in worker
+    processes started later (they inherit the variable); call it before any model loads."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:
+        # Already imported: the variable was read at import time, so switch them off directly.
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
 
 def add_device(group: Group) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from car_engine.commands import options
 from car_engine.config import BACKENDS, METHODS, WORKERS, RunConfig
-from car_engine.errors import UsageError
+from car_engine.errors import OutputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from(args: argparse.Namespace) -> RunConfig:
     """The RunConfig the flags describe (checked before any model loads)."""
-    if args.limit is not None and args.limit < 0:
-        raise UsageError(f"--limit must be >= 0, got {args.limit}")
     cfg = RunConfig(
         method=args.method, n1=args.n1, n2=args.n2, strategy=args.strategy,
         ifd_frac=args.ifd_frac, keep_equal_one=args.keep_equal_one, limit=args.limit,
@@ -55,10 +54,25 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def check_run_dir(out: str) -> None:
+    """--out must be a folder or become one: a file at it (or above it) is one line, exit 4."""
+    path = Path(out)
+    for place in (path, *path.parents):
+        if place.exists():
+            if place == path and not place.is_dir():
+                raise OutputError(f"--out {out}: is a file, and the run folder must be a folder")
+            if not place.is_dir():
+                raise OutputError(f"--out {out}: {place} is a file, so the folder cannot be made")
+            return
+
+
 def main(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    check_run_dir(args.out)
+    if args.quiet:
+        options.silence_hf_progress()
     from car_engine.pipeline import run
 
-    cfg = config_from(args)
     result = run(args.input, args.out, cfg, backend=args.backend, workers=args.workers,
                  progress=not args.quiet, report=not args.no_report)
     counts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in result.counts.items())

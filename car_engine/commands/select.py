@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
+from car_engine.config import check_table_out
 from car_engine.errors import CorpusError, UsageError
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _with_record_fields(scores: pa.Table, corpus_path: str | None) -> tuple[pa.Table, int]:
+def _with_record_fields(scores: pa.Table, scores_path: str, corpus_path: str | None
+                        ) -> tuple[pa.Table, int]:
     """Attach the corpus' record fields to the scores by id; returns (table, rejected count)."""
     import pyarrow.compute as pc
 
@@ -45,13 +47,15 @@ def _with_record_fields(scores: pa.Table, corpus_path: str | None) -> tuple[pa.T
 
     if corpus_path is None:
         return scores, 0
-    corpus = load_corpus(corpus_path)
-    missing = pc.invert(pc.is_in(unique_ids(scores, "scores"), value_set=corpus.records["id"]))
+    corpus = load_corpus(corpus_path, fail_unreadable=True)
+    missing = pc.invert(pc.is_in(unique_ids(scores, scores_path),
+                                 value_set=corpus.records["id"]))
     if pc.any(missing).as_py():
         first = scores["id"].filter(missing)[0]
-        raise CorpusError(f"scores: id '{first}' is not in the corpus {corpus_path}")
+        raise CorpusError(f"{scores_path}: id '{first}' is not in the corpus {corpus_path}")
     fields = [*RECORD_FIELDS, "turns", "position"]
-    return attach(scores, corpus.records, fields, corpus_path), len(corpus.rejected)
+    return (attach(scores, corpus.records, fields, corpus_path, base_name=scores_path),
+            len(corpus.rejected))
 
 
 def _summary(counts: dict[str, int], rejected: int, out: str) -> str:
@@ -59,26 +63,44 @@ def _summary(counts: dict[str, int], rejected: int, out: str) -> str:
     return f"wrote {counts['selected']} records to {out} ({'; '.join(parts)}; rejected: {rejected})"
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse every flag combination that cannot work before any file is read: a usage error
+    is then exit 2 whatever the files hold, and costs no read."""
+    check_table_out(args.out)
+    if args.ifd:
+        if (args.ifd_frac is None) == (args.ifd_count is None):
+            raise UsageError("--ifd needs exactly one of --ifd-frac or --ifd-count")
+        if args.ifd_frac is not None and not 0 <= args.ifd_frac <= 1:
+            raise UsageError(f"--ifd-frac must be in [0, 1], got {args.ifd_frac}")
+        if args.ifd_count is not None and args.ifd_count < 0:
+            raise UsageError(f"--ifd-count must be >= 0, got {args.ifd_count}")
+        return
+    if not args.clusters:
+        raise UsageError("CaR selection needs --clusters (or use --ifd)")
+    if args.n1 < 0 or args.n2 < 0:
+        raise UsageError("--n1 and --n2 must be >= 0")
+
+
 def run(args: argparse.Namespace) -> int:
+    """Check the flags, read the files, select, and write the selected records."""
     from car_engine.corpus import read_table
     from car_engine.io import write_table
     from car_engine.select import Selection, picked_rows, select_car_table, select_ifd_table
 
-    scores, rejected = _with_record_fields(read_table(args.scores), args.corpus)
+    check_args(args)
+    scores, rejected = _with_record_fields(read_table(args.scores), args.scores, args.corpus)
     selection: Selection
     if args.ifd:
-        if (args.ifd_frac is None) == (args.ifd_count is None):
-            raise UsageError("--ifd needs exactly one of --ifd-frac or --ifd-count")
         table, selection = select_ifd_table(
             scores, ifd_column=args.ifd_column, fraction=args.ifd_frac, count=args.ifd_count,
             keep_equal_one=args.keep_equal_one, base=scores.num_rows + rejected,
+            scores_name=args.scores,
         )
     else:
-        if not args.clusters:
-            raise UsageError("CaR selection needs --clusters (or use --ifd)")
         table, selection = select_car_table(
             scores, read_table(args.clusters), score_column=args.score_column, n1=args.n1,
             n2=args.n2, strategy=args.strategy, dedup_content=not args.no_dedup,
+            scores_name=args.scores, clusters_name=args.clusters,
         )
     write_table(args.out, picked_rows(table, selection))
     print(_summary(selection.counts, rejected, args.out))

@@ -1,7 +1,8 @@
 """The corpus layer: read every supported format into record batches and reject bad items.
 
 Every item read ends up either as a record or as a :class:`Rejection` naming its line (JSONL)
-or item index (JSON, Parquet), so ``records + rejections == items read`` always holds.
+or item index (JSON, Parquet), so ``records + rejections == items read`` always holds. (A
+rejection with ``item=False``, a trailing comma, takes a position too but holds no item.)
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from car_engine.corpus.records import (
     RECORD_SCHEMA,
     USER_ROLES,
     BadItem,
+    BetweenItems,
     Corpus,
     CorpusBatch,
     IdIndex,
     RecordRows,
     Rejection,
+    UnreadableFile,
     id_of,
     pair_text,
     pair_texts,
@@ -41,6 +44,7 @@ def read_corpus(
     batch_size: int = 10_000,
     strict: bool = False,
     limit: int | None = None,
+    fail_unreadable: bool = False,
 ) -> Iterator[CorpusBatch]:
     """Stream a corpus as batches of records (Arrow tables of RECORD_SCHEMA).
 
@@ -49,6 +53,8 @@ def read_corpus(
     ``strict=True`` the first one raises :class:`CorpusError` with the same message.
     ``limit`` stops after that many items (good or bad) have been read. A batch holds at most
     ``batch_size`` records and at most ``batch_size`` rejections, so memory stays bounded.
+    A file that cannot be read at all (not in its format, cut before its first item) is one
+    rejection, or with ``fail_unreadable=True`` a :class:`CorpusError` (what the CLI wants).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -67,7 +73,10 @@ def read_corpus(
                 ids.claim(record[0], position, location)
                 rows.add(record)
             except BadItem as err:
-                rejection = Rejection(name, location, str(err), id_of(item), position)
+                if isinstance(err, UnreadableFile) and (strict or fail_unreadable):
+                    raise CorpusError(f"{name}: {err}") from None
+                rejection = Rejection(name, location, str(err), id_of(item), position,
+                                      item=not isinstance(err, BetweenItems))
                 if strict:
                     raise CorpusError(rejection.message()) from None
                 rejected.append(rejection)
@@ -79,11 +88,13 @@ def read_corpus(
 
 
 def load_corpus(
-    source: str | os.PathLike, *, strict: bool = False, limit: int | None = None
+    source: str | os.PathLike, *, strict: bool = False, limit: int | None = None,
+    fail_unreadable: bool = False,
 ) -> Corpus:
     """Read a whole corpus into one table (see :func:`read_corpus` for the arguments)."""
     tables, rejected = [], []
-    for batch in read_corpus(source, strict=strict, limit=limit):
+    for batch in read_corpus(source, strict=strict, limit=limit,
+                             fail_unreadable=fail_unreadable):
         tables.append(batch.records)
         rejected.extend(batch.rejected)
     table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from car_engine.corpus.json_array import STREAM_ERRORS, json_array_items
-from car_engine.corpus.records import BadItem
+from car_engine.corpus.records import BadItem, UnreadableFile
 from car_engine.errors import CorpusError
 
 BUILTIN_SHAREGPT = "builtin:sharegpt"
@@ -69,16 +69,18 @@ def _parse_json_line(raw: bytes) -> Any:
 
 
 def _jsonl_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
-    number = 0
+    number, started = 0, False
     try:
         for number, raw in enumerate(stream, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             if raw.isspace():
                 continue  # blank lines are not items
+            started = True
             yield f"line {number}", _parse_json_line(raw)
     except STREAM_ERRORS as err:
-        yield f"line {number + 1}", BadItem(f"file is cut short or corrupt: {err}")
+        fault = BadItem if started else UnreadableFile  # nothing read at all: the whole file
+        yield f"line {number + 1}", fault(f"file is cut short or corrupt: {err}")
 
 
 
@@ -93,8 +95,10 @@ def _parquet_items(stream: io.BufferedIOBase, batch_size: int) -> Iterator[tuple
                 yield f"item {index}", item
                 index += 1
     except (pa.ArrowException, *STREAM_ERRORS) as err:
-        what = "not a readable Parquet file" if index == 0 else "the rest of the file is unreadable"
-        yield f"item {index}", BadItem(f"{what}: {err}")
+        if index == 0:
+            yield "item 0", UnreadableFile(f"not a readable Parquet file: {err}")
+        else:
+            yield f"item {index}", BadItem(f"the rest of the file is unreadable: {err}")
 
 
 def _parquet_rows(batch: pa.RecordBatch) -> list[Any]:
@@ -134,13 +138,20 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if str(source).startswith("builtin:"):
         raise CorpusError(f"unknown builtin corpus '{source}' (known: {BUILTIN_SHAREGPT})")
     path = Path(source)
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory, not a corpus file")
     if not path.is_file():
-        raise CorpusError(f"{path}: no such file")
+        raise CorpusError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     return path
 
 
 def raw_items(path: Path, batch_size: int) -> Generator[tuple[str, Any], None, None]:
+    """Every item of the file as (location, raw value or BadItem)."""
     fmt = format_of(path)
+    try:
+        open(path, "rb").close()  # no permission is bad input (exit 3), not an output error (4)
+    except OSError as err:
+        raise CorpusError(f"{path}: cannot be read: {err.strerror or err}") from None
     with open_binary(path) as stream:
         if fmt == "jsonl":
             yield from _jsonl_items(stream)
@@ -151,12 +162,57 @@ def raw_items(path: Path, batch_size: int) -> Generator[tuple[str, Any], None, N
 
 
 
+def _parquet_table(stream: io.BufferedIOBase, path: Path) -> pa.Table:
+    """A Parquet file read through a file or buffer Arrow owns, never a Python file object:
+    Arrow's read-ahead cache outlives ``read_table`` on its I/O threads, and freeing a buffer
+    read through a Python file takes the GIL there, which aborts the process ("terminate
+    called without an active exception", SIGABRT) when the interpreter is already exiting."""
+    if not isinstance(stream, gzip.GzipFile):
+        with pa.OSFile(str(path)) as native:
+            return pq.read_table(native)
+    # Parquet needs seeking, which a gzip stream cannot do: decompress into an Arrow buffer
+    # (Python's gzip, which checks the trailer; Arrow's accepts a file cut short there).
+    buffer = pa.BufferOutputStream()
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        buffer.write(chunk)
+    return pq.read_table(pa.BufferReader(buffer.getvalue()))
+
+
+def _why_not_one_column(values: list[Any]) -> str | None:
+    """Why Arrow cannot hold ``values`` in one column; None when it can."""
+    try:
+        pa.array(values)
+    except (pa.ArrowException, OverflowError) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+def _unstorable(rows: list[dict], locations: list[str], path: Path) -> CorpusError | None:
+    """The first value Arrow cannot store in its column (another type than the rows before
+    it, an integer beyond 64 bits), named by line, id and value; None if there is none."""
+    for column in rows[0] if rows else ():  # Arrow takes the columns from the first row
+        values = [row.get(column) for row in rows]
+        if _why_not_one_column(values) is None:
+            continue
+        good, bad = 0, len(values)  # values[:good] fit in one column, values[:bad] do not
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if _why_not_one_column(values[:mid]) is None else (good, mid)
+        value, rid = values[bad - 1], rows[bad - 1].get("id")
+        text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        where = f" (id '{rid}')" if rid is not None and column != "id" else ""
+        before = pa.array(values[:bad - 1]).type
+        why = (f"the rows before make the column {before}" if before != pa.null()
+               else f"it cannot be stored ({_why_not_one_column(values[:bad])})")
+        return CorpusError(f"{path} {locations[bad - 1]}{where}: not a readable table: "
+                           f"'{column}' is {text}, but {why}")
+    return None
+
+
 def _table_from(stream: io.BufferedIOBase, fmt: str, path: Path) -> pa.Table:
     if fmt == "parquet":
-        # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
-        seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
-        return pq.read_table(seekable)
-    rows = []
+        return _parquet_table(stream, path)
+    rows, locations = [], []
     items = _jsonl_items(stream) if fmt == "jsonl" else json_array_items(stream)
     for location, item in items:
         if isinstance(item, BadItem) or not isinstance(item, dict):
@@ -165,7 +221,12 @@ def _table_from(stream: io.BufferedIOBase, fmt: str, path: Path) -> pa.Table:
         if isinstance(item.get("id"), int):  # JSON ids may mix numbers and strings
             item["id"] = str(item["id"])
         rows.append(item)
-    return pa.Table.from_pylist(rows)
+        locations.append(location)
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowException, OverflowError) as err:
+        found = _unstorable(rows, locations, path)
+        raise found or CorpusError(f"{path}: not a readable table: {err}") from None
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from car_engine.corpus.records import BadItem
+from car_engine.corpus.records import BadItem, BetweenItems, UnreadableFile
 
 _JSON_CHUNK = 1 << 20
 # What a damaged or cut-short (gzipped) file raises while it is being read.
@@ -118,10 +118,10 @@ def json_array_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
     first = window.peek()
     if first is None:
         if window.error is not None:
-            yield "item 0", BadItem(window.ended_early("before any item could be read"))
+            yield "item 0", UnreadableFile(window.ended_early("before any item could be read"))
         return  # an empty file holds no items
     if first != "[":
-        yield "item 0", BadItem("a .json corpus must be a JSON array of objects")
+        yield "item 0", UnreadableFile("a .json corpus must be a JSON array of objects")
         return
     window.pos += 1
     index = 0
@@ -133,6 +133,10 @@ def json_array_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
         if index > 0 and next_char == ",":
             window.pos += 1
             next_char = window.peek()
+            if next_char == "]":  # [a, b,]: two items and a stray comma, not a third item
+                yield f"item {index - 1}", BetweenItems(
+                    "malformed JSON: a trailing comma after this item (the item itself is read)")
+                return
         elif index > 0 and next_char is not None:
             yield here, BadItem(f"malformed JSON: expected ',' or ']' after item {index - 1}; "
                                  "the rest of the file cannot be read")

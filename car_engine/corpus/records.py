@@ -39,14 +39,19 @@ class Rejection:
     reason: str
     id: str | None = None
     position: int | None = None  # the item's 0-based position among the items read
+    item: bool = True  # False: a fault between items (a trailing comma), which holds no item
 
     def message(self) -> str:
         """One line a user can act on: file, place, reason."""
         return f"{self.source} {self.location}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The rejection as a plain dict (for a rejected.jsonl report)."""
-        return asdict(self)
+        """The rejection as a plain dict (for a rejected.jsonl report); ``item`` appears only
+        where it is false, so the rows of rejected items are what they always were."""
+        row = asdict(self)
+        if self.item:
+            del row["item"]
+        return row
 
 
 @dataclass
@@ -73,6 +78,15 @@ class BadItem(Exception):
     """Why one item cannot be a record (the readers turn it into a Rejection)."""
 
 
+class UnreadableFile(BadItem):
+    """The file as a whole cannot be read (not in its format, or cut before any item): one
+    rejection when reading leniently, an error where a reader asks for that."""
+
+
+class BetweenItems(BadItem):
+    """Malformed text between two items (a trailing comma): rejected, but not an item."""
+
+
 def _text(item: dict, key: str, *, required: bool = True) -> str:
     if key not in item or item[key] is None:
         if required:
@@ -81,11 +95,16 @@ def _text(item: dict, key: str, *, required: bool = True) -> str:
     value = item[key]
     if not isinstance(value, str):
         raise BadItem(f"field '{key}' must be a string, got {type(value).__name__}")
-    _check_utf8(value, key)
+    _check_text(value, key)
     return value
 
 
-def _check_utf8(value: str, where: str) -> None:
+def _check_text(value: str, where: str) -> None:
+    """Refuse a NUL (raw, JSON rejects it; escaped as \\u0000, it is refused here) and text
+    that is not valid UTF-8."""
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise BadItem(f"NUL character in '{where}' at character {nul}")
     if value.isascii():  # the common case, and much cheaper than encoding
         return
     try:
@@ -105,8 +124,8 @@ def _turns(item: dict, key: str, role_key: str, text_key: str) -> list[dict[str,
         role, text = turn.get(role_key), turn.get(text_key)
         if not isinstance(role, str) or not isinstance(text, str):
             raise BadItem(f"{key}[{n}] needs string '{role_key}' and '{text_key}'")
-        _check_utf8(role, f"{key}[{n}].{role_key}")
-        _check_utf8(text, f"{key}[{n}].{text_key}")
+        _check_text(role, f"{key}[{n}].{role_key}")
+        _check_text(text, f"{key}[{n}].{text_key}")
         role = role.lower()
         role = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else role
         out.append({"role": role, "content": text})
@@ -127,7 +146,7 @@ def _record_id(item: dict, position: int) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadItem(f"field 'id' must be a string or integer, got {type(value).__name__}")
     if isinstance(value, str):
-        _check_utf8(value, "id")
+        _check_text(value, "id")
     return str(value)
 
 

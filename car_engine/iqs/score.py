@@ -136,6 +136,8 @@ class IQSScorer:
 
     def score_texts(self, texts: list[str], *, progress: bool = True) -> np.ndarray:
         """Scores (float64) of pair texts, in input order."""
+        if not texts:  # the tokenizer fails on an empty batch
+            return np.empty(0, dtype=np.float64)
         token_ids = tokenize(self.tokenizer, texts, self.max_length)
         scores = np.empty(len(texts), dtype=np.float64)
         with tqdm(total=len(texts), desc="iqs", unit="pair", disable=not progress) as bar:

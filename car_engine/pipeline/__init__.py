@@ -2,7 +2,9 @@
 
 Each stage writes shards under ``RUN_DIR/stages/<stage>/`` and records them in a manifest
 (see rundir.py); running the same command again skips what is done. The run folder is
-locked for the whole run, so two runs never interleave in one folder.
+locked for the whole run, so two runs never interleave in one folder. Final files of an
+earlier run for another input or other parameters are removed before anything is read, so a
+run that fails never leaves outputs that describe something else.
 
 Methods (the rules live in car_engine.select):
 - ``car``: IQS ranks; the top n1 plus the top n2 of every embedding cluster (SPEC §4).
@@ -15,15 +17,16 @@ Methods (the rules live in car_engine.select):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from car_engine.backends import get_backend
-from car_engine.config import WORKERS, RunConfig
+from car_engine.config import WORKERS, RunConfig, check_k
 from car_engine.errors import CorpusError
 from car_engine.pipeline.outputs import write_outputs
-from car_engine.pipeline.stages import cluster_stage, read_stage, shard_stage
-from car_engine.rundir import run_lock
+from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
+from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
 from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker
 
 
@@ -70,10 +73,13 @@ def run(
     source = str(source)
     run_dir = Path(out_dir)
     with run_lock(run_dir):
-        read = read_stage(source, run_dir, cfg, progress)
+        params, outputs_fp = _claim_outputs(source, run_dir, cfg)
+        read = read_stage(source, run_dir, cfg, progress, params)
         if not read.info["shards"]:
             raise CorpusError(f"{source}: no valid records (rejected {read.info['rejected']} "
                               f"items; see {read.file('rejected.jsonl')})")
+        if cfg.uses_car:
+            check_k(cfg.k, sum(read.info["sizes"]))  # before any model loads
         runner = get_backend(backend, workers=workers, progress=progress)
         try:
             iqs = shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner) if cfg.uses_car else None
@@ -85,11 +91,26 @@ def run(
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner)
         finally:
             runner.shutdown()
+        record_outputs(run_dir, outputs_fp)
         if report:
             from car_engine.report import build_report
 
             build_report(run_dir)
     return RunResult(run_dir, counts)
+
+
+def _claim_outputs(source: str, run_dir: Path, cfg: RunConfig) -> tuple[dict[str, Any], str]:
+    """The read stage's parameters and the fingerprint of this run's final files, after the
+    final files of an earlier run for anything else are removed (all of them when the source
+    cannot even be identified: this run writes none)."""
+    try:
+        params = read_params(source, cfg)
+    except BaseException:
+        clear_outputs(run_dir, None)
+        raise
+    outputs_fp = fingerprint("outputs", {"read": params, "config": asdict(cfg)}, [])
+    clear_outputs(run_dir, outputs_fp)
+    return params, outputs_fp
 
 
 __all__ = ["RunConfig", "RunResult", "run"]
