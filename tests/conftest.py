@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from corpus_files import write_mixed_corpus
 
 from car_engine.corpus import load_corpus
 
@@ -25,3 +26,11 @@ def expert_revised_dir() -> Path:
     if not (folder / "APE_score_valid.csv").is_file():
         pytest.skip(f"{folder} is absent: the IQS data lives in ../shared/data beside the repo")
     return folder
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, sharegpt_records) -> Path:
+    """A small real JSONL corpus for whole runs: 90 ShareGPT pairs as Alpaca items with two
+    bad lines and an exact duplicate mixed in (see corpus_files.write_mixed_corpus)."""
+    return write_mixed_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl",
+                              sharegpt_records)

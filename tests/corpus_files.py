@@ -49,3 +49,19 @@ def gzip_cut_short(data: bytes, keep: float = 0.6) -> bytes:
     """A gzip stream of ``data`` with its tail (and so its end-of-stream marker) cut off."""
     compressed = gzip.compress(data)
     return compressed[: int(len(compressed) * keep)]
+
+
+MIXED_GOOD = 90  # real pairs in write_mixed_corpus's file; it holds 3 more lines
+
+
+def write_mixed_corpus(path: Path, records: pa.Table) -> Path:
+    """The first MIXED_GOOD records as Alpaca JSONL items with a cut line, an empty output and
+    an exact duplicate (of the 4th item, id 'dup-of-3') mixed in after the 10th line."""
+    rows = records.slice(0, MIXED_GOOD).to_pylist()
+    lines = [json.dumps({"id": r["id"], "instruction": r["instruction"], "input": r["input"],
+                         "output": r["output"]}) for r in rows]
+    dup = dict(json.loads(lines[3]), id="dup-of-3")
+    lines[10:10] = ['{"instruction": "cut', json.dumps({"instruction": "x", "output": ""}),
+                    json.dumps(dup)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

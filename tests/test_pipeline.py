@@ -11,26 +11,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from corpus_files import MIXED_GOOD
 
 from car_engine.cli import main
 
-N_GOOD = 90
 SHARD = 15
 RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(SHARD), "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, sharegpt_records) -> Path:
-    """90 real ShareGPT pairs (as Alpaca items) with bad lines and an exact duplicate mixed in."""
-    rows = sharegpt_records.slice(0, N_GOOD).to_pylist()
-    lines = [json.dumps({"id": r["id"], "instruction": r["instruction"], "input": r["input"],
-                         "output": r["output"]}) for r in rows]
-    dup = dict(json.loads(lines[3]), id="dup-of-3")
-    lines[10:10] = ['{"instruction": "cut', json.dumps({"instruction": "x", "output": ""}),
-                    json.dumps(dup)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def reference_run(tmp_path_factory, corpus) -> Path:
 def test_every_record_is_accounted_for(reference_run, corpus):
     scores = pq.read_table(reference_run / "scores.parquet")
     rejected = [json.loads(x) for x in (reference_run / "rejected.jsonl").read_text().splitlines()]
-    assert scores.num_rows + len(rejected) == N_GOOD + 3
+    assert scores.num_rows + len(rejected) == MIXED_GOOD + 3
     assert {r["location"] for r in rejected} == {"line 11", "line 12"}
     selected = [json.loads(x) for x in (reference_run / "selected.jsonl").read_text().splitlines()]
     summary = json.loads((reference_run / "summary.json").read_text())["counts"]

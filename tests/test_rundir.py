@@ -23,26 +23,11 @@ import pytest
 
 from car_engine.cli import main
 
-N_GOOD = 90
 SHARD = 15
 RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(SHARD), "--quiet"]
 OUTPUTS = ("selected.jsonl", "scores.parquet", "rejected.jsonl")
 CLI = [sys.executable, "-m", "car_engine.cli"]
 RUN_TIMEOUT = 600  # seconds: far above a run here (~1 min; ~2 min on Ray), so never a hang
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, sharegpt_records) -> Path:
-    """90 real ShareGPT pairs (as Alpaca items) with two bad lines and a duplicate mixed in."""
-    rows = sharegpt_records.slice(0, N_GOOD).to_pylist()
-    lines = [json.dumps({"id": r["id"], "instruction": r["instruction"], "input": r["input"],
-                         "output": r["output"]}) for r in rows]
-    dup = dict(json.loads(lines[3]), id="dup-of-3")
-    lines[10:10] = ['{"instruction": "cut', json.dumps({"instruction": "x", "output": ""}),
-                    json.dumps(dup)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
