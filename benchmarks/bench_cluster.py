@@ -213,11 +213,13 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     ``n`` is the number of real embeddings clustered: REAL_N full texts, or with ``quick``
     QUICK_N texts cut at QUICK_TOKENS tokens (a fresh machine embeds those in under a minute;
     20,000 full texts take an hour). The embed comparison runs on ``n // 100`` full texts
-    (quick: 64), since the reference encodes one at a time.
+    (quick: 64, or ``n`` when it is given: a smoke run at ``--n 16`` should not spend minutes
+    on 64 texts where bf16 is emulated), since the reference encodes one at a time.
     """
     default_n, max_tokens = cluster_data(quick)
+    embed_n = (n or 64) if quick else max(64, (n or default_n) // 100)
     n = n or default_n
-    rows = bench_embed(64 if quick else max(64, n // 100))
+    rows = bench_embed(embed_n)
     rows += bench_cluster(n, max_tokens)
     if synthetic if synthetic is not None else not quick:
         rows.append(bench_synthetic())
