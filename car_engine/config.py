@@ -37,6 +37,7 @@ EMBED_BATCH = (16, 64)
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 3
 WORKERS = 2  # Ray actors per scoring stage
+SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless one is named
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,10 @@ def build_report(run_dir: str | Path) -> Path:
     rank_col = "iqs" if "iqs" in cols else "ifd_ppl"
     rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"
                    for k, v in counts.items())
+    rows += "".join(f"<tr><td>{html.escape(stage)} scores from the cache</td>"
+                    f"<td>{c['cached']} of {c['cached'] + c['computed']}</td></tr>"
+                    for stage, c in sorted(summary.get("score_cache", {}).items())
+                    if isinstance(c, dict))
     figures = "".join(f"<figure><img src='{html.escape(png)}' alt='{html.escape(t)}'>"
                       f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, png in plots)
     params = html.escape(json.dumps({k: cfg[k] for k in ("method", "n1", "n2", "strategy",

@@ -123,13 +123,20 @@ class StageDir:
         """Whether file ``name`` was recorded and is still intact."""
         return self._intact(name)
 
-    def mark_done(self, name: str) -> None:
-        """Record a finished file (already in place) with its size and SHA-256."""
+    def mark_done(self, name: str, **facts: Any) -> None:
+        """Record a finished file (already in place) with its size and SHA-256, and any
+        ``facts`` about it (e.g. how many of its rows came from the score cache)."""
         path = self.file(name)
         stat = path.stat()
-        self._state["files"][name] = {"size": stat.st_size, "sha256": file_digest(path)}
+        self._state["files"][name] = {"size": stat.st_size, "sha256": file_digest(path),
+                                      **facts}
         self._verified[name] = (stat.st_size, stat.st_mtime_ns)
         self._save(self._state)
+
+    def facts(self, name: str) -> dict[str, Any]:
+        """What :meth:`mark_done` recorded of ``name`` besides its size and digest."""
+        record = self._state["files"].get(name, {})
+        return {k: v for k, v in record.items() if k not in ("size", "sha256")}
 
     @property
     def done(self) -> list[str]:

@@ -9,6 +9,7 @@ manifests.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +31,12 @@ class Worker:
     def __call__(self, records: pa.Table) -> pa.Table | np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def model_files(cls, params: Any) -> list[Path]:
+        """The files the stage's output depends on besides its parameters (the score cache
+        keys on their contents)."""
+        raise NotImplementedError
+
 
 class IQSWorker(Worker):
     """IQS scores (column ``iqs``) of a shard."""
@@ -44,6 +51,20 @@ class IQSWorker(Worker):
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
+
+    @classmethod
+    def model_files(cls, params: IQSParams) -> list[Path]:
+        from car_engine.iqs.model import IQSConfig
+        from car_engine.iqs.score import weights_path
+        from car_engine.iqs.store import CONFIG_FILE
+        from car_engine.models.registry import resolve_encoder
+
+        weights = weights_path(params.model)
+        if weights.suffix == ".ckpt":
+            return [weights]  # a checkpoint holds the whole model
+        config = IQSConfig.from_file(weights.parent / CONFIG_FILE)
+        return [weights, weights.parent / CONFIG_FILE,
+                *model_folder_files(resolve_encoder(config.backbone))]
 
 
 class IFDWorker(Worker):
@@ -60,6 +81,12 @@ class IFDWorker(Worker):
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
+
+    @classmethod
+    def model_files(cls, params: IFDParams) -> list[Path]:
+        from car_engine.models.registry import causal_lm_path
+
+        return model_folder_files(causal_lm_path(params.model))
 
 
 class EmbedWorker(Worker):
@@ -78,3 +105,19 @@ class EmbedWorker(Worker):
         from car_engine.corpus import pair_texts
 
         return self.embedder.embed(pair_texts(records), progress=False)
+
+    @classmethod
+    def model_files(cls, params: EmbedParams) -> list[Path]:
+        from car_engine.models.registry import resolve_encoder
+
+        return model_folder_files(resolve_encoder(params.model))
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".jinja", ".gguf")
+
+
+def model_folder_files(folder: Path) -> list[Path]:
+    """A model folder's weights, configuration and tokenizer files (not its README, nor the
+    exports cached beside them)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)

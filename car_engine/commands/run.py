@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from car_engine.commands import options
-from car_engine.config import BACKENDS, METHODS, WORKERS, RunConfig
+from car_engine.config import BACKENDS, METHODS, SCORE_CACHE, WORKERS, RunConfig
 from car_engine.errors import OutputError
 
 
@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ray: actors per scoring stage (default {WORKERS})")
     options.add_quiet(p)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--score-cache", metavar="DIR",
+                       help=f"keep scores by record content and scorer in DIR, so a rerun on a "
+                       f"grown or edited corpus scores only what it has not seen; shareable "
+                       f"between runs and corpora (default RUN_DIR/{SCORE_CACHE})")
+    cache.add_argument("--no-score-cache", action="store_true",
+                       help="score every record, keeping nothing for later runs")
     options.add_cluster_flags(p.add_argument_group("clustering"))
     models = p.add_argument_group("models")
     options.add_iqs_flags(models)
@@ -73,8 +80,9 @@ def main(args: argparse.Namespace) -> int:
         options.silence_hf_progress()
     from car_engine.pipeline import run
 
+    score_cache = False if args.no_score_cache else (args.score_cache or True)
     result = run(args.input, args.out, cfg, backend=args.backend, workers=args.workers,
-                 progress=not args.quiet, report=not args.no_report)
+                 progress=not args.quiet, report=not args.no_report, score_cache=score_cache)
     counts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in result.counts.items())
     print(f"selected {result.counts['selected']} records -> {result.selected_path}\n{counts}")
     if not args.no_report:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from car_engine.backends import get_backend
-from car_engine.config import WORKERS, RunConfig, check_k
+from car_engine.config import SCORE_CACHE, WORKERS, RunConfig, check_k
 from car_engine.errors import CorpusError
 from car_engine.pipeline.outputs import write_outputs
 from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
@@ -59,6 +59,7 @@ def run(
     workers: int = WORKERS,
     progress: bool = True,
     report: bool = True,
+    score_cache: str | os.PathLike | bool = True,
 ) -> RunResult:
     """Run the whole selection job on ``source`` (a corpus path or ``builtin:sharegpt``) into
     ``out_dir``, resuming whatever an earlier run with the same parameters finished.
@@ -67,11 +68,16 @@ def run(
     scores, cluster, selected or not, why), ``rejected.jsonl``, ``summary.json`` and
     ``report.html``. Returns the output paths and the counts. Raises
     :class:`~car_engine.errors.RunDirBusy` when another run holds ``out_dir``.
+
+    ``score_cache``: where scores are kept by record content and scorer, so a rerun on a
+    grown or edited corpus scores only the records it has not seen: True for
+    ``out_dir/score-cache``, a folder (shareable between runs and corpora), or False for none.
     """
     cfg = config or RunConfig()
     cfg.check()
     source = str(source)
     run_dir = Path(out_dir)
+    cache = cache_folder(run_dir, score_cache)
     with run_lock(run_dir):
         params, outputs_fp = _claim_outputs(source, run_dir, cfg)
         read = read_stage(source, run_dir, cfg, progress, params)
@@ -82,13 +88,18 @@ def run(
             check_k(cfg.k, sum(read.info["sizes"]))  # before any model loads
         runner = get_backend(backend, workers=workers, progress=progress)
         try:
-            iqs = shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner) if cfg.uses_car else None
-            ifd = shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner) if cfg.uses_ifd else None
-            clusters = None
+            iqs = (shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
+                   if cfg.uses_car else None)
+            ifd = (shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner, cache)
+                   if cfg.uses_ifd else None)
+            clusters, embed = None, None
             if cfg.uses_car:
-                embed = shard_stage(EmbedWorker, cfg.embed, read, run_dir, runner)
+                embed = shard_stage(EmbedWorker, cfg.embed, read, run_dir, runner, cache)
                 clusters = cluster_stage(embed, read, run_dir, cfg, progress)
-            counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner)
+            cached = {"folder": None if cache is None else str(cache),
+                      **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
+                         for s in (iqs, ifd, embed) if s is not None}}
+            counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)
@@ -97,6 +108,15 @@ def run(
 
             build_report(run_dir)
     return RunResult(run_dir, counts)
+
+
+def cache_folder(run_dir: Path, score_cache: str | os.PathLike | bool) -> Path | None:
+    """The score cache folder ``run``'s ``score_cache`` argument names (None: no cache)."""
+    if score_cache is True:
+        return run_dir / SCORE_CACHE
+    if score_cache is False:
+        return None
+    return Path(score_cache)
 
 
 def _claim_outputs(source: str, run_dir: Path, cfg: RunConfig) -> tuple[dict[str, Any], str]:

@@ -92,8 +92,9 @@ def _clean(value: Any) -> Any:
 
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
-                  backend: Backend) -> dict[str, int]:
-    """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json."""
+                  backend: Backend, score_cache: dict[str, Any] | None = None) -> dict[str, int]:
+    """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
+    (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts)."""
     table = scores_table(read, iqs, ifd, clusters)
     items = int(read.info["items"])
     selection = select(table, cfg, backend, read.info["sizes"], items)
@@ -113,6 +114,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:
         counts["clusters"] = int(clusters.info["k"])
     config = json.loads(json.dumps(asdict(cfg), default=str))
-    write_json(run_dir / "summary.json", {"method": cfg.method, "counts": counts,
-                                          "config": config})
+    summary = {"method": cfg.method, "counts": counts, "config": config}
+    if score_cache is not None:
+        summary["score_cache"] = score_cache
+    write_json(run_dir / "summary.json", summary)
     return counts

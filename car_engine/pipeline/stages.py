@@ -22,6 +22,7 @@ from car_engine.corpus import read_corpus, resolve_source
 from car_engine.dedup import content_hashes
 from car_engine.io import atomic_path, write_jsonl, write_parquet
 from car_engine.rundir import StageDir, file_digest, fingerprint
+from car_engine.score_cache import keys_column, record_keys
 from car_engine.workers import Worker
 
 
@@ -66,7 +67,9 @@ def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool,
             continue
         name = f"records-{len(shards):05d}.parquet"
         hashes = pa.array(content_hashes(batch.records))
-        write_parquet(stage.file(name), batch.records.append_column("content_hash", hashes))
+        keys = keys_column(record_keys(batch.records))  # exact: the score cache's key
+        write_parquet(stage.file(name), batch.records.append_column("content_hash", hashes)
+                      .append_column("cache_key", keys))
         shards.append(name)
         sizes.append(batch.records.num_rows)
     write_jsonl(stage.file("rejected.jsonl"), rejected)
@@ -77,18 +80,29 @@ def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool,
 
 
 def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path,
-                backend: Backend) -> StageDir:
-    """Run a scoring stage over every records shard not yet done."""
+                backend: Backend, cache: Path | None = None) -> StageDir:
+    """Run a scoring stage over every records shard not yet done, taking the records the
+    score cache folder ``cache`` (when given) already holds from it."""
     name = worker.stage
     stage = StageDir(run_dir, name, fingerprint(name, params_dict(params), [read.fingerprint]))
     if stage.complete:
         return stage
     outputs = [s.replace("records-", f"{name}-").replace(".parquet", worker.suffix)
                for s in read.info["shards"]]
-    jobs = [ShardJob(str(read.file(src)), str(stage.file(out)))
-            for src, out in zip(read.info["shards"], outputs) if not stage.is_done(out)]
-    backend.map_shards(worker, params, jobs, lambda job: stage.mark_done(Path(job.target).name))
-    stage.mark_complete(shards=outputs)
+    todo = [(read.file(src), out) for src, out in zip(read.info["shards"], outputs)
+            if not stage.is_done(out)]
+    if cache is not None:
+        from car_engine.pipeline.cached import run_cached
+
+        run_cached(worker, params, stage, todo, cache, backend)
+    else:
+        jobs = [ShardJob(str(src), str(stage.file(out))) for src, out in todo]
+        backend.map_shards(worker, params, jobs,
+                           lambda job: stage.mark_done(Path(job.target).name))
+    counts = [stage.facts(out) for out in outputs]
+    stage.mark_complete(shards=outputs, cached=sum(c.get("cached", 0) for c in counts),
+                        computed=sum(c.get("computed", n) for c, n in
+                                     zip(counts, read.info["sizes"])))
     return stage
 
 
