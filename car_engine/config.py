@@ -30,6 +30,10 @@ IQS_TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 IFD_COMPAT_TEMPLATES = {"superfiltering": "none", "cherry": "alpaca"}
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")  # what io.write_table can write
 SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
+# --device: auto (a GPU when every library of the stage can use one, else the CPU), cpu, cuda
+# (GPU 0) or cuda:N. Asking for CUDA and not getting it is an error (exit 5), never a fallback.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEFAULT_DEVICE = "auto"
 
 # Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md.
 IQS_BATCH = (4, 32)
@@ -47,9 +51,11 @@ class IQSParams:
     runtime: str = "onnx"
     precision: str = "fp32"
     batch_size: int | None = None  # None: IQS_BATCH for the device
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the scorer loads, a runtime, precision or batch size it cannot take."""
+        parse_device(self.device)
         _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
         precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
         if self.precision not in precisions:
@@ -68,9 +74,11 @@ class IFDParams:
     max_length: int = 512
     dtype: str = "fp32"
     batch_tokens: int = 8192
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
+        parse_device(self.device)
         _check_choice("--template", self.template, IFD_TEMPLATES)
         if self.compat is not None:
             _check_choice("--compat", self.compat, IFD_COMPAT)
@@ -91,9 +99,11 @@ class EmbedParams:
     dtype: str = "fp32"
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
+        parse_device(self.device)
         _check_choice("--embed-dtype", self.dtype, EMBED_DTYPES)
         _check_at_least("--embed-batch-size", self.batch_size, 1)
 
@@ -106,9 +116,11 @@ class ClusterParams:
     pca_var: float = 0.95
     pca_dim: int | None = None
     seed: int = 42
+    device: str = DEFAULT_DEVICE  # where FAISS (and the PCA and k-means++ seeding) run
 
     def check(self) -> None:
         """Refuse what no clustering can use; --k against the records is :func:`check_k`."""
+        parse_device(self.device)
         _check_at_least("--k", self.k, 1)
         if not 0 < self.pca_var <= 1:
             raise UsageError(f"--pca-var must be in (0, 1], got {self.pca_var}")
@@ -150,6 +162,7 @@ class RunConfig:
     iqs: IQSParams = field(default_factory=IQSParams)
     ifd: IFDParams = field(default_factory=IFDParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
+    device: str = DEFAULT_DEVICE  # the clustering's; the scoring stages carry their own
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work."""
@@ -191,7 +204,20 @@ class RunConfig:
     @property
     def cluster(self) -> ClusterParams:
         """The clustering part of the run."""
-        return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed)
+        return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed,
+                             device=self.device)
+
+
+def parse_device(device: str | None) -> tuple[str, int | None]:
+    """``(kind, index)`` of a --device value: kind auto|cpu|cuda, index the GPU number of
+    ``cuda:N`` (None for plain ``cuda``, meaning GPU 0); None means auto."""
+    text = DEFAULT_DEVICE if device is None else str(device).strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text, None
+    kind, _, number = text.partition(":")
+    if kind == "cuda" and number.isdigit():
+        return "cuda", int(number)
+    raise UsageError(f"--device {device}: choose from {'|'.join(DEVICES)} (N a GPU number)")
 
 
 def check_limit(limit: int | None) -> None:

@@ -14,6 +14,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from car_engine.config import (
+    DEFAULT_DEVICE,
+    DEVICES,
     EMBED_DTYPES,
     IFD_COMPAT,
     IFD_DTYPES,
@@ -173,24 +175,34 @@ def silence_hf_progress() -> None:
 
 def add_device(group: Group) -> None:
     """--device."""
-    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda "
-                       "if available, else cpu; a GPU asked for and absent is an error)")
+    group.add_argument("--device", default=DEFAULT_DEVICE, metavar="|".join(DEVICES),
+                       help="where to run: auto (a GPU when torch, onnxruntime or FAISS can use "
+                       "one, else the CPU), cpu, cuda (GPU 0) or cuda:N; a GPU asked for and "
+                       "not usable is an error naming what is missing (exit 5), never a "
+                       f"fallback (default {DEFAULT_DEVICE})")
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """The --device value (``auto`` on a subcommand without the flag)."""
+    return getattr(args, "device", None) or DEFAULT_DEVICE
 
 
 def iqs_params(args: argparse.Namespace) -> IQSParams:
     """The IQSParams the flags describe."""
     return IQSParams(model=args.iqs_model, runtime=args.iqs_runtime,
-                     precision=args.iqs_precision, batch_size=args.iqs_batch_size)
+                     precision=args.iqs_precision, batch_size=args.iqs_batch_size,
+                     device=device_of(args))
 
 
 def ifd_params(args: argparse.Namespace) -> IFDParams:
     """The IFDParams the flags describe."""
     return IFDParams(model=args.ifd_model, template=args.template, compat=args.compat,
                      max_length=args.max_length, dtype=args.ifd_dtype,
-                     batch_tokens=args.batch_tokens)
+                     batch_tokens=args.batch_tokens, device=device_of(args))
 
 
 def embed_params(args: argparse.Namespace) -> EmbedParams:
     """The EmbedParams the flags describe."""
     return EmbedParams(model=args.embed_model, dtype=args.embed_dtype,
-                       batch_size=args.embed_batch_size, compile=args.embed_compile)
+                       batch_size=args.embed_batch_size, compile=args.embed_compile,
+                       device=device_of(args))

@@ -113,6 +113,9 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:
         counts["clusters"] = int(clusters.info["k"])
     config = json.loads(json.dumps(asdict(cfg), default=str))
+    # Where every stage ran (device, runtime, precision), as its workers reported it.
+    ran = {name: stage.info.get("runtimes", []) for name, stage in
+           (("iqs", iqs), ("ifd", ifd), ("cluster", clusters)) if stage is not None}
     write_json(run_dir / "summary.json", {"method": cfg.method, "counts": counts,
-                                          "config": config})
+                                          "config": config, "runtimes": ran})
     return counts

@@ -87,8 +87,15 @@ def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path
                for s in read.info["shards"]]
     jobs = [ShardJob(str(read.file(src)), str(stage.file(out)))
             for src, out in zip(read.info["shards"], outputs) if not stage.is_done(out)]
-    backend.map_shards(worker, params, jobs, lambda job: stage.mark_done(Path(job.target).name))
-    stage.mark_complete(shards=outputs)
+    runtimes: set[str] = set()  # where each shard ran (device, runtime, precision)
+
+    def done(job: ShardJob) -> None:
+        stage.mark_done(Path(job.target).name)
+        if job.runtime:
+            runtimes.add(job.runtime)
+
+    backend.map_shards(worker, params, jobs, done)
+    stage.mark_complete(shards=outputs, runtimes=sorted(runtimes))
     return stage
 
 
@@ -115,14 +122,15 @@ def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig
         del vectors
     vectors = np.load(stage.file("embeddings.npy"), mmap_mode="r")
     result = cluster(np.asarray(vectors), k=cfg.k, pca_var=cfg.pca_var, pca_dim=cfg.pca_dim,
-                     seed=cfg.seed, progress=progress)
+                     seed=cfg.seed, progress=progress, device=cfg.device)
     table = pa.table({"cluster": pa.array(result.labels, pa.int64()),
                       "distance": pa.array(result.distances, pa.float32())})
     write_parquet(stage.file("clusters.parquet"), table)
     for name in ("embeddings.npy", "clusters.parquet"):
         stage.mark_done(name)
     stage.mark_complete(k=int(result.centroids.shape[0]), n_components=int(result.n_components),
-                        explained_variance=float(result.explained_variance))
+                        explained_variance=float(result.explained_variance),
+                        runtimes=[result.runtime])
     return stage
 
 
