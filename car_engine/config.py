@@ -35,9 +35,16 @@ SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEFAULT_DEVICE = "auto"
 
-# Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md.
-IQS_BATCH = (4, 32)
-EMBED_BATCH = (16, 64)
+# Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md. On a
+# GPU a batch is also cut at a token budget (rows x longest row), which is what sizes it there.
+IQS_BATCH = (4, 1024)
+EMBED_BATCH = (16, 1024)
+GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousands of tokens
+# Precisions left at "auto" follow the device: the CPU's stay what they always were (fp32), a
+# GPU's are the fast ones (IQS fp16, IFD bf16 -- fp32 with TF32 off is the exact option --,
+# embeddings fp16). Not yet measured on a GPU: benchmarks/gpu_check.py measures them.
+AUTO = "auto"
+DEVICE_PRECISION = {"iqs": ("fp32", "fp16"), "ifd": ("fp32", "bf16"), "embed": ("fp32", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 3
 WORKERS = 2  # Ray actors per scoring stage
@@ -49,7 +56,7 @@ class IQSParams:
 
     model: str = DEFAULT_MODEL
     runtime: str = "onnx"
-    precision: str = "fp32"
+    precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: IQS_BATCH for the device
     device: str = DEFAULT_DEVICE
 
@@ -58,7 +65,7 @@ class IQSParams:
         parse_device(self.device)
         _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
         precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
-        if self.precision not in precisions:
+        if self.precision not in (AUTO, *precisions):
             raise UsageError(f"--iqs-precision {self.precision}: the {self.runtime} runtime "
                              f"takes {'|'.join(precisions)}")
         _check_at_least("--iqs-batch-size", self.batch_size, 1)
@@ -72,7 +79,7 @@ class IFDParams:
     template: str = "none"
     compat: str | None = None
     max_length: int = 512
-    dtype: str = "fp32"
+    dtype: str = AUTO  # fp32 on CPU, bf16 on GPU (DEVICE_PRECISION)
     batch_tokens: int = 8192
     device: str = DEFAULT_DEVICE
 
@@ -86,7 +93,7 @@ class IFDParams:
             if self.template not in ("none", implied):
                 raise UsageError(f"--compat {self.compat} implies --template {implied}, "
                                  f"not '{self.template}'")
-        _check_choice("--ifd-dtype", self.dtype, IFD_DTYPES)
+        _check_choice("--ifd-dtype", self.dtype, (AUTO, *IFD_DTYPES))
         _check_at_least("--max-length", self.max_length, 2)
         _check_at_least("--batch-tokens", self.batch_tokens, 1)
 
@@ -96,7 +103,7 @@ class EmbedParams:
     """The embedding stage: the sentence encoder and its precision."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = "fp32"
+    dtype: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
@@ -104,7 +111,7 @@ class EmbedParams:
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
         parse_device(self.device)
-        _check_choice("--embed-dtype", self.dtype, EMBED_DTYPES)
+        _check_choice("--embed-dtype", self.dtype, (AUTO, *EMBED_DTYPES))
         _check_at_least("--embed-batch-size", self.batch_size, 1)
 
 
@@ -218,6 +225,11 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
     if kind == "cuda" and number.isdigit():
         return "cuda", int(number)
     raise UsageError(f"--device {device}: choose from {'|'.join(DEVICES)} (N a GPU number)")
+
+
+def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
+    """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
+    return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
 
 
 def check_limit(limit: int | None) -> None:

@@ -84,7 +84,6 @@ class EmbedWorker(Worker):
     def __init__(self, params: EmbedParams) -> None:
         from car_engine.embed import Embedder
 
-        self.dtype = params.dtype
         self.embedder = Embedder(params.model, batch_size=params.batch_size, dtype=params.dtype,
                                  compile=params.compile, device=params.device)
 
@@ -94,7 +93,7 @@ class EmbedWorker(Worker):
 
         embedder = self.embedder
         body = "packed" if getattr(embedder, "packed", None) is not None else "transformers"
-        return f"torch {describe_device(embedder.device)} {self.dtype} ({body} forward)"
+        return f"torch {describe_device(embedder.device)} {embedder.dtype} ({body} forward)"
 
     def __call__(self, records: pa.Table) -> np.ndarray:
         from car_engine.corpus import pair_texts

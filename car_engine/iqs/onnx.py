@@ -229,6 +229,12 @@ def providers(device: str | None = None) -> list[Any]:
     return [(CUDA_PROVIDER, {"device_id": index or 0}), CPU_PROVIDER]
 
 
+def expects_gpu(device: str | None) -> bool:
+    """Whether ONNX Runtime will be asked to run on a GPU for ``device`` (what ``auto``
+    precision follows; a provider that then fails to load is :class:`OrtRunner`'s to catch)."""
+    return providers(device)[0] != CPU_PROVIDER
+
+
 class OrtRunner:
     """Runs an exported scorer: ``runner(input_ids, attention_mask) -> scores`` (numpy).
 
