@@ -36,6 +36,13 @@ PRECISIONS = IQS_PRECISIONS
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OPSET = 17
 EXPORT_VERSION = 2  # bump when export or quantization changes, so cached files are redone
+# The fp16 conversion's own version (part of the fp16 files' fingerprint only, so a change here
+# redoes no fp32 or int8 file): 2 keeps the normalisation ops in fp32 (FP16_KEEP_FP32).
+FP16_VERSION = 2
+# Ops the fp16 graph keeps in fp32, on top of ONNX Runtime's default block list (which holds no
+# normalisation): the fused layer norms, and the pieces of an unfused one (mean, variance, root).
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                  "SkipSimplifiedLayerNormalization", "ReduceMean", "Pow", "Sqrt"]
 
 
 class _FrozenMixScorer(nn.Module):
@@ -106,8 +113,11 @@ def to_fp16(src: Path, out: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # ONNX Runtime's default block list keeps numerically touchy ops in fp32.
-    graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    # ONNX Runtime's default block list keeps some touchy ops in fp32, but no normalisation.
+    graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32])
     onnx.save(graph, str(out))
     return out
 
@@ -194,7 +204,8 @@ def ensure_export(model_loader: Callable[[], IQSModel], weights: Path, precision
     int8 files are converted from the cached fp32 one."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    path = cached_export_path(weights, precision, weights_fingerprint([weights]))
+    extra = f"fp16-v{FP16_VERSION}" if precision == "fp16" else ""
+    path = cached_export_path(weights, precision, weights_fingerprint([weights], extra))
     if path.is_file():
         return path
     for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
