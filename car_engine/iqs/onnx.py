@@ -111,9 +111,7 @@ def _fuse_transformer_ops(path: Path, model: IQSModel) -> None:
 def to_fp16(src: Path, out: Path) -> Path:
     """An fp16 copy of an fp32 graph, int64 inputs and the fp32 score output unchanged."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # ONNX Runtime's default block list keeps some touchy ops in fp32, but no normalisation.
     graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
