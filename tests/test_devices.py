@@ -187,3 +187,24 @@ def test_gpu_clustering_matches_the_cpu_one():
     gpu = cluster.cluster(vectors, k=20, progress=False, device="cuda")
     assert gpu.n_components == cpu.n_components
     assert gpu.inertia == pytest.approx(cpu.inertia, rel=0.02)
+
+
+def test_a_shard_reports_where_its_worker_ran(tmp_path):
+    """What summary.json's "runtimes" is built from: each shard job comes back with its
+    worker's describe()."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from car_engine.backends.base import ShardJob, process_shard
+
+    class Worker:
+        def __call__(self, records: pa.Table) -> pa.Table:
+            return records.select(["id"])
+
+        def describe(self) -> str:
+            return "torch cuda:1 (H200) bf16"
+
+    source = tmp_path / "records.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"]}), source)
+    done = process_shard(Worker(), ShardJob(str(source), str(tmp_path / "out.parquet")))
+    assert done.runtime == "torch cuda:1 (H200) bf16"
