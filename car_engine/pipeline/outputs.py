@@ -116,6 +116,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     # Where every stage ran (device, runtime, precision), as its workers reported it.
     ran = {name: stage.info.get("runtimes", []) for name, stage in
            (("iqs", iqs), ("ifd", ifd), ("cluster", clusters)) if stage is not None}
+    if clusters is not None:  # the embedding stage is seen through the clusters made from it
+        ran["embed"] = clusters.info.get("embed_runtimes", [])
     write_json(run_dir / "summary.json", {"method": cfg.method, "counts": counts,
                                           "config": config, "runtimes": ran})
     return counts

@@ -130,7 +130,8 @@ def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig
         stage.mark_done(name)
     stage.mark_complete(k=int(result.centroids.shape[0]), n_components=int(result.n_components),
                         explained_variance=float(result.explained_variance),
-                        runtimes=[result.runtime])
+                        runtimes=[result.runtime],
+                        embed_runtimes=embed.info.get("runtimes", []))  # for summary.json
     return stage
 
 
