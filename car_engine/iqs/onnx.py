@@ -4,7 +4,7 @@ with ONNX Runtime.
 - fp32: the exported graph, with ONNX Runtime's transformer fusions (attention, layer
   norm, GELU) applied offline when they load cleanly.
 - fp16: for GPUs; weights and activations in half precision, inputs/outputs kept as they
-  are (int64 ids in, fp32 score out), normalisation kept in fp32.
+  are (int64 ids in, fp32 score out); normalisation runs in fp16 too (see to_fp16).
 - int8: dynamic quantization of the MatMul weights, for CPUs.
 Files are cached next to the model's weights (or in the cache folder when that is not
 writable) and re-exported when the weights change.
@@ -36,13 +36,6 @@ PRECISIONS = IQS_PRECISIONS
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OPSET = 17
 EXPORT_VERSION = 2  # bump when export or quantization changes, so cached files are redone
-# The fp16 conversion's own version (part of the fp16 files' fingerprint only, so a change here
-# redoes no fp32 or int8 file): 2 keeps the normalisation ops in fp32 (FP16_KEEP_FP32).
-FP16_VERSION = 2
-# Ops the fp16 graph keeps in fp32, on top of ONNX Runtime's default block list (which holds no
-# normalisation): the fused layer norms, and the pieces of an unfused one (mean, variance, root).
-FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-                  "SkipSimplifiedLayerNormalization", "ReduceMean", "Pow", "Sqrt"]
 
 
 class _FrozenMixScorer(nn.Module):
@@ -111,11 +104,12 @@ def _fuse_transformer_ops(path: Path, model: IQSModel) -> None:
 def to_fp16(src: Path, out: Path) -> Path:
     """An fp16 copy of an fp32 graph, int64 inputs and the fp32 score output unchanged."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # ONNX Runtime's default block list keeps some touchy ops in fp32, but no normalisation.
-    graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
-                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32])
+    # ONNX Runtime's default op block list (which holds no normalisation op). Adding the fused
+    # SkipLayerNormalization to it gave a graph ONNX Runtime refuses to load (its inputs bound
+    # to fp16 and fp32 at once), so the layer norms run in fp16 like the rest.
+    graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(graph, str(out))
     return out
 
@@ -202,8 +196,7 @@ def ensure_export(model_loader: Callable[[], IQSModel], weights: Path, precision
     int8 files are converted from the cached fp32 one."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    extra = f"fp16-v{FP16_VERSION}" if precision == "fp16" else ""
-    path = cached_export_path(weights, precision, weights_fingerprint([weights], extra))
+    path = cached_export_path(weights, precision, weights_fingerprint([weights]))
     if path.is_file():
         return path
     for stale in path.parent.glob(f"{weights.stem}-{precision}-*.onnx"):
