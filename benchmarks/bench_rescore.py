@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from car_engine.benchmarks.common import format_table, row
 from car_engine.corpus import load_corpus
+
+from .common import format_table, row
 
 # method -> (full N, quick N, extra flags): IFD runs two causal-LM passes, so fewer pairs
 METHODS = {"car": (500, 40, ["--n2", "1"]), "ifd": (96, 16, ["--max-length", "256"])}

@@ -61,18 +61,21 @@ def prefix(text: str, chars: int) -> str:
     return text if cut is None else text[:cut.start()]
 
 
-def length_batches(token_ids: list[list[int]], batch_size: int, min_fill: float = 0.8
-                   ) -> Iterator[np.ndarray]:
+def length_batches(token_ids: list[list[int]], batch_size: int, min_fill: float = 0.8,
+                   max_tokens: int | None = None) -> Iterator[np.ndarray]:
     """Indices of ``token_ids`` in batches of similar length, longest first (so memory use
     peaks at the start and a too-large batch fails fast). A batch holds at most
     ``batch_size`` texts and ends early at a text shorter than ``min_fill`` x its longest, so
     padding is under 1 - min_fill of any row: on a short list of mixed lengths a plain cut
-    into fixed-size batches padded a fifth of the tokens."""
+    into fixed-size batches padded a fifth of the tokens. ``max_tokens`` also ends a batch
+    before its rows x its longest row pass that budget (how GPU batches are sized)."""
     lengths, order = _longest_first(token_ids)
     first = 0
     for i in range(1, len(order) + 1):
         if (i == len(order) or i - first == batch_size
-                or lengths[order[i]] < min_fill * lengths[order[first]]):
+                or lengths[order[i]] < min_fill * lengths[order[first]]
+                or (max_tokens is not None
+                    and (i - first + 1) * lengths[order[first]] > max_tokens)):
             yield order[first:i]
             first = i
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from car_engine.config import KMEANS_RESTARTS, ClusterParams
-from car_engine.errors import UsageError
+from car_engine.config import KMEANS_RESTARTS, ClusterParams, parse_device
+from car_engine.environment import check_one_build
+from car_engine.errors import DeviceError, UsageError
+
+check_one_build("faiss")  # faiss-cpu and faiss-gpu-* both installed: which one runs is luck
 
 BATCH = 65_536  # rows per transform / assignment batch: a few tens of MB at d = 384
 PROBE_ITER = 5  # Lloyd iterations given to every restart before the best one is picked
@@ -32,6 +36,37 @@ PCA_POINTS_PER_DIM = 1000  # as FAISS's own PCAMatrix.max_points_per_d
 # k-means++ is O(n k d) and memory-bound; seeding from 16 k sampled points instead of all 10,000
 # real embeddings (k = 70) made clustering 1.8x faster at equal inertia (Lloyd then uses all).
 INIT_POINTS_PER_CENTROID = 16
+ALL_GPUS = -1  # faiss_gpu(): every GPU FAISS sees (auto), else one GPU number
+_GPU_RESOURCES: dict[int, Any] = {}  # one StandardGpuResources per GPU, kept alive
+
+
+def faiss_gpu(device: str | None) -> int | None:
+    """Where FAISS runs for a --device value: None (the CPU), a GPU number, or ALL_GPUS
+    (``auto`` with GPUs). ``cuda``/``cuda:N`` that FAISS cannot use is a DeviceError."""
+    kind, index = parse_device(device)
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if kind == "cpu" or (kind == "auto" and gpus == 0):
+        return None
+    if kind == "auto":
+        return ALL_GPUS
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise DeviceError(f"--device {device}: this FAISS ({faiss.__version__}) is a CPU-only "
+                          "build (pip install 'car-engine[gpu]', which installs faiss-gpu-cu12 "
+                          "in place of faiss-cpu)")
+    if (index or 0) >= gpus:
+        raise DeviceError(f"--device {device}: FAISS sees {gpus} GPU(s)")
+    return index or 0
+
+
+def _torch_gpu(gpu: int | None) -> Any:
+    """The torch device for the PCA and seeding when FAISS is on a GPU torch can use too."""
+    if gpu is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", 0 if gpu == ALL_GPUS else gpu)
 
 
 @dataclass
@@ -80,9 +115,11 @@ def components_for(eigenvalues: np.ndarray, pca_var: float) -> int:
 
 
 def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
-            pca_dim: int | None = ClusterParams.pca_dim, seed: int = ClusterParams.seed) -> PCA:
-    """Fit a FAISS PCA and keep ``pca_dim`` components, or the fewest reaching ``pca_var``.
-    Beyond PCA_POINTS_PER_DIM * d vectors the covariance comes from a seeded sample."""
+            pca_dim: int | None = ClusterParams.pca_dim, seed: int = ClusterParams.seed,
+            torch_device: Any = None) -> PCA:
+    """Fit a FAISS PCA (or, given ``torch_device``, the torch one there) and keep ``pca_dim``
+    components, or the fewest reaching ``pca_var``. Beyond PCA_POINTS_PER_DIM * d vectors the
+    covariance comes from a seeded sample."""
     n, d = vectors.shape
     if pca_dim is not None and not 1 <= pca_dim <= d:
         raise UsageError(f"--pca-dim must be in 1..{d}, got {pca_dim}")
@@ -92,6 +129,13 @@ def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
         rows = np.sort(np.random.default_rng(seed).choice(n, PCA_POINTS_PER_DIM * d, replace=False))
         vectors = vectors[rows]
     rank = min(d, vectors.shape[0])  # fewer points than dimensions span only n directions
+    if torch_device is not None:
+        from car_engine import cluster_torch
+
+        mean, eigenvalues, rotation = cluster_torch.pca_eigen(vectors, torch_device)
+        keep = pca_dim if pca_dim is not None else components_for(eigenvalues, pca_var)
+        keep = min(keep, rank)
+        return PCA(mean, np.ascontiguousarray(rotation[:keep]), eigenvalues)
     matrix = faiss.PCAMatrix(d, rank, 0, False)
     matrix.train(np.ascontiguousarray(vectors, dtype=np.float32))
     eigenvalues = np.clip(faiss.vector_to_array(matrix.eigenvalues).astype(np.float64), 0, None)
@@ -102,11 +146,15 @@ def fit_pca(vectors: np.ndarray, *, pca_var: float = ClusterParams.pca_var,
     return PCA(mean, np.ascontiguousarray(rotation[:keep]), eigenvalues)
 
 
-def _flat_index(d: int) -> faiss.Index:
-    """An exact L2 index: on every GPU FAISS sees, else on CPU."""
+def _flat_index(d: int, gpu: int | None = None) -> faiss.Index:
+    """An exact L2 index: on the CPU (``gpu`` None), on every GPU (ALL_GPUS), or on one."""
     index: faiss.Index = faiss.IndexFlatL2(d)
-    if faiss.get_num_gpus() > 0:
+    if gpu == ALL_GPUS:
         index = faiss.index_cpu_to_all_gpus(index)
+    elif gpu is not None:
+        if gpu not in _GPU_RESOURCES:
+            _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index)
     return index
 
 
@@ -167,10 +215,10 @@ def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: i
     return faiss.vector_to_array(clus.centroids).reshape(k, d), float(objective)
 
 
-def assign(points: np.ndarray, centroids: np.ndarray, *, progress: bool = False
-           ) -> tuple[np.ndarray, np.ndarray]:
+def assign(points: np.ndarray, centroids: np.ndarray, *, progress: bool = False,
+           gpu: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid (int64 [n]) and its squared L2 distance (float32 [n]), in batches."""
-    index = _flat_index(centroids.shape[1])
+    index = _flat_index(centroids.shape[1], gpu)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     labels = np.empty(points.shape[0], dtype=np.int64)
     distances = np.empty(points.shape[0], dtype=np.float32)
@@ -191,8 +239,8 @@ def _sample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 
 def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
            n_init: int = KMEANS_RESTARTS, max_iter: int = 300,
-           tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False
-           ) -> np.ndarray:
+           tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False,
+           gpu: int | None = None) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
     run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
     all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
@@ -202,13 +250,19 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
     points = _sample(points, k * max_points_per_centroid, rng)
     init_points = _sample(points, INIT_POINTS_PER_CENTROID * k, rng)
     probe_points = _sample(points, PROBE_POINTS_PER_CENTROID * k, rng)
-    index = _flat_index(d)
+    index = _flat_index(d, gpu)
+    on_torch = _torch_gpu(gpu)
     bar = tqdm(total=n_init * PROBE_ITER + max_iter, desc="k-means", unit="iter",
                disable=not progress)
     best: np.ndarray | None = None
     best_objective = math.inf
     for _ in range(n_init):
-        start = kmeans_plus_plus(init_points, k, rng)
+        if on_torch is not None:
+            from car_engine import cluster_torch
+
+            start = cluster_torch.kmeans_plus_plus(init_points, k, rng, on_torch)
+        else:
+            start = kmeans_plus_plus(init_points, k, rng)
         centroids, objective = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
         bar.update(PROBE_ITER)
         if objective < best_objective:
@@ -240,6 +294,7 @@ class ClusterResult:
     pca: PCA  # pca.transform(new_vectors) puts new vectors in the centroids' space
     n_components: int
     explained_variance: float
+    runtime: str = "faiss cpu"  # where it ran (summaries and reports)
 
     @property
     def k(self) -> int:
@@ -268,11 +323,13 @@ def _check_finite(vectors: np.ndarray) -> None:
 def cluster(vectors: np.ndarray, *, k: int | None = ClusterParams.k,
             pca_var: float = ClusterParams.pca_var, pca_dim: int | None = ClusterParams.pca_dim,
             seed: int = ClusterParams.seed, progress: bool = True,
-            n_init: int = KMEANS_RESTARTS, max_points_per_centroid: int = 256) -> ClusterResult:
+            n_init: int = KMEANS_RESTARTS, max_points_per_centroid: int = 256,
+            device: str | None = ClusterParams.device) -> ClusterResult:
     """PCA then k-means over ``vectors`` [n, d] (an array or a memmapped ``.npy``).
 
     ``k`` defaults to int(sqrt(n / 2)); PCA keeps ``pca_dim`` components, else the fewest
     reaching ``pca_var`` of the variance. The same ``seed`` gives the same labels.
+    ``device`` (auto|cpu|cuda|cuda:N): FAISS on that GPU, the PCA and seeding in torch there.
     """
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ValueError(f"expected a non-empty [n, d] array of vectors, got shape {vectors.shape}")
@@ -282,11 +339,16 @@ def cluster(vectors: np.ndarray, *, k: int | None = ClusterParams.k,
         raise UsageError(f"--k must be in 1..{n} (the number of vectors), got {k}")
     if n_init < 1:
         raise UsageError(f"n_init must be >= 1, got {n_init}")
+    gpu = faiss_gpu(device)
+    on_torch = _torch_gpu(gpu)
     _check_finite(vectors)
-    pca = fit_pca(vectors, pca_var=pca_var, pca_dim=pca_dim, seed=seed)
+    pca = fit_pca(vectors, pca_var=pca_var, pca_dim=pca_dim, seed=seed, torch_device=on_torch)
     points = pca.transform(vectors)
     centroids = kmeans(points, k, seed=seed, n_init=n_init,
-                       max_points_per_centroid=max_points_per_centroid, progress=progress)
-    labels, distances = assign(points, centroids, progress=progress and n > BATCH)
+                       max_points_per_centroid=max_points_per_centroid, progress=progress,
+                       gpu=gpu)
+    labels, distances = assign(points, centroids, progress=progress and n > BATCH, gpu=gpu)
+    where = "cpu" if gpu is None else ("all GPUs" if gpu == ALL_GPUS else f"cuda:{gpu}")
+    runtime = f"faiss {where}" + ("" if on_torch is None else f", PCA + seeding torch {on_torch}")
     return ClusterResult(labels, distances, centroids.astype(np.float32), pca,
-                         pca.n_components, pca.explained_variance)
+                         pca.n_components, pca.explained_variance, runtime)

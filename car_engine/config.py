@@ -30,10 +30,21 @@ IQS_TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 IFD_COMPAT_TEMPLATES = {"superfiltering": "none", "cherry": "alpaca"}
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")  # what io.write_table can write
 SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
+# --device: auto (a GPU when every library of the stage can use one, else the CPU), cpu, cuda
+# (GPU 0) or cuda:N. Asking for CUDA and not getting it is an error (exit 5), never a fallback.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DEFAULT_DEVICE = "auto"
 
-# Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md.
-IQS_BATCH = (4, 32)
-EMBED_BATCH = (16, 64)
+# Batch sizes that depend on the device: (CPU, GPU). Measured in benchmarks/RESULTS.md. On a
+# GPU a batch is also cut at a token budget (rows x longest row), which is what sizes it there.
+IQS_BATCH = (4, 1024)
+EMBED_BATCH = (16, 1024)
+GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousands of tokens
+# Precisions left at "auto" follow the device: the CPU's stay what they always were (fp32), a
+# GPU's are the fast ones (IQS fp16, IFD bf16 -- fp32 with TF32 off is the exact option --,
+# embeddings fp16). Not yet measured on a GPU: benchmarks/gpu_check.py measures them.
+AUTO = "auto"
+DEVICE_PRECISION = {"iqs": ("fp32", "fp16"), "ifd": ("fp32", "bf16"), "embed": ("fp32", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 3
 WORKERS = 2  # Ray actors per scoring stage
@@ -46,14 +57,16 @@ class IQSParams:
 
     model: str = DEFAULT_MODEL
     runtime: str = "onnx"
-    precision: str = "fp32"
+    precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: IQS_BATCH for the device
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the scorer loads, a runtime, precision or batch size it cannot take."""
+        parse_device(self.device)
         _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
         precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
-        if self.precision not in precisions:
+        if self.precision not in (AUTO, *precisions):
             raise UsageError(f"--iqs-precision {self.precision}: the {self.runtime} runtime "
                              f"takes {'|'.join(precisions)}")
         _check_at_least("--iqs-batch-size", self.batch_size, 1)
@@ -67,11 +80,13 @@ class IFDParams:
     template: str = "none"
     compat: str | None = None
     max_length: int = 512
-    dtype: str = "fp32"
+    dtype: str = AUTO  # fp32 on CPU, bf16 on GPU (DEVICE_PRECISION)
     batch_tokens: int = 8192
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
+        parse_device(self.device)
         _check_choice("--template", self.template, IFD_TEMPLATES)
         if self.compat is not None:
             _check_choice("--compat", self.compat, IFD_COMPAT)
@@ -79,7 +94,7 @@ class IFDParams:
             if self.template not in ("none", implied):
                 raise UsageError(f"--compat {self.compat} implies --template {implied}, "
                                  f"not '{self.template}'")
-        _check_choice("--ifd-dtype", self.dtype, IFD_DTYPES)
+        _check_choice("--ifd-dtype", self.dtype, (AUTO, *IFD_DTYPES))
         _check_at_least("--max-length", self.max_length, 2)
         _check_at_least("--batch-tokens", self.batch_tokens, 1)
 
@@ -89,13 +104,15 @@ class EmbedParams:
     """The embedding stage: the sentence encoder and its precision."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = "fp32"
+    dtype: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
+    device: str = DEFAULT_DEVICE
 
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
-        _check_choice("--embed-dtype", self.dtype, EMBED_DTYPES)
+        parse_device(self.device)
+        _check_choice("--embed-dtype", self.dtype, (AUTO, *EMBED_DTYPES))
         _check_at_least("--embed-batch-size", self.batch_size, 1)
 
 
@@ -107,9 +124,11 @@ class ClusterParams:
     pca_var: float = 0.95
     pca_dim: int | None = None
     seed: int = 42
+    device: str = DEFAULT_DEVICE  # where FAISS (and the PCA and k-means++ seeding) run
 
     def check(self) -> None:
         """Refuse what no clustering can use; --k against the records is :func:`check_k`."""
+        parse_device(self.device)
         _check_at_least("--k", self.k, 1)
         if not 0 < self.pca_var <= 1:
             raise UsageError(f"--pca-var must be in (0, 1], got {self.pca_var}")
@@ -151,6 +170,7 @@ class RunConfig:
     iqs: IQSParams = field(default_factory=IQSParams)
     ifd: IFDParams = field(default_factory=IFDParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
+    device: str = DEFAULT_DEVICE  # the clustering's; the scoring stages carry their own
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work."""
@@ -192,7 +212,25 @@ class RunConfig:
     @property
     def cluster(self) -> ClusterParams:
         """The clustering part of the run."""
-        return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed)
+        return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed,
+                             device=self.device)
+
+
+def parse_device(device: str | None) -> tuple[str, int | None]:
+    """``(kind, index)`` of a --device value: kind auto|cpu|cuda, index the GPU number of
+    ``cuda:N`` (None for plain ``cuda``, meaning GPU 0); None means auto."""
+    text = DEFAULT_DEVICE if device is None else str(device).strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text, None
+    kind, _, number = text.partition(":")
+    if kind == "cuda" and number.isdigit():
+        return "cuda", int(number)
+    raise UsageError(f"--device {device}: choose from {'|'.join(DEVICES)} (N a GPU number)")
+
+
+def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
+    """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
+    return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
 
 
 def check_limit(limit: int | None) -> None:

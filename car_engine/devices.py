@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from car_engine.errors import UsageError
+from car_engine.config import parse_device
+from car_engine.errors import DeviceError, UsageError
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -23,18 +24,30 @@ def torch_dtype(name: str, allowed: Sequence[str], what: str) -> torch.dtype:
 
 
 def torch_device(device: str | None) -> torch.device:
-    """``device``, or CUDA when present and else the CPU; a CUDA device that is not there is
-    refused."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} asked for, but torch sees "
-                             f"{torch.cuda.device_count()} GPU(s)")
-    return chosen
+    """The torch device for a --device value: ``auto``/None picks CUDA when torch sees a GPU,
+    else the CPU; ``cuda`` or ``cuda:N`` that torch cannot use is a :class:`DeviceError`."""
+    kind, index = parse_device(device)
+    if kind == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise DeviceError(f"--device {device}: torch ({torch.__version__}, {build}) sees no "
+                          "CUDA GPU")
+    count = torch.cuda.device_count()
+    if (index or 0) >= count:
+        raise DeviceError(f"--device {device}: torch sees {count} GPU(s) (cuda:0..cuda:"
+                          f"{count - 1})")
+    return torch.device("cuda", index or 0)
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or ``cuda:N (card name)``, for summaries and logs."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index or 0
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 @functools.cache

@@ -22,7 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, token_batches, tokenize
-from car_engine.config import EMBED_BATCH, EMBED_DTYPES, EMBED_MAX_SEQ_LENGTH, EmbedParams
+from car_engine.config import (
+    EMBED_BATCH,
+    EMBED_DTYPES,
+    EMBED_MAX_SEQ_LENGTH,
+    GPU_BATCH_TOKENS,
+    EmbedParams,
+    resolve_precision,
+)
 from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import ModelError, UsageError
@@ -110,6 +117,10 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
 
         self.device = torch_device(device)
+        dtype = resolve_precision("embed", dtype, self.device.type == "cuda")  # auto: by device
+        # On a GPU the default batch is cut at a token budget, not a count.
+        self.max_tokens = GPU_BATCH_TOKENS if batch_size is None and \
+            self.device.type == "cuda" else None
         if batch_size is None:
             batch_size = EMBED_BATCH[self.device.type != "cpu"]
         if batch_size < 1:
@@ -152,7 +163,7 @@ class Embedder:
         """Row indices of each batch: packed batches of a token budget, or padded ones."""
         if self.packed is not None:
             return token_batches(token_ids, self.batch_size * self.max_seq_length)
-        return length_batches(token_ids, self.batch_size)
+        return length_batches(token_ids, self.batch_size, max_tokens=self.max_tokens)
 
     def _forward(self, token_ids: list[list[int]], rows: np.ndarray) -> torch.Tensor:
         """Unit vectors [len(rows), d] of the texts ``token_ids[rows]``."""

@@ -10,7 +10,8 @@ EXIT_CODES = {
     2: "usage error (bad flags)",
     3: "bad input data (the message names the file and line or item)",
     4: "cannot write output (no space, no permission)",
-    5: "model or checkpoint problem (missing, unsafe or mismatched)",
+    5: "model, device or environment problem (a checkpoint missing, unsafe or mismatched; a "
+       "GPU asked for and not usable; two builds of one package installed)",
     130: "interrupted",
 }
 
@@ -31,6 +32,11 @@ class ModelError(RuntimeError):
     """A model or checkpoint that is missing, unsafe to load, or does not fit."""
 
 
+class DeviceError(RuntimeError):
+    """A device asked for and not usable as asked (no GPU, no CUDA provider, FAISS without GPU
+    support), or an environment that cannot run it (two builds of one package installed)."""
+
+
 class OutputError(RuntimeError):
     """An output path that cannot be used as asked (a file where a folder must be)."""
 
@@ -41,7 +47,7 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
         return 3, str(err)
     if isinstance(err, UsageError):
         return 2, str(err)
-    if isinstance(err, ModelError):
+    if isinstance(err, (ModelError, DeviceError)):
         return 5, str(err)
     if isinstance(err, OutputError):
         return 4, str(err)

@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from car_engine import kernels
 from car_engine.batching import head_ids, pad_batch, token_batches
-from car_engine.config import DEFAULT_MODEL, IFD_DTYPES, IFD_TEMPLATES, IFDParams
+from car_engine.config import (
+    DEFAULT_MODEL,
+    IFD_DTYPES,
+    IFD_TEMPLATES,
+    IFDParams,
+    resolve_precision,
+)
 from car_engine.corpus import RecordsLike, as_records, load_corpus
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import CorpusError, ModelError, UsageError
@@ -243,12 +249,13 @@ class IFDScorer:
         from car_engine.models.llama import PackedCausalLM, supports
         from car_engine.models.registry import load_causal_lm
 
+        self.device = torch_device(device)
+        dtype = resolve_precision("ifd", dtype, self.device.type == "cuda")  # auto: by device
         torch_type = torch_dtype(dtype, IFD_DTYPES, "ifd")
         if batch_tokens < 1:
             raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
         self.template, self.direct_header = resolve_preset(template, compat)
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
-        self.device = torch_device(device)
         warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
         self.model.to(self.device)
@@ -261,6 +268,11 @@ class IFDScorer:
         self.packed = None
         if pack and self.device.type == "cpu" and supports(self.model) is None:
             self.packed = PackedCausalLM(self.model, torch_type)
+        self.gpu = None  # on a GPU: padded, maskless, prefetched batches (car_engine.ifd_gpu)
+        if self.device.type == "cuda":
+            from car_engine.ifd_gpu import PaddedForward
+
+            self.gpu = PaddedForward(self.body, self.head_weight, self.device, self.pad_id)
 
     def encode(self, records: pa.Table) -> list[EncodedPair]:
         """Both passes' token ids for every record (see :func:`encode_pairs`)."""
@@ -311,8 +323,11 @@ class IFDScorer:
         bar = tqdm(total=len(pairs), unit="pair", disable=not progress, desc="ifd")
         bar.update(len(pairs) - len(sequences) // 2)  # records with no score are done already
         start, done_tokens, half_done = time.perf_counter(), 0, 0
-        for batch in plan_batches(sequences, self.batch_tokens, padded=self.packed is None):
-            for seq, loss in zip(batch, self._batch_losses(batch)):
+        batches = plan_batches(sequences, self.batch_tokens, padded=self.packed is None)
+        results = (self.gpu.losses(batches) if self.gpu is not None
+                   else map(self._batch_losses, batches))
+        for batch, batch_losses in zip(batches, results):
+            for seq, loss in zip(batch, batch_losses):
                 losses[seq.record][int(seq.direct)] = loss
             done_tokens += sum(len(s.ids) for s in batch)
             half_done += len(batch)

@@ -186,6 +186,9 @@ def build_report(run_dir: str | Path) -> Path:
                       f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, png in plots)
     params = html.escape(json.dumps({k: cfg[k] for k in ("method", "n1", "n2", "strategy",
                                                             "ifd_frac", "limit")}, indent=1))
+    # Where each stage ran (summary.json "runtimes"; older run folders have none).
+    ran = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape('; '.join(where))}</td>"
+                  "</tr>" for stage, where in summary.get("runtimes", {}).items())
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>car-engine report: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -198,6 +201,7 @@ margin:8px}}img{{max-width:520px}}</style></head><body>
 (every record, with why), rejected.jsonl.</p>
 <h2>Counts</h2><table>{rows}</table>
 <h2>Parameters</h2><pre>{params}</pre>
+<h2>Devices and runtimes</h2><table>{ran}</table>
 <h2>Plots</h2>{figures}
 <h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
 </body></html>"""

@@ -47,10 +47,15 @@ class IQSWorker(Worker):
         from car_engine.iqs import IQSScorer
 
         self.scorer = IQSScorer.load(params.model, runtime=params.runtime,
-                                     precision=params.precision, batch_size=params.batch_size)
+                                     precision=params.precision, batch_size=params.batch_size,
+                                     device=params.device)
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
+
+    def describe(self) -> str:
+        """Runtime, device and precision the shards ran on."""
+        return self.scorer.describe()
 
     @classmethod
     def model_files(cls, params: IQSParams) -> list[Path]:
@@ -77,10 +82,18 @@ class IFDWorker(Worker):
 
         self.scorer = IFDScorer(params.model, template=params.template, compat=params.compat,
                                 max_length=params.max_length, dtype=params.dtype,
-                                batch_tokens=params.batch_tokens)
+                                batch_tokens=params.batch_tokens, device=params.device)
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
+
+    def describe(self) -> str:
+        """Device and precision the shards ran on."""
+        from car_engine.devices import describe_device
+
+        scorer = self.scorer
+        body = "packed" if scorer.packed is not None else "transformers"
+        return f"torch {describe_device(scorer.device)} {scorer.dtype} ({body} forward)"
 
     @classmethod
     def model_files(cls, params: IFDParams) -> list[Path]:
@@ -99,7 +112,15 @@ class EmbedWorker(Worker):
         from car_engine.embed import Embedder
 
         self.embedder = Embedder(params.model, batch_size=params.batch_size, dtype=params.dtype,
-                                 compile=params.compile)
+                                 compile=params.compile, device=params.device)
+
+    def describe(self) -> str:
+        """Device and precision the shards ran on."""
+        from car_engine.devices import describe_device
+
+        embedder = self.embedder
+        body = "packed" if getattr(embedder, "packed", None) is not None else "transformers"
+        return f"torch {describe_device(embedder.device)} {embedder.dtype} ({body} forward)"
 
     def __call__(self, records: pa.Table) -> np.ndarray:
         from car_engine.corpus import pair_texts

@@ -86,6 +86,30 @@ def test_triton_matches_cross_entropy(triton_results, name):
     assert torch.isnan(means).tolist() == [b == 0 for b in CASES[name][4]]
 
 
+SPLIT_CASES = {"fp32-odd-vocab": 2, "bf16-many-segments": 4, "fp32-n1": 3}
+
+
+@pytest.mark.parametrize("name", SPLIT_CASES)
+def test_triton_vocabulary_splits_merge_exactly(triton_results, name):
+    """The 2-D grid: the vocabulary cut into splits whose partial log-sum-exps are merged."""
+    case = make_case(name)
+    nll = triton_results[f"{name}/splits"]
+    want_nll, _ = expected(case, exact_logits(case))
+    close(nll, want_nll, TOLERANCE[CASES[name][0]])
+    close(nll, triton_results[name][0], 1e-5)  # the same as one split, to rounding
+
+
+def test_vocab_split_fills_the_gpu_and_aligns():
+    from car_engine.kernels import cross_entropy as plan
+
+    cpu = torch.device("cpu")
+    size, splits = plan.vocab_split(1, 49152, cpu)
+    assert size % plan.SPLIT_ALIGN == 0 and (splits - 1) * size < 49152 <= splits * size
+    assert splits > 1  # one token: the vocabulary is what spreads over the SMs
+    assert plan.vocab_split(16384, 49152, cpu)[1] == 1  # many tokens fill the SMs alone
+    assert plan.vocab_split(5, 301, cpu, splits=2) == (256, 2)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_torch_matches_cross_entropy(name):
     case = make_case(name)
@@ -145,6 +169,12 @@ def _run_triton_cases(folder: Path) -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     cases = torch.load(folder / "cases.pt")
     results = {name: kernels.linear_cross_entropy(**case) for name, case in cases.items()}
+    from car_engine.kernels import cross_entropy
+
+    for name, splits in SPLIT_CASES.items():
+        case = cases[name]
+        results[f"{name}/splits"] = cross_entropy.token_nll(
+            case["hidden"], case["weight"], case["targets"], splits=splits)
     torch.save(results, folder / "results.pt")
 
 

@@ -20,6 +20,7 @@ class ShardJob:
 
     source: str
     target: str
+    runtime: str = ""  # where the worker ran it (its describe()), once done
 
 
 def process_shard(worker: Callable[[pa.Table], Any], job: ShardJob) -> ShardJob:
@@ -37,7 +38,8 @@ def process_shard(worker: Callable[[pa.Table], Any], job: ShardJob) -> ShardJob:
             raise RuntimeError(f"{job.source}: worker returned {result.num_rows} rows "
                                f"for {records.num_rows} records")
         write_parquet(job.target, result)
-    return job
+    describe = getattr(worker, "describe", None)
+    return ShardJob(job.source, job.target, describe() if describe is not None else "")
 
 
 class Backend:

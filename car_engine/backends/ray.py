@@ -8,6 +8,7 @@ be on storage every node sees (a shared filesystem), since actors read and write
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,16 @@ from car_engine.errors import UsageError
 from car_engine.workers import Worker
 
 
+def gpu_fraction(gpus: float, workers: int) -> float:
+    """The GPU share each of ``workers`` actors asks for so that all of them fit on ``gpus``
+    whole GPUs: ``1 / ceil(workers / gpus)`` (at most 1; 0 without GPUs). ``gpus / workers``
+    is 0.667 for 2 GPUs and 3 workers, and only 2 such actors fit: the third never starts."""
+    whole = int(gpus)  # Ray packs fractions within one GPU; a fraction of a GPU holds none
+    if whole < 1:
+        return 0.0
+    return 1.0 / math.ceil(max(1, workers) / whole)
+
+
 class _ShardActor:
     """A Ray actor: builds the stage worker once, then processes batches of shard jobs."""
 
@@ -27,9 +38,9 @@ class _ShardActor:
         self.worker = worker(params)
 
     def __call__(self, batch: dict) -> dict:
-        for source, target in zip(batch["source"], batch["target"]):
-            process_shard(self.worker, ShardJob(str(source), str(target)))
-        return {"source": batch["source"], "target": batch["target"]}
+        runtimes = [process_shard(self.worker, ShardJob(str(source), str(target))).runtime
+                    for source, target in zip(batch["source"], batch["target"])]
+        return {"source": batch["source"], "target": batch["target"], "runtime": runtimes}
 
 
 class RayBackend(Backend):
@@ -51,9 +62,8 @@ class RayBackend(Backend):
         ctx.enable_progress_bars = False
 
     def gpu_fraction(self) -> float:
-        """Each actor's share of a GPU: the cluster's GPUs spread over the actors, at most 1."""
-        gpus = self.ray.cluster_resources().get("GPU", 0)
-        return min(1.0, gpus / self.workers) if gpus else 0.0
+        """Each actor's share of a GPU (see :func:`gpu_fraction`)."""
+        return gpu_fraction(self.ray.cluster_resources().get("GPU", 0), self.workers)
 
     def map_shards(self, worker: type[Worker], params: Any, jobs: Sequence[ShardJob],
                    on_done: Callable[[ShardJob], None]) -> None:
@@ -75,7 +85,7 @@ class RayBackend(Backend):
         )
         for row in tqdm(done.iter_rows(), total=len(items), desc=f"{worker.stage} (ray)",
                         unit="shard", disable=not self.progress):
-            on_done(ShardJob(str(row["source"]), str(row["target"])))
+            on_done(ShardJob(str(row["source"]), str(row["target"]), str(row["runtime"])))
 
     def topk_lists(self, score_shards: Sequence[Any], k: int) -> list:
         """Per-shard top-k lists computed by Ray tasks: [(scores, global ids), ...]."""

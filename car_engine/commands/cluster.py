@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-init", type=int, default=KMEANS_RESTARTS,
                    help="k-means++ restarts; the best is run to convergence "
                    f"(default {KMEANS_RESTARTS})")
+    options.add_device(p)
     p.set_defaults(func=run)
 
 
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from car_engine.io import write_table
 
     check_table_out(args.out)
-    ClusterParams(k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed).check()
+    ClusterParams(k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
+                  device=args.device).check()
     if args.n_init < 1:
         raise UsageError(f"--n-init must be >= 1, got {args.n_init}")
     vectors = _load(args.embeddings)  # --k against the vectors: cluster() checks it first
@@ -78,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
         raise CorpusError(f"{ids_path(args.embeddings)}: {len(ids)} ids for "
                           f"{vectors.shape[0]} vectors")
     result = cluster(vectors, k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim,
-                     seed=args.seed, n_init=args.n_init, progress=sys.stderr.isatty())
+                     seed=args.seed, n_init=args.n_init, progress=sys.stderr.isatty(),
+                     device=args.device)
     write_table(args.out, pa.table({"id": pa.array(ids, pa.string()),
                                     "cluster": result.labels, "distance": result.distances}))
     print(f"wrote {len(ids)} rows to {args.out}: k = {result.k}, PCA {vectors.shape[1]} -> "
           f"{result.n_components} dims ({result.explained_variance:.1%} of the variance), "
-          f"inertia {result.inertia:.6g}")
+          f"inertia {result.inertia:.6g} ({result.runtime})")
     return 0

@@ -7,7 +7,7 @@ import json
 import sys
 
 from car_engine.commands import options
-from car_engine.config import DEFAULT_MODEL, IQS_PRECISIONS, IQSParams
+from car_engine.config import DEFAULT_MODEL, DEVICE_PRECISION, IQS_PRECISIONS, IQSParams
 
 
 def register(subparsers) -> None:
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     export.add_argument("--iqs-model", "--model", dest="iqs_model", default=IQSParams.model,
                         help=options.IQS_MODEL_HELP)
     export.add_argument("--iqs-precision", "--precision", dest="iqs_precision",
-                        default=IQSParams.precision, choices=IQS_PRECISIONS,
+                        default=DEVICE_PRECISION["iqs"][0], choices=IQS_PRECISIONS,
                         help="fp32; fp16 (GPUs); int8 dynamic quantization (CPUs)")
     export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     export.set_defaults(func=run_export)

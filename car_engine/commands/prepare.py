@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def _torch_sees_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(args: argparse.Namespace) -> int:
     """Prepare every default model, saying where each one is."""
     from car_engine.iqs import IQSScorer
@@ -35,7 +41,12 @@ def main(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     folder = causal_lm_path(DEFAULT)  # converts the GGUF the first time
     print(f"ifd: SmolLM2-135M-Instruct at {folder} ({time.perf_counter() - began:.0f} s)")
-    for precision in IQS_PRECISIONS:
+    from car_engine.iqs.onnx import expects_gpu
+
+    # On a GPU machine (onnxruntime-gpu and a GPU torch sees) the fp16 graph is the default
+    # IQS precision there: export it now too.
+    gpu = expects_gpu("auto") and _torch_sees_gpu()
+    for precision in (*IQS_PRECISIONS, "fp16") if gpu else IQS_PRECISIONS:
         began = time.perf_counter()
         scorer = IQSScorer.load(DEFAULT, runtime="onnx", precision=precision)
         print(f"iqs {precision}: {scorer.describe()} ({time.perf_counter() - began:.0f} s)")

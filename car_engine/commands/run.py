@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=WORKERS,
                    help=f"ray: actors per scoring stage (default {WORKERS})")
     options.add_quiet(p)
+    options.add_device(p)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--score-cache", metavar="DIR",
@@ -55,7 +56,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         strict=args.strict, dedup=not args.no_dedup, shard_size=args.shard_size, k=args.k,
         pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
         iqs=options.iqs_params(args), ifd=options.ifd_params(args),
-        embed=options.embed_params(args),
+        embed=options.embed_params(args), device=options.device_of(args),
     )
     cfg.check()
     return cfg

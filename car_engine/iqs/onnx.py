@@ -4,7 +4,7 @@ with ONNX Runtime.
 - fp32: the exported graph, with ONNX Runtime's transformer fusions (attention, layer
   norm, GELU) applied offline when they load cleanly.
 - fp16: for GPUs; weights and activations in half precision, inputs/outputs kept as they
-  are (int64 ids in, fp32 score out), normalisation kept in fp32.
+  are (int64 ids in, fp32 score out); normalisation runs in fp16 too (see to_fp16).
 - int8: dynamic quantization of the MatMul weights, for CPUs.
 Files are cached next to the model's weights (or in the cache folder when that is not
 writable) and re-exported when the weights change.
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from car_engine.config import IQS_PRECISIONS
-from car_engine.errors import ModelError, UsageError
+from car_engine.config import IQS_PRECISIONS, parse_device
+from car_engine.environment import check_one_build
+from car_engine.errors import DeviceError, ModelError, UsageError
 from car_engine.io import atomic_path
 from car_engine.iqs.model import IQSModel, masked_mean
 from car_engine.models.registry import cache_dir
@@ -105,7 +106,9 @@ def to_fp16(src: Path, out: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # ONNX Runtime's default block list keeps numerically touchy ops in fp32.
+    # ONNX Runtime's default op block list (which holds no normalisation op). Adding the fused
+    # SkipLayerNormalization to it gave a graph ONNX Runtime refuses to load (its inputs bound
+    # to fp16 and fp32 at once), so the layer norms run in fp16 like the rest.
     graph = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(graph, str(out))
     return out
@@ -154,6 +157,7 @@ def export(model: IQSModel, out: str | os.PathLike, precision: str = "fp32",
 def weights_fingerprint(paths: list[Path], extra: str = "") -> str:
     """A short hash of the weight files (path, size, mtime) and library versions, used to
     tell a stale cached export from a current one."""
+    check_one_build("onnxruntime")  # before the first import of it on every export path
     import onnxruntime
     import transformers
 
@@ -206,34 +210,57 @@ def ensure_export(model_loader: Callable[[], IQSModel], weights: Path, precision
     return path
 
 
-def providers(device: str | None = None) -> list[str]:
-    """Execution providers: CUDA first when present (and not asked for CPU), then CPU."""
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def providers(device: str | None = None) -> list[Any]:
+    """Execution providers for a --device value: ``cpu`` the CPU; ``cuda``/``cuda:N`` the CUDA
+    provider on GPU N (``device_id``), an error when this onnxruntime has none; ``auto``/None
+    CUDA when this onnxruntime has it, else the CPU."""
+    check_one_build("onnxruntime")
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    if device and device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-        raise ModelError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
-                         "(pip install onnxruntime-gpu)")
-    chosen = []
-    if "CUDAExecutionProvider" in available and (device is None or device.startswith("cuda")):
-        chosen.append("CUDAExecutionProvider")
-    return chosen + ["CPUExecutionProvider"]
+    kind, index = parse_device(device)
+    has_cuda = CUDA_PROVIDER in ort.get_available_providers()
+    if kind == "cuda" and not has_cuda:
+        raise DeviceError(f"--device {device}: onnxruntime {ort.__version__} has no "
+                          "CUDAExecutionProvider (pip install 'car-engine[gpu]', which "
+                          "installs onnxruntime-gpu in place of onnxruntime)")
+    if kind == "cpu" or not has_cuda:
+        return [CPU_PROVIDER]
+    return [(CUDA_PROVIDER, {"device_id": index or 0}), CPU_PROVIDER]
+
+
+def expects_gpu(device: str | None) -> bool:
+    """Whether ONNX Runtime will be asked to run on a GPU for ``device`` (what ``auto``
+    precision follows; a provider that then fails to load is :class:`OrtRunner`'s to catch)."""
+    return providers(device)[0] != CPU_PROVIDER
 
 
 class OrtRunner:
-    """Runs an exported scorer: ``runner(input_ids, attention_mask) -> scores`` (numpy)."""
+    """Runs an exported scorer: ``runner(input_ids, attention_mask) -> scores`` (numpy).
+
+    ONNX Runtime answers a CUDA provider that fails to load (no CUDA or cuDNN libraries, no
+    GPU) by running on the CPU with a warning; asked for ``cuda`` that is refused here
+    (:class:`DeviceError`), and under ``auto`` the provider that really runs is recorded."""
 
     def __init__(self, path: str | os.PathLike, device: str | None = None) -> None:
         import onnxruntime as ort
 
+        wanted = providers(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+            self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own error types
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {err}") from None
         self.provider = self.session.get_providers()[0]
-        self.on_gpu = self.provider != "CPUExecutionProvider"
+        if parse_device(device)[0] == "cuda" and self.provider != CUDA_PROVIDER:
+            raise DeviceError(f"--device {device}: onnxruntime's CUDAExecutionProvider did not "
+                              f"load (it runs on {self.provider}); check that the CUDA and "
+                              "cuDNN libraries onnxruntime-gpu needs are installed")
+        self.on_gpu = self.provider == CUDA_PROVIDER
+        self.device_id = int(wanted[0][1]["device_id"]) if self.on_gpu else None
         self.path = Path(path)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -242,7 +269,13 @@ class OrtRunner:
 
     def describe(self) -> str:
         """Which file and execution provider score."""
-        return f"onnxruntime {self.provider} {self.path.name}"
+        where = f" cuda:{self.device_id}" if self.on_gpu else ""
+        return f"onnxruntime {self.provider}{where} {self.path.name}"
+
+    @property
+    def device(self) -> str:
+        """Where it runs: ``cpu`` or ``cuda:N``."""
+        return f"cuda:{self.device_id}" if self.on_gpu else "cpu"
 
 
 def export_info(path: Path) -> str:

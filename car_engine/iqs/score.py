@@ -19,18 +19,20 @@ from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, tokenize
 from car_engine.config import (
+    GPU_BATCH_TOKENS,
     IQS_BATCH,
     IQS_PRECISIONS,
     IQS_RUNTIMES,
     IQS_TORCH_PRECISIONS,
     IQSParams,
+    resolve_precision,
 )
 from car_engine.corpus import RecordsLike, as_records, pair_texts
 from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError
 from car_engine.iqs.checkpoint import load_comet_checkpoint
 from car_engine.iqs.model import IQSModel
-from car_engine.iqs.onnx import OrtRunner, ensure_export
+from car_engine.iqs.onnx import OrtRunner, ensure_export, expects_gpu
 from car_engine.iqs.store import WEIGHTS_FILE, load_model, resolve_model_dir
 from car_engine.models.registry import DEFAULT
 
@@ -70,9 +72,11 @@ class Runner(Protocol):
 class TorchRunner:
     """Eager PyTorch scoring (the reference): ``runner(input_ids, attention_mask) -> scores``."""
 
-    def __init__(self, model: IQSModel, device: str | None = None, precision: str = "fp32"):
-        self.dtype = torch_dtype(precision, IQS_TORCH_PRECISIONS, "iqs --runtime torch")
+    def __init__(self, model: IQSModel, device: str | None = None,
+                 precision: str = IQSParams.precision):
         self.device = torch_device(device)
+        precision = resolve_precision("iqs", precision, self.device.type == "cuda")
+        self.dtype = torch_dtype(precision, IQS_TORCH_PRECISIONS, "iqs --runtime torch")
         self.model = model.to(self.device).eval()
         self.on_gpu = self.device.type == "cuda"
 
@@ -95,8 +99,11 @@ class IQSScorer:
 
     def __init__(self, runner: Runner, tokenizer: Any,
                  max_length: int, batch_size: int | None = None) -> None:
+        # On a GPU the default batch is cut at a token budget, not a count.
+        on_gpu = getattr(runner, "on_gpu", False)
+        self.max_tokens = GPU_BATCH_TOKENS if on_gpu and batch_size is None else None
         if batch_size is None:
-            batch_size = GPU_BATCH if getattr(runner, "on_gpu", False) else CPU_BATCH
+            batch_size = GPU_BATCH if on_gpu else CPU_BATCH
         if batch_size < 1:
             raise UsageError("batch_size must be at least 1")
         self.runner, self.tokenizer = runner, tokenizer
@@ -116,6 +123,7 @@ class IQSScorer:
             iqs, tokenizer = load_any(model)
             return cls(TorchRunner(iqs, device, precision), tokenizer, iqs.config.max_length,
                        batch_size)
+        precision = resolve_precision("iqs", precision, expects_gpu(device))
         if precision not in IQS_PRECISIONS:
             raise UsageError(f"onnx precision must be one of {IQS_PRECISIONS}, not {precision!r}")
         loaded: dict = {}
@@ -141,7 +149,7 @@ class IQSScorer:
         token_ids = tokenize(self.tokenizer, texts, self.max_length)
         scores = np.empty(len(texts), dtype=np.float64)
         with tqdm(total=len(texts), desc="iqs", unit="pair", disable=not progress) as bar:
-            for idx in length_batches(token_ids, self.batch_size):
+            for idx in length_batches(token_ids, self.batch_size, max_tokens=self.max_tokens):
                 ids, mask = pad_batch(token_ids, idx, self.pad_id)
                 scores[idx] = self.runner(ids, mask)
                 bar.update(len(idx))

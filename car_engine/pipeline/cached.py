@@ -57,13 +57,15 @@ class _Pending:
 
 
 def run_cached(worker: type[Worker], params: Any, stage: StageDir, shards: list[tuple[Path, str]],
-               root: Path, backend: Backend) -> None:
+               root: Path, backend: Backend) -> set[str]:
     """Produce each ``(records file, output name)`` of ``shards`` in ``stage`` through the
-    score cache at ``root``; each output's manifest entry says how many rows were cached."""
+    score cache at ``root``; each output's manifest entry says how many rows were cached.
+    Returns where the computed parts ran (device, runtime, precision)."""
     cache = ScoreCache(root, worker.stage, scorer_fingerprint(worker, params, root))
     for leftover in [*stage.path.glob("todo-*"), *stage.path.glob("part-*")]:
         leftover.unlink()  # of a run killed mid-stage (the run lock is ours)
     jobs: list[ShardJob] = []
+    runtimes: set[str] = set()
     pending: dict[str, _Pending] = {}
     for source, output in shards:
         records = pq.read_table(source)
@@ -89,8 +91,11 @@ def run_cached(worker: type[Worker], params: Any, stage: StageDir, shards: list[
                         computed=int((~shard.found).sum()))
         Path(job.source).unlink()
         Path(job.target).unlink()
+        if job.runtime:
+            runtimes.add(job.runtime)
 
     backend.map_shards(worker, params, jobs, land)
+    return runtimes
 
 
 def _load(path: Path) -> pa.Table | np.ndarray:

@@ -114,7 +114,12 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:
         counts["clusters"] = int(clusters.info["k"])
     config = json.loads(json.dumps(asdict(cfg), default=str))
-    summary = {"method": cfg.method, "counts": counts, "config": config}
+    # Where every stage ran (device, runtime, precision), as its workers reported it.
+    ran = {name: stage.info.get("runtimes", []) for name, stage in
+           (("iqs", iqs), ("ifd", ifd), ("cluster", clusters)) if stage is not None}
+    if clusters is not None:  # the embedding stage is seen through the clusters made from it
+        ran["embed"] = clusters.info.get("embed_runtimes", [])
+    summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}
     if score_cache is not None:
         summary["score_cache"] = score_cache
     write_json(run_dir / "summary.json", summary)

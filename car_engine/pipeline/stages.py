@@ -91,16 +91,22 @@ def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path
                for s in read.info["shards"]]
     todo = [(read.file(src), out) for src, out in zip(read.info["shards"], outputs)
             if not stage.is_done(out)]
+    runtimes: set[str] = set()  # where each shard ran (device, runtime, precision)
     if cache is not None:
         from car_engine.pipeline.cached import run_cached
 
-        run_cached(worker, params, stage, todo, cache, backend)
+        runtimes = run_cached(worker, params, stage, todo, cache, backend)
     else:
+        def done(job: ShardJob) -> None:
+            stage.mark_done(Path(job.target).name)
+            if job.runtime:
+                runtimes.add(job.runtime)
+
         jobs = [ShardJob(str(src), str(stage.file(out))) for src, out in todo]
-        backend.map_shards(worker, params, jobs,
-                           lambda job: stage.mark_done(Path(job.target).name))
+        backend.map_shards(worker, params, jobs, done)
     counts = [stage.facts(out) for out in outputs]
-    stage.mark_complete(shards=outputs, cached=sum(c.get("cached", 0) for c in counts),
+    stage.mark_complete(shards=outputs, runtimes=sorted(runtimes),
+                        cached=sum(c.get("cached", 0) for c in counts),
                         computed=sum(c.get("computed", n) for c, n in
                                      zip(counts, read.info["sizes"])))
     return stage
@@ -129,14 +135,16 @@ def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig
         del vectors
     vectors = np.load(stage.file("embeddings.npy"), mmap_mode="r")
     result = cluster(np.asarray(vectors), k=cfg.k, pca_var=cfg.pca_var, pca_dim=cfg.pca_dim,
-                     seed=cfg.seed, progress=progress)
+                     seed=cfg.seed, progress=progress, device=cfg.device)
     table = pa.table({"cluster": pa.array(result.labels, pa.int64()),
                       "distance": pa.array(result.distances, pa.float32())})
     write_parquet(stage.file("clusters.parquet"), table)
     for name in ("embeddings.npy", "clusters.parquet"):
         stage.mark_done(name)
     stage.mark_complete(k=int(result.centroids.shape[0]), n_components=int(result.n_components),
-                        explained_variance=float(result.explained_variance))
+                        explained_variance=float(result.explained_variance),
+                        runtimes=[result.runtime],
+                        embed_runtimes=embed.info.get("runtimes", []))  # for summary.json
     return stage
 
 
