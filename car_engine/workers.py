@@ -62,6 +62,25 @@ class IFDWorker(Worker):
         return self.scorer.score(records, progress=False)
 
 
+class PreWorker(Worker):
+    """Instruction perplexity and sentence vector of a shard (Cherry's pre-experience pass,
+    SPEC §8), on the IFD model: columns car_engine.pre_experience.PRE_COLUMNS."""
+
+    stage = "pre"
+
+    def __init__(self, params: IFDParams) -> None:
+        from car_engine.ifd import IFDScorer
+
+        self.scorer = IFDScorer(params.model, template=params.template, compat=params.compat,
+                                max_length=params.max_length, dtype=params.dtype,
+                                batch_tokens=params.batch_tokens)
+
+    def __call__(self, records: pa.Table) -> pa.Table:
+        from car_engine.pre_experience import instruction_pass, pre_table
+
+        return pre_table(records, instruction_pass(self.scorer, records, progress=False))
+
+
 class EmbedWorker(Worker):
     """Unit sentence embeddings (float32 rows in the shard's order) of the SPEC §1 text."""
 

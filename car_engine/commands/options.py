@@ -26,6 +26,7 @@ from car_engine.config import (
     EmbedParams,
     IFDParams,
     IQSParams,
+    PreParams,
     SelectParams,
 )
 from car_engine.errors import CorpusError
@@ -128,6 +129,32 @@ def add_cluster_flags(group: Group) -> None:
                        help="keep exactly this many components instead")
     group.add_argument("--seed", type=int, default=ClusterParams.seed,
                        help=f"random seed (default {ClusterParams.seed})")
+
+
+def add_pre_flags(group: Group) -> None:
+    """--pre-k, --pre-per-cluster, --pre-percentiles (Cherry's pre-experience, SPEC §8)."""
+    group.add_argument("--pre-k", type=int, default=PreParams.k,
+                       help=f"pre-experience: k-means clusters of the instruction vectors "
+                       f"(default {PreParams.k})")
+    group.add_argument("--pre-per-cluster", type=int, default=PreParams.per_cluster,
+                       help="pre-experience: records drawn from each cluster "
+                       f"(default {PreParams.per_cluster})")
+    group.add_argument("--pre-percentiles", default=f"{PreParams.low:g},{PreParams.high:g}",
+                       metavar="LOW,HIGH", help="pre-experience: the perplexity band each "
+                       f"cluster draws from (default {PreParams.low:g},{PreParams.high:g})")
+
+
+def pre_params(args: argparse.Namespace) -> PreParams:
+    """The PreParams the flags describe (--pre-percentiles is two numbers, LOW,HIGH)."""
+    from car_engine.errors import UsageError
+
+    parts = str(args.pre_percentiles).split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--pre-percentiles {args.pre_percentiles}: give two numbers, "
+                         "LOW,HIGH (e.g. 25,75)") from None
+    return PreParams(k=args.pre_k, per_cluster=args.pre_per_cluster, low=low, high=high)
 
 
 def add_quiet(group: Group) -> None:
