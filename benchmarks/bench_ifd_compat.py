@@ -9,7 +9,7 @@ ifd`, which bench_ifd.run appends).
 - ``ifd-pre-experience``: the instruction-only pass (batched, packed) against the batch-1
   forward with all hidden states that Cherry's ``data_analysis.py --mod pre`` runs.
 
-    python -m benchmarks.bench_ifd_compat [--quick] [--n N]
+    python -m benchmarks.bench_ifd_compat [--quick] [--n N] [--only superfiltering,...]
 """
 
 from __future__ import annotations
@@ -89,15 +89,21 @@ def _pre_row(records: pa.Table, max_length: int) -> dict:
                max_length=max_length, target_speedup=TARGETS["ifd-pre-experience"])
 
 
-def run(quick: bool = False, n: int | None = None) -> list[dict]:
+ROWS = (*MODES, "pre-experience")
+
+
+def run(quick: bool = False, n: int | None = None, only: tuple[str, ...] = ROWS
+        ) -> list[dict]:
     """The compat rows on ``n`` pairs (96: Cherry scores about half of ShareGPT's pairs at
-    512 tokens, so >= 48 of them) and the pre-experience row on 4n instructions."""
+    512 tokens, so >= 48 of them) and the pre-experience row on 4n instructions (``only``:
+    some of ROWS)."""
     n = n or (16 if quick else 96)
     max_length = 128 if quick else 512
     corpus = load_corpus("builtin:sharegpt", limit=4 * n + 20).records
     records = corpus.slice(0, n)
-    rows = [_compat_row(compat, records, max_length) for compat in MODES]
-    rows.append(_pre_row(corpus.slice(0, 4 * n), max_length))
+    rows = [_compat_row(compat, records, max_length) for compat in MODES if compat in only]
+    if "pre-experience" in only:
+        rows.append(_pre_row(corpus.slice(0, 4 * n), max_length))
     return rows
 
 
@@ -106,9 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 pairs at max length 128")
     parser.add_argument("--n", type=int, help="number of pairs (default 96)")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run (of {ROWS})")
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n)
+    rows = run(quick=args.quick, n=args.n, only=tuple(args.only.split(",")))
     print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
     print(format_table(rows))
 

