@@ -93,7 +93,8 @@ def test_select_and_run_draw_the_subset(tmp_path, small_corpus):
 
     run_dir = tmp_path / "run"
     assert main(["run", str(small_corpus), "--method", "pre-experience", "--out", str(run_dir),
-                 "--no-report", *common]) == 0
+                 *common]) == 0
+    assert "instruction_ppl" in (run_dir / "report.html").read_text()
     scores = pq.read_table(run_dir / "scores.parquet")
     assert {"instruction_ppl", "cluster", "why"} <= set(scores.column_names)
     selected = [json.loads(line) for line in (run_dir / "selected.jsonl").read_text()
