@@ -92,13 +92,13 @@ def _pre_row(records: pa.Table, max_length: int) -> dict:
 ROWS = (*MODES, "pre-experience")
 
 
-def run(quick: bool = False, n: int | None = None, only: tuple[str, ...] = ROWS
-        ) -> list[dict]:
+def run(quick: bool = False, n: int | None = None, only: tuple[str, ...] = ROWS,
+        max_length: int | None = None) -> list[dict]:
     """The compat rows on ``n`` pairs (96: Cherry scores about half of ShareGPT's pairs at
     512 tokens, so >= 48 of them) and the pre-experience row on 4n instructions (``only``:
     some of ROWS)."""
     n = n or (16 if quick else 96)
-    max_length = 128 if quick else 512
+    max_length = max_length or (128 if quick else 512)
     corpus = load_corpus("builtin:sharegpt", limit=4 * n + 20).records
     records = corpus.slice(0, n)
     rows = [_compat_row(compat, records, max_length) for compat in MODES if compat in only]
@@ -113,9 +113,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 pairs at max length 128")
     parser.add_argument("--n", type=int, help="number of pairs (default 96)")
     parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run (of {ROWS})")
+    parser.add_argument("--max-length", type=int, help="IFD max length (default 512)")
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n, only=tuple(args.only.split(",")))
+    rows = run(quick=args.quick, n=args.n, only=tuple(args.only.split(",")),
+               max_length=args.max_length)
     print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
     print(format_table(rows))
 
