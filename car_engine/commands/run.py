@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help=options.CORPUS_HELP)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder")
     p.add_argument("--method", choices=METHODS, default=RunConfig.method,
-                   help="car (IQS + clusters), ifd, or car+ifd (CaR after dropping IFD >= 1)")
+                   help="car (IQS + clusters), ifd, car+ifd (CaR after dropping IFD >= 1), or "
+                   "pre-experience (Cherry LLM's first step: k-means on instruction vectors, "
+                   "a few records of middle perplexity per cluster)")
     options.add_selection_flags(p)
     options.add_limit(p)
     p.add_argument("--strict", action="store_true", help="stop at the first bad item")
@@ -41,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--no-score-cache", action="store_true",
                        help="score every record, keeping nothing for later runs")
     options.add_cluster_flags(p.add_argument_group("clustering"))
+    options.add_pre_flags(p.add_argument_group("pre-experience"))
     models = p.add_argument_group("models")
     options.add_iqs_flags(models)
     options.add_embed_flags(models)
@@ -56,7 +59,8 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         strict=args.strict, dedup=not args.no_dedup, shard_size=args.shard_size, k=args.k,
         pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
         iqs=options.iqs_params(args), ifd=options.ifd_params(args),
-        embed=options.embed_params(args), device=options.device_of(args),
+        embed=options.embed_params(args), pre=options.pre_params(args),
+        device=options.device_of(args),
     )
     cfg.check()
     return cfg

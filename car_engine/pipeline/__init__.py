@@ -12,6 +12,8 @@ Methods (the rules live in car_engine.select):
 - ``car+ifd``: CaR where records with IFD >= 1 are dropped first (their instruction does not
   help the model predict the answer); IQS then ranks what is left. Records IFD could not
   score (e.g. no room for the answer) stay eligible on IQS alone.
+- ``pre-experience``: Cherry LLM's first step (SPEC §8): the instruction-only pass on the IFD
+  model, k-means on its vectors, a few records from each cluster's middle perplexity band.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from car_engine.errors import CorpusError
 from car_engine.pipeline.outputs import write_outputs
 from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
-from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker
+from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker, PreWorker
 
 
 @dataclass
@@ -96,10 +98,13 @@ def run(
             if cfg.uses_car:
                 embed = shard_stage(EmbedWorker, cfg.embed, read, run_dir, runner, cache)
                 clusters = cluster_stage(embed, read, run_dir, cfg, progress)
+            pre = (shard_stage(PreWorker, cfg.ifd, read, run_dir, runner, cache)
+                   if cfg.uses_pre else None)
             cached = {"folder": None if cache is None else str(cache),
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
-                         for s in (iqs, ifd, embed) if s is not None}}
-            counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached)
+                         for s in (iqs, ifd, embed, pre) if s is not None}}
+            counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
+                                   pre=pre)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)

@@ -20,6 +20,7 @@ from car_engine.rundir import StageDir, take_records
 from car_engine.select import (
     Selection,
     attach,
+    ifd_rule,
     picked_rows,
     scored_ifd,
     select_car,
@@ -27,12 +28,14 @@ from car_engine.select import (
     select_ifd,
 )
 
-PICK_SCORE_COLUMNS = ("iqs", "ifd_ppl", "ifd_loss", "cluster")
+PICK_SCORE_COLUMNS = ("iqs", "ifd_ppl", "ifd_loss", "instruction_ppl", "cluster")
 
 
 def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
-                 clusters: StageDir | None) -> pa.Table:
-    """One row per record, in input order: id, position, every score, cluster."""
+                 clusters: StageDir | None, pre: StageDir | None = None,
+                 cfg: RunConfig | None = None) -> pa.Table:
+    """One row per record, in input order: id, position, every score, cluster (with ``pre``:
+    the instruction perplexity and the k-means cluster of the instruction vectors)."""
     table = records_columns(read, ["id", "position", "content_hash"])
     if iqs is not None:
         table = attach(table, concat_shards(iqs), ["iqs"], "iqs stage", required=True)
@@ -43,6 +46,8 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
         named = ["ifd_status" if c == "status" else c for c in IFD_COLUMNS]
         ifd_table = concat_shards(ifd).rename_columns(named)
         table = attach(table, ifd_table, named[1:], "ifd stage", required=True)
+    if pre is not None:
+        table = _with_pre_clusters(table, concat_shards(pre), cfg or RunConfig())
     if clusters is not None:
         cl = pq.read_table(clusters.file("clusters.parquet"))
         table = table.append_column("cluster", cl["cluster"]).append_column(
@@ -50,12 +55,33 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     return table
 
 
+def _with_pre_clusters(table: pa.Table, pre: pa.Table, cfg: RunConfig) -> pa.Table:
+    """The pre-experience columns joined by id, and each record's k-means cluster of the
+    instruction vectors (k = --pre-k, seeded by --seed)."""
+    from car_engine.pre_experience import cluster_labels
+
+    table = attach(table, pre, ["instruction_ppl", "instruction_tokens"], "pre stage",
+                   required=True)
+    vectors = np.asarray(pre["vector"].combine_chunks().flatten().to_numpy(
+        zero_copy_only=False), dtype=np.float32).reshape(pre.num_rows, -1)
+    labels = cluster_labels(vectors, cfg.pre.k, seed=cfg.seed)
+    return table.append_column("cluster", pa.array(labels, pa.int64()))
+
+
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
            items: int) -> Selection:
     """The run's method over the scores table (every rule lives in car_engine.select)."""
+    column, keep_equal_one = ifd_rule(cfg.ifd.compat, cfg.keep_equal_one)
+    if cfg.uses_pre:
+        from car_engine.select_pre import select_pre_experience
+
+        ppl = table["instruction_ppl"].to_numpy(zero_copy_only=False).astype(np.float64)
+        return select_pre_experience(ppl, table["cluster"].to_numpy(),
+                                     per_cluster=cfg.pre.per_cluster, low=cfg.pre.low,
+                                     high=cfg.pre.high)
     if not cfg.uses_car:
-        return select_ifd(scored_ifd(table, "ifd_ppl", "ifd_status"), fraction=cfg.ifd_frac,
-                          base=items, keep_equal_one=cfg.keep_equal_one)
+        return select_ifd(scored_ifd(table, column, "ifd_status"), fraction=cfg.ifd_frac,
+                          base=items, keep_equal_one=keep_equal_one)
     car: dict[str, Any] = dict(
         n1=cfg.n1, n2=cfg.n2, strategy=cfg.strategy,
         hashes=table["content_hash"].to_numpy() if cfg.dedup else None,
@@ -63,8 +89,8 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
     iqs = table["iqs"].to_numpy(zero_copy_only=False).astype(np.float64)
     labels = table["cluster"].to_numpy()
     if cfg.uses_ifd:
-        ifd = table["ifd_ppl"].to_numpy(zero_copy_only=False).astype(float)
-        return select_car_ifd(iqs, ifd, labels, keep_equal_one=cfg.keep_equal_one, **car)
+        ifd = table[column].to_numpy(zero_copy_only=False).astype(float)
+        return select_car_ifd(iqs, ifd, labels, keep_equal_one=keep_equal_one, **car)
     return select_car(iqs, labels, **car)
 
 
@@ -92,10 +118,11 @@ def _clean(value: Any) -> Any:
 
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
-                  backend: Backend, score_cache: dict[str, Any] | None = None) -> dict[str, int]:
+                  backend: Backend, score_cache: dict[str, Any] | None = None,
+                  pre: StageDir | None = None) -> dict[str, int]:
     """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
     (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts)."""
-    table = scores_table(read, iqs, ifd, clusters)
+    table = scores_table(read, iqs, ifd, clusters, pre, cfg)
     items = int(read.info["items"])
     selection = select(table, cfg, backend, read.info["sizes"], items)
     selected = np.zeros(table.num_rows, dtype=bool)
