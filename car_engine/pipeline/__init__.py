@@ -100,7 +100,7 @@ def run(
                 clusters = cluster_stage(embed, read, run_dir, cfg, progress)
             pre = (shard_stage(PreWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_pre else None)
-            cached = {"folder": None if cache is None else str(cache),
+            cached = {"folder": _named(cache, run_dir),
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
                          for s in (iqs, ifd, embed, pre) if s is not None}}
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
@@ -122,6 +122,17 @@ def cache_folder(run_dir: Path, score_cache: str | os.PathLike | bool) -> Path |
     if score_cache is False:
         return None
     return Path(score_cache)
+
+
+def _named(cache: Path | None, run_dir: Path) -> str | None:
+    """The cache folder as summary.json names it: relative to the run folder when inside it
+    (a copied run folder then keeps byte-identical outputs), else as given."""
+    if cache is None:
+        return None
+    try:
+        return str(cache.relative_to(run_dir))
+    except ValueError:
+        return str(cache)
 
 
 def _claim_outputs(source: str, run_dir: Path, cfg: RunConfig) -> tuple[dict[str, Any], str]:
