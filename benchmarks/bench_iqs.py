@@ -6,6 +6,12 @@ shared machine falls on all of them alike. Checks: ORT fp32 max |score diff| vs 
 reference < 1e-4; int8 Spearman vs the reference >= 0.99. Export time is not counted
 (the exported file is cached).
 
+The ``iqs-robustness`` row (issue #21) runs the robustness suite on the validation split's
+expert-revised answers (car_engine.iqs.robustness; all 254 pairs, quick: the first 40): the
+engine (ONNX Runtime fp32) and the reference (eager torch) score the same corrupted copies;
+the check is the worst kind's share of pairs won by the good answer (target >= 0.97), every
+kind's share in the row. Skipped, with a note, when the validation split is absent.
+
     .venv/bin/python -m benchmarks.bench_iqs [--quick] [--n N] [--model default]
 """
 
@@ -17,6 +23,8 @@ import numpy as np
 
 from car_engine.corpus import load_corpus, pair_texts
 from car_engine.iqs import IQSScorer
+from car_engine.iqs.pairs import read_pairs
+from car_engine.iqs.robustness import KINDS, corrupt, default_valid_csv, win_shares
 from car_engine.iqs.score import load_any, spearman
 from car_engine.reference.iqs import reference_scores
 
@@ -25,6 +33,8 @@ from .common import format_table, machine, row, take_turns
 DEFAULT_N = 1000
 QUICK_N = 120  # with --quick: two turns of 60, about 40 s on this machine
 TARGETS = {"fp32": 1.3, "int8": 2.5}
+ROBUSTNESS_TARGET = 0.97  # every kind: the good answer wins in >= 97% of the pairs
+QUICK_ROBUSTNESS_PAIRS = 40
 
 
 def sharegpt_pair_texts(n: int) -> list[str]:
@@ -66,7 +76,37 @@ def run(quick: bool = False, n: int | None = None, model: str = "default",
         rows.append(row(f"iqs-onnx-{precision}", n, seconds[precision], seconds["reference"],
                         check, value, ok, target_speedup=TARGETS[precision],
                         provider=scorer.describe()))
-    return rows
+    robustness = robustness_row(iqs, tokenizer, scorers["fp32"], quick)
+    return rows + ([robustness] if robustness else [])
+
+
+def robustness_row(iqs, tokenizer, scorer: IQSScorer, quick: bool) -> dict | None:
+    """The suite on the validation split: ONNX fp32 (engine) vs eager torch (reference)."""
+    path = default_valid_csv()
+    if not path.is_file():
+        print(f"iqs-robustness skipped: {path} is absent")
+        return None
+    pairs = read_pairs(path)
+    limit = QUICK_ROBUSTNESS_PAIRS if quick else None
+    suite = corrupt(pairs, limit=limit)
+    good = sorted({c.pair for c in suite})
+    texts = [pairs.texts[2 * k + 1] for k in good] + [c.bad for c in suite]
+    runners = {"reference": lambda part: reference_scores(iqs, tokenizer, part, 16),
+               "engine": lambda part: scorer.score_texts(part, progress=False)}
+    seconds, scores = take_turns(runners, texts, 100, progress="bench iqs robustness")
+    engine = np.concatenate(scores["engine"])
+    reference = np.concatenate(scores["reference"])
+    position = {k: i for i, k in enumerate(good)}
+    shares = {}
+    for name, got in (("engine", engine), ("reference", reference)):
+        bad = got[len(good):]
+        table = win_shares(suite, got[[position[c.pair] for c in suite]], bad)
+        shares[name] = {k: round(table[k]["share"], 4) for k in KINDS if k in table}
+    worst = min(shares["engine"].values())
+    return row("iqs-robustness", len(texts), seconds["engine"], seconds["reference"],
+               "worst_kind_share", worst, worst >= ROBUSTNESS_TARGET, pairs=len(good),
+               reference_worst_kind_share=min(shares["reference"].values()),
+               **{f"share_{k}": v for k, v in shares["engine"].items()})
 
 
 def main() -> None:

@@ -111,6 +111,39 @@ def _cluster_map(vectors: np.ndarray, labels: np.ndarray, selected: np.ndarray,
     return _save(fig, path)
 
 
+def _answer_lengths(run_dir: Path, scores: pa.Table, selected: np.ndarray,
+                    path: Path) -> tuple[str, str]:
+    """Answer lengths (words) of the selected records against the corpus's (issue #21: a
+    length-biased selection shows at a glance): a plot and a quantile table."""
+    outputs = take_run_records(run_dir, np.arange(scores.num_rows), ["output"])
+    words = np.array([len(str(t or "").split()) for t in outputs.column("output").to_pylist()],
+                     dtype=np.float64)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bins = np.logspace(0, np.log10(max(2.0, words.max() + 1)), 40)
+    # Shares per bin (not densities: log-spaced bins differ in width).
+    ax.hist(words + 1, bins=bins, color="#9db4cf", weights=np.full(len(words), 1 / len(words)),
+            label="all records")
+    if selected.any():
+        ax.hist(words[selected] + 1, bins=bins, color="#d9534f", alpha=0.7,
+                weights=np.full(int(selected.sum()), 1 / selected.sum()), label="selected")
+    ax.set(xscale="log", title="Answer length, selected vs the corpus",
+           xlabel="answer words + 1 (log scale)", ylabel="share of its records")
+    ax.legend(fontsize=8)
+    png = _save(fig, path)
+    quantiles = (10, 25, 50, 75, 90)
+    head = "".join(f"<th>p{q}</th>" for q in quantiles)
+    rows = []
+    for name, part in (("corpus", words), ("selected", words[selected])):
+        cells = ("".join(f"<td>{v:.0f}</td>" for v in np.percentile(part, quantiles))
+                 if part.size else "<td></td>" * len(quantiles))
+        rows.append(f"<tr><td>{name} ({part.size})</td>{cells}<td>"
+                    f"{part.mean() if part.size else float('nan'):.0f}</td></tr>")
+    table = (f"<table><tr><th>answer words</th>{head}<th>mean</th></tr>{''.join(rows)}"
+             "</table>")
+    return png, table
+
+
 def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
     """Top and bottom records by ``column``, with their text."""
     values = scores[column].to_numpy(zero_copy_only=False).astype(float)
@@ -175,6 +208,9 @@ def build_report(run_dir: str | Path) -> Path:
             vectors = np.load(emb, mmap_mode="r")
             plots.append(("Cluster map", _cluster_map(vectors, labels, selected,
                                                       run_dir / "cluster_map.png")))
+    length_png, length_table = _answer_lengths(run_dir, scores, selected,
+                                               run_dir / "answer_lengths.png")
+    plots.append(("Answer lengths", length_png))
     # what the method ranks by (pre-experience: the instruction perplexity)
     rank_col = next(c for c in ("iqs", "ifd_ppl", "instruction_ppl") if c in cols)
     rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"
@@ -203,6 +239,7 @@ margin:8px}}img{{max-width:520px}}</style></head><body>
 <h2>Counts</h2><table>{rows}</table>
 <h2>Parameters</h2><pre>{params}</pre>
 <h2>Devices and runtimes</h2><table>{ran}</table>
+<h2>Answer lengths</h2>{length_table}
 <h2>Plots</h2>{figures}
 <h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
 </body></html>"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +11,9 @@ from corpus_files import write_mixed_corpus
 
 from car_engine.corpus import load_corpus
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# $CAR_ENGINE_DATA (as car_engine.iqs.robustness.default_valid_csv reads it) or ../shared/data
+SHARED_DATA = Path(os.environ.get("CAR_ENGINE_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

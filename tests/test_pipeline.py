@@ -45,7 +45,7 @@ def test_every_record_is_accounted_for(reference_run, corpus):
     assert set(scores["why"].to_pylist()) >= {"selected: top n1 by score",
                                               "selected: top of its cluster"}
     html = (reference_run / "report.html").read_text()
-    for png in ("iqs_hist.png", "cluster_sizes.png", "cluster_map.png"):
+    for png in ("iqs_hist.png", "cluster_sizes.png", "cluster_map.png", "answer_lengths.png"):
         assert png in html and (reference_run / png).stat().st_size > 5_000
 
 

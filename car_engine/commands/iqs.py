@@ -7,7 +7,13 @@ import json
 import sys
 
 from car_engine.commands import options
-from car_engine.config import DEFAULT_MODEL, DEVICE_PRECISION, IQS_PRECISIONS, IQSParams
+from car_engine.config import (
+    DEFAULT_MODEL,
+    DEVICE_PRECISION,
+    IQS_HEAD_INPUTS,
+    IQS_PRECISIONS,
+    IQSParams,
+)
 
 
 def register(subparsers) -> None:
@@ -43,11 +49,30 @@ def register(subparsers) -> None:
     train.add_argument("--max-length", type=int, default=512,
                        help="token limit (capped at the encoder's own)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--head-input", default="mean", choices=IQS_HEAD_INPUTS,
+                       help="mean: CaR's mean pool; segments: also the prompt and response "
+                       "pools of the same forward (a relevance signal)")
+    train.add_argument("--negatives", type=int, default=0, metavar="N",
+                       help="corrupted copies per training pair (random words, loops, "
+                       "off-topic answers, cuts, shuffles, swapped instructions) held below "
+                       "the good answer; the epoch is then picked on the robustness suite too")
+    train.add_argument("--negative-weight", type=float, default=1.0,
+                       help="weight of the corrupted-copy hinge in the loss")
+    train.add_argument("--train-length", type=int, default=0, metavar="TOKENS",
+                       help="token limit of the training features (default: --max-length)")
     train.set_defaults(func=run_train)
 
     evaluate = sub.add_parser("eval", help="pairwise accuracy on expert-revision pairs",
                               description="Paper's metric: revised beats original by >= 0.01.")
-    evaluate.add_argument("--pairs", required=True, metavar="CSV")
+    evaluate.add_argument("--pairs", metavar="CSV",
+                          help="expert-revision pairs (with --robustness, default: the "
+                          "validation split in ../shared/data/expert-revised)")
+    evaluate.add_argument("--robustness", action="store_true",
+                          help="also rank each revised answer against corrupted copies "
+                          "(random words, loops, off-topic, cuts, shuffles, swapped "
+                          "instructions) and print the share won per kind")
+    evaluate.add_argument("--max-length", type=int, default=None, metavar="TOKENS",
+                          help="score at this token limit instead of the model's own")
     _add_runtime_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=run_eval)
@@ -97,7 +122,8 @@ def run_train(args: argparse.Namespace) -> int:
         batch_pairs=args.batch_pairs, head_lr=args.head_lr, encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay, loss=args.loss, margin=args.margin, seed=args.seed,
         hidden_sizes=hidden, dropout=args.dropout, layer_transform=args.layer_transform,
-        max_length=args.max_length)
+        max_length=args.max_length, head_input=args.head_input, negatives=args.negatives,
+        negative_weight=args.negative_weight, train_length=args.train_length)
     result = train(args.train, args.valid, args.out, backbone=args.backbone, options=train_options)
     best = result["best"]
     print(f"best epoch {best['epoch']}: valid pairwise accuracy {best['valid_accuracy']:.4f} "
@@ -107,19 +133,41 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """`iqs eval`."""
+    """`iqs eval` (and `--robustness`: the corruption suite of issue #21)."""
+    from car_engine.errors import CorpusError, UsageError
     from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
+    from car_engine.iqs.robustness import default_valid_csv, format_table, run_suite
 
-    pairs = read_pairs(args.pairs)
+    if args.pairs is None and not args.robustness:
+        raise UsageError("iqs eval needs --pairs CSV (or --robustness, which defaults to the "
+                         "validation split)")
+    if args.max_length is not None and args.max_length < 1:
+        raise UsageError("--max-length must be at least 1")
+    if args.pairs is None and not default_valid_csv().is_file():
+        raise CorpusError(f"{default_valid_csv()}: no validation split there; pass --pairs CSV "
+                          "or set CAR_ENGINE_DATA to the folder holding expert-revised/")
+    pairs = read_pairs(args.pairs or default_valid_csv())
     scorer = _scorer(args)
-    metrics = pairwise_accuracy(scorer.score_texts(pairs.texts))
-    metrics.update(pairs_file=args.pairs, model=args.iqs_model, runtime=scorer.describe())
+    if args.max_length is not None:
+        scorer.max_length = args.max_length
+
+    def score(texts: list[str]):
+        return scorer.score_texts(texts, progress=not args.json)
+
+    metrics = pairwise_accuracy(score(pairs.texts))
+    metrics.update(pairs_file=str(args.pairs or default_valid_csv()), model=args.iqs_model,
+                   runtime=scorer.describe(), max_length=scorer.max_length)
+    if args.robustness:
+        metrics["robustness"] = run_suite(score, pairs)
     if args.json:
         print(json.dumps(metrics))
-    else:
-        print(f"pairwise accuracy {metrics['accuracy']:.4f}: {metrics['correct']} of "
-              f"{metrics['pairs']} pairs correct, {metrics['ties']} ties, {metrics['wrong']} "
-              f"wrong ({scorer.describe()})")
+        return 0
+    print(f"pairwise accuracy {metrics['accuracy']:.4f}: {metrics['correct']} of "
+          f"{metrics['pairs']} pairs correct, {metrics['ties']} ties, {metrics['wrong']} "
+          f"wrong ({scorer.describe()}, {scorer.max_length} tokens)")
+    if args.robustness:
+        print("\nrobustness: the revised answer must outscore its corrupted copy by >= 0.01")
+        print(format_table(metrics["robustness"]))
     return 0
 
 

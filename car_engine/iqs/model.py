@@ -3,6 +3,14 @@
 encoder (all hidden states) -> scalar layer mix (sparsemax or softmax, times gamma)
 -> mean pooling over non-padding tokens -> feed-forward head (Tanh, dropout) -> score.
 
+``head_input="segments"`` (the shipped model since issue #21) also pools the prompt
+(instruction + input), the response and the response's last END_TOKENS tokens of the same
+forward on their own and gives the head ``[all, response, prompt * response,
+|prompt - response|, end]``: a relevance signal and a "did the answer finish" signal at no extra
+encoder cost. The response starts after the ``Response:`` marker's tokens (the first one
+after the ``Input:`` marker), found from the token ids inside the model, so every runtime
+(eager, ONNX) takes the same two inputs.
+
 Mean pooling and the layer mix are both linear, so ``pool(mix(h)) == mix(pool(h))``: the
 trainer uses that to cache pooled per-layer vectors of frozen layers (see ``train.py``).
 """
@@ -18,9 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from car_engine.config import IQS_HEAD_INPUTS
 from car_engine.errors import ModelError
 
 LAYER_TRANSFORMS = ("sparsemax", "softmax")
+HEAD_INPUTS = IQS_HEAD_INPUTS
+END_TOKENS = 8  # the response's last tokens ([SEP] included) pooled as its ending
+POOLS = 4  # all tokens, prompt, response, the response's end
 ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "GELU": nn.GELU, "Sigmoid": nn.Sigmoid}
 # Roberta-style encoders count positions from padding_idx + 1, so two positions are unusable.
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -92,17 +104,63 @@ def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
     raise ModelError(f"{type(encoder).__name__}: cannot find its list of transformer blocks")
 
 
-def run_blocks(blocks: Iterable[nn.Module], states: torch.Tensor, mask: torch.Tensor
-               ) -> list[torch.Tensor]:
+def run_blocks(blocks: Iterable[nn.Module], states: torch.Tensor, mask: torch.Tensor,
+               response: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Run encoder ``blocks`` on hidden ``states`` (the trainer's cached lower layers) and
-    return each block's mean-pooled output."""
+    return each block's mean-pooled output (with a ``response`` mask: :func:`segment_pools`)."""
     additive = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
     pooled = []
     for block in blocks:
         out = block(states, attention_mask=additive)
         states = out[0] if isinstance(out, tuple) else out
-        pooled.append(masked_mean(states, mask))
+        pooled.append(masked_mean(states, mask) if response is None
+                      else segment_pools(states, mask, response))
     return pooled
+
+
+def marker_hits(input_ids: torch.Tensor, marker: list[int]) -> torch.Tensor:
+    """``[batch, tokens]`` bool: the token sequence ``marker`` starts at that position."""
+    length = input_ids.shape[1]
+    padded = nn.functional.pad(input_ids, (0, len(marker)), value=-1)
+    hits = torch.ones_like(input_ids, dtype=torch.bool)
+    for k, token in enumerate(marker):
+        hits = hits & (padded[:, k:k + length] == token)
+    return hits
+
+
+def response_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  markers: list[list[int]]) -> torch.Tensor:
+    """``[batch, tokens]`` bool, true on the response tokens: those after the first response
+    marker (``markers[1]``) that follows the first input marker (``markers[0]``, when
+    present). No response marker (cut off by truncation): no response tokens. Plain tensor
+    ops (no data-dependent shapes), so the ONNX export computes it in the graph."""
+    input_marker, response_marker = markers
+    positions = torch.cumsum(torch.ones_like(input_ids), dim=1) - 1
+    first_input = marker_hits(input_ids, input_marker).float().argmax(dim=1, keepdim=True)
+    hits = (marker_hits(input_ids, response_marker) & (positions > first_input)).float()
+    first = hits.argmax(dim=1, keepdim=True)
+    found = hits.amax(dim=1, keepdim=True) > 0
+    return (positions >= first + len(response_marker)) & found & attention_mask.bool()
+
+
+def segment_pools(states: torch.Tensor, mask: torch.Tensor, response: torch.Tensor
+                  ) -> torch.Tensor:
+    """``[..., batch, POOLS, hidden]``: the mean over all tokens, the prompt's, the
+    response's and that of the response's last END_TOKENS tokens."""
+    mask = mask.bool()
+    positions = torch.cumsum(torch.ones_like(mask, dtype=torch.int64), dim=1)
+    length = mask.to(torch.int64).sum(dim=1, keepdim=True)
+    end = response & (positions > length - END_TOKENS)
+    return torch.stack([masked_mean(states, mask), masked_mean(states, mask & ~response),
+                        masked_mean(states, response), masked_mean(states, end)], dim=-2)
+
+
+def head_features(pools: torch.Tensor, head_input: str) -> torch.Tensor:
+    """What the head reads from ``[batch, POOLS, hidden]`` pools (:func:`segment_pools`)."""
+    full, prompt, answer, end = pools.unbind(dim=-2)
+    if head_input == "mean":
+        return full
+    return torch.cat([full, answer, prompt * answer, (prompt - answer).abs(), end], dim=-1)
 
 
 def encoder_max_length(config: Any, tokenizer: Any = None) -> int:
@@ -131,6 +189,8 @@ class IQSConfig:
     max_length: int = 512
     trained_encoder_layers: list[int] = field(default_factory=list)  # blocks stored with the head
     train_embeddings: bool = False
+    head_input: str = "mean"  # "mean" (CaR) or "segments" (see the module docstring)
+    segment_markers: list[list[int]] = field(default_factory=list)  # input, response ids
     metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -157,8 +217,13 @@ class IQSModel(nn.Module):
         self.layer_mix = LayerMix(config.num_layers, config.layer_transform)
         if not config.hidden_sizes:  # the reference's 1024 -> 2048 -> 1024 shape, scaled
             config.hidden_sizes = [2 * config.hidden_size, config.hidden_size]
-        self.head = build_head(config.hidden_size, config.hidden_sizes, config.activation,
-                               config.dropout)
+        if config.head_input not in HEAD_INPUTS:
+            raise ModelError(f"head_input must be one of {HEAD_INPUTS}, not {config.head_input!r}")
+        if config.head_input == "segments" and len(config.segment_markers) != 2:
+            raise ModelError("head_input 'segments' needs segment_markers: the token ids of "
+                             "the input and the response markers")
+        width = config.hidden_size * (1 if config.head_input == "mean" else POOLS + 1)
+        self.head = build_head(width, config.hidden_sizes, config.activation, config.dropout)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """All hidden states (embeddings + every block), stacked as
@@ -167,13 +232,31 @@ class IQSModel(nn.Module):
                            output_hidden_states=True, return_dict=True)
         return torch.stack(out.hidden_states, dim=0)
 
+    def response_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> torch.Tensor:
+        """The response tokens (:func:`response_mask`); none for a ``mean`` head."""
+        if self.config.head_input == "mean":
+            return torch.zeros_like(attention_mask, dtype=torch.bool)
+        return response_mask(input_ids, attention_mask, self.config.segment_markers)
+
     def score_pooled(self, pooled_layers: torch.Tensor) -> torch.Tensor:
-        """Scores from per-layer mean-pooled vectors ``[layers, batch, hidden]``."""
-        return self.head(self.layer_mix(pooled_layers)).squeeze(-1)
+        """Scores from per-layer pools ``[layers, batch, POOLS, hidden]``."""
+        return self.score_pools(self.layer_mix(pooled_layers))
+
+    def score_pools(self, pools: torch.Tensor) -> torch.Tensor:
+        """Scores from the mixed pools ``[batch, POOLS, hidden]``."""
+        return self.head(head_features(pools, self.config.head_input)).squeeze(-1)
+
+    def score_mixed(self, mixed: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores from the layer-mixed token states ``[batch, tokens, hidden]``."""
+        if self.config.head_input == "mean":  # the reference's graph, op for op
+            return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
+        response = self.response_mask(input_ids, attention_mask)
+        return self.score_pools(segment_pools(mixed, attention_mask, response))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unbounded quality scores, higher is better."""
         states = self.hidden_states(input_ids, attention_mask)
         # Mix first, pool second: the order of the reference (same result, less memory).
-        mixed = self.layer_mix(states)
-        return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
+        return self.score_mixed(self.layer_mix(states), input_ids, attention_mask)

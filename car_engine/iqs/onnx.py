@@ -29,7 +29,7 @@ from car_engine.config import IQS_PRECISIONS, parse_device
 from car_engine.environment import check_one_build
 from car_engine.errors import DeviceError, ModelError, UsageError
 from car_engine.io import atomic_path
-from car_engine.iqs.model import IQSModel, masked_mean
+from car_engine.iqs.model import IQSModel
 from car_engine.models.registry import cache_dir
 
 PRECISIONS = IQS_PRECISIONS
@@ -46,7 +46,7 @@ class _FrozenMixScorer(nn.Module):
 
     def __init__(self, model: IQSModel) -> None:
         super().__init__()
-        self.encoder, self.head = model.encoder, model.head
+        self.encoder, self.model = model.encoder, model
         with torch.no_grad():
             mix = model.layer_mix.gamma * model.layer_mix.weights()
         self.register_buffer("mix", mix.detach().clone())
@@ -56,7 +56,7 @@ class _FrozenMixScorer(nn.Module):
                            output_hidden_states=True, return_dict=True)
         # sum() starts from 0, so its type says int | Tensor; over one or more layers it is a Tensor
         mixed = cast(torch.Tensor, sum(w * h for w, h in zip(self.mix, out.hidden_states)))
-        return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
+        return self.model.score_mixed(mixed, input_ids, attention_mask)
 
 
 def _example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

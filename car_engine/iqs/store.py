@@ -66,7 +66,19 @@ def new_model(backbone: str | os.PathLike = DEFAULT, **options: Any) -> tuple[IQ
     config.num_layers = encoder.config.num_hidden_layers + 1
     config.hidden_size = encoder.config.hidden_size
     config.max_length = min(config.max_length, encoder_max_length(encoder.config, tokenizer))
+    if config.head_input == "segments" and not config.segment_markers:
+        config.segment_markers = segment_markers(tokenizer)
     return IQSModel(encoder, config).eval(), tokenizer
+
+
+def segment_markers(tokenizer: Any) -> list[list[int]]:
+    """Token ids of the pair text's `` Input:`` and `` Response:`` markers (SPEC §1), as the
+    tokenizer writes them inside a text (no special tokens)."""
+    ids = [tokenizer(marker, add_special_tokens=False)["input_ids"]
+           for marker in (" Input:", " Response:")]
+    if not all(ids):
+        raise ModelError("the tokenizer gives no tokens for the Input:/Response: markers")
+    return ids
 
 
 def trained_state(model: IQSModel) -> dict[str, torch.Tensor]:

@@ -84,7 +84,8 @@ def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path
     """Run a scoring stage over every records shard not yet done, taking the records the
     score cache folder ``cache`` (when given) already holds from it."""
     name = worker.stage
-    stage = StageDir(run_dir, name, fingerprint(name, params_dict(params), [read.fingerprint]))
+    identity = {**params_dict(params), **worker.identity(params)}
+    stage = StageDir(run_dir, name, fingerprint(name, identity, [read.fingerprint]))
     if stage.complete:
         return stage
     outputs = [s.replace("records-", f"{name}-").replace(".parquet", worker.suffix)
