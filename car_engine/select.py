@@ -7,7 +7,7 @@ was or was not selected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from car_engine import native
-from car_engine.config import STRATEGIES, SelectParams
-from car_engine.dedup import content_hashes, survivors
+from car_engine.config import NEAR_DUP_THRESHOLD, STRATEGIES, SelectParams, check_dedup
+from car_engine.dedup import collapse_groups, content_hashes, survivors
 from car_engine.errors import CorpusError, UsageError
 
 # The reasons a row carries in ``Selection.why``.
@@ -29,6 +29,8 @@ WHY_UNSCORED = "not selected: no score"
 WHY_BELOW = "not selected: below the cut"
 WHY_MISALIGNED = "not selected: IFD >= 1 (the instruction does not help the answer)"
 WHY_MISALIGNED_STRICT = "not selected: IFD > 1 (the instruction does not help the answer)"
+WHY_NEAR = "not selected: near duplicate of {}"  # the id of its group's kept member
+WHY_SEMANTIC = "not selected: semantic duplicate of {}"
 
 
 @dataclass
@@ -55,12 +57,18 @@ def select_car(
     strategy: str = SelectParams.strategy,
     hashes: np.ndarray | None = None,
     topk: Callable[[np.ndarray, int], np.ndarray] = native.topk,
+    near_groups: np.ndarray | None = None,
+    semantic_groups: np.ndarray | None = None,
+    ids: Sequence[Any] | None = None,
 ) -> Selection:
     """CaR selection over rows in input order: the top ``n1`` by score, then the top ``n2`` of
     every cluster not already picked (by score). ``strategy="k*topn"`` keeps only the cluster
-    picks. With ``hashes``, rows of equal content collapse to their best-scored copy first.
-    NaN scores are never selected; a negative label means "no cluster". ``topk`` may be a
-    sharded top-k (per-shard lists + native merge) with the same result."""
+    picks. With ``hashes``, rows of equal content collapse to their best-scored copy first;
+    then rows of one ``near_groups`` group, then of one ``semantic_groups`` group (each a group
+    label per row, e.g. its group's smallest row) collapse to their best-scored eligible member
+    (SPEC §9), whose id (``ids``; else its row) the others' ``why`` names. NaN scores are never
+    selected; a negative label means "no cluster". ``topk`` may be a sharded top-k (per-shard
+    lists + native merge) with the same result."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
     if n1 < 0 or n2 < 0:
@@ -80,6 +88,14 @@ def select_car(
         duplicates = int(dup_rows.sum())
         why[dup_rows] = WHY_DUPLICATE
         eligible = np.where(keep, scores, np.nan)
+    collapsed = {}
+    for key, groups, reason in (("near_duplicates", near_groups, WHY_NEAR),
+                                ("semantic_duplicates", semantic_groups, WHY_SEMANTIC)):
+        if groups is not None:
+            eligible, dup_rows, kept_of = collapse_groups(groups, eligible)
+            names = ids if ids is not None else [f"row {r}" for r in range(n)]
+            why[dup_rows] = [reason.format(names[k]) for k in kept_of[dup_rows]]
+            collapsed[key] = int(dup_rows.sum())
     top = topk(eligible, n1) if strategy == "n1+k*n2" else np.empty(0, np.int64)
     per_cluster = native.topk_per_cluster(eligible, labels, n2)
     in_top = np.zeros(n, dtype=bool)
@@ -92,6 +108,7 @@ def select_car(
         "total": n,
         "scored": int((~np.isnan(scores)).sum()),
         "duplicates_collapsed": duplicates,
+        **collapsed,
         "clusters": int(np.unique(labels[labels >= 0]).size),
         "from_n1": int(top.size),
         "added_by_clusters": int(cluster_picks.size),
@@ -334,18 +351,29 @@ def select_car_table(
     dedup_content: bool = SelectParams.dedup,
     scores_name: str = "scores",
     clusters_name: str = "clusters",
+    near_dup: bool = False,
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD,
 ) -> tuple[pa.Table, Selection]:
     """CaR over keyed tables: ``scores`` (id, score column, and the record fields for content
     dedup and output) and ``clusters`` (id, integer cluster; exactly the ids of ``scores``).
     Scores must be finite or null (no score). ``scores_name`` and ``clusters_name`` name the
-    files in errors. Returns (all rows in input order with their cluster, the Selection over
-    those rows)."""
+    files in errors. ``near_dup`` collapses near duplicates too (MinHash over the record
+    fields, Jaccard >= ``near_dup_threshold``). Returns (all rows in input order with their
+    cluster, the Selection over those rows)."""
+    check_dedup(near_dup_threshold, None)
     table = in_input_order(_with_clusters(scores, clusters, scores_name, clusters_name))
     s = _float_column(table, score_column, scores_name)
     check_finite(table, scores_name)
     labels = _dense(table.column("cluster").to_numpy())
     hashes = content_hashes(table) if dedup_content else None
-    return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes)
+    near, ids = None, None
+    if near_dup:
+        from car_engine.near_dup import near_groups, signatures
+
+        near = near_groups(signatures(table, name=scores_name), near_dup_threshold).groups
+        ids = table.column("id").cast(pa.string()).to_pylist()
+    return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes,
+                             near_groups=near, ids=ids)
 
 
 def select_ifd_table(

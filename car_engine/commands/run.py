@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from car_engine.commands import options
-from car_engine.config import BACKENDS, METHODS, WORKERS, RunConfig
+from car_engine.config import BACKENDS, METHODS, WORKERS, NearDupParams, RunConfig
 from car_engine.errors import OutputError
 
 
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ray: actors per scoring stage (default {WORKERS})")
     options.add_quiet(p)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    options.add_duplicate_flags(p.add_argument_group("duplicates beyond exact content"))
     options.add_cluster_flags(p.add_argument_group("clustering"))
     models = p.add_argument_group("models")
     options.add_iqs_flags(models)
@@ -48,7 +49,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         strict=args.strict, dedup=not args.no_dedup, shard_size=args.shard_size, k=args.k,
         pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
         iqs=options.iqs_params(args), ifd=options.ifd_params(args),
-        embed=options.embed_params(args),
+        embed=options.embed_params(args), near_dup=args.near_dup,
+        near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
+        near=NearDupParams(seed=args.seed),
     )
     cfg.check()
     return cfg

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
-from car_engine.config import check_table_out
+from car_engine.config import check_dedup, check_table_out
 from car_engine.errors import CorpusError, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", help="corpus to take the record fields from, when the scores "
                    "file lacks them; also the base of --ifd-frac (its rejected items count)")
     options.add_selection_flags(p.add_argument_group("selection"), ifd_frac_default=None)
+    options.add_duplicate_flags(p.add_argument_group("near duplicates"), semantic=False)
     p.add_argument("--score-column", default="iqs", help="CaR: score column (default iqs)")
     ifd = p.add_argument_group("IFD")
     ifd.add_argument("--ifd", action="store_true", help="IFD selection instead of CaR")
@@ -67,7 +68,10 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse every flag combination that cannot work before any file is read: a usage error
     is then exit 2 whatever the files hold, and costs no read."""
     check_table_out(args.out)
+    check_dedup(args.near_dup_threshold, None)
     if args.ifd:
+        if args.near_dup:
+            raise UsageError("--near-dup applies to CaR selection, not --ifd")
         if (args.ifd_frac is None) == (args.ifd_count is None):
             raise UsageError("--ifd needs exactly one of --ifd-frac or --ifd-count")
         if args.ifd_frac is not None and not 0 <= args.ifd_frac <= 1:
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         table, selection = select_car_table(
             scores, read_table(args.clusters), score_column=args.score_column, n1=args.n1,
             n2=args.n2, strategy=args.strategy, dedup_content=not args.no_dedup,
-            scores_name=args.scores, clusters_name=args.clusters,
+            scores_name=args.scores, clusters_name=args.clusters, near_dup=args.near_dup,
+            near_dup_threshold=args.near_dup_threshold,
         )
     write_table(args.out, picked_rows(table, selection))
     print(_summary(selection.counts, rejected, args.out))

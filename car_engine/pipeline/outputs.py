@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from car_engine.backends import Backend
 from car_engine.config import RunConfig
 from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
+from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.rundir import StageDir, take_records
 from car_engine.select import (
@@ -51,8 +52,9 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
 
 
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
-           items: int) -> Selection:
-    """The run's method over the scores table (every rule lives in car_engine.select)."""
+           items: int, duplicates: Duplicates | None = None) -> Selection:
+    """The run's method over the scores table (every rule lives in car_engine.select);
+    ``duplicates`` are the near and semantic groups to collapse after exact duplicates."""
     if not cfg.uses_car:
         return select_ifd(scored_ifd(table, "ifd_ppl", "ifd_status"), fraction=cfg.ifd_frac,
                           base=items, keep_equal_one=cfg.keep_equal_one)
@@ -60,6 +62,11 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
         n1=cfg.n1, n2=cfg.n2, strategy=cfg.strategy,
         hashes=table["content_hash"].to_numpy() if cfg.dedup else None,
         topk=lambda s, k: backend.sharded_topk(s, k, sizes))
+    if duplicates is not None and (duplicates.near or duplicates.semantic):
+        car.update(near_groups=None if duplicates.near is None else duplicates.near.groups,
+                   semantic_groups=None if duplicates.semantic is None
+                   else duplicates.semantic.groups,
+                   ids=table["id"].cast(pa.string()).to_pylist())
     iqs = table["iqs"].to_numpy(zero_copy_only=False).astype(np.float64)
     labels = table["cluster"].to_numpy()
     if cfg.uses_ifd:
@@ -92,11 +99,13 @@ def _clean(value: Any) -> Any:
 
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
-                  backend: Backend) -> dict[str, int]:
-    """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json."""
+                  backend: Backend, minhash: StageDir | None = None) -> dict[str, int]:
+    """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
+    (near duplicates from the ``minhash`` signature stage when it ran)."""
     table = scores_table(read, iqs, ifd, clusters)
     items = int(read.info["items"])
-    selection = select(table, cfg, backend, read.info["sizes"], items)
+    duplicates = find_duplicates(minhash, clusters, cfg)
+    selection = select(table, cfg, backend, read.info["sizes"], items, duplicates)
     selected = np.zeros(table.num_rows, dtype=bool)
     selected[selection.order] = True
     rank = np.full(table.num_rows, -1, dtype=np.int64)
@@ -113,6 +122,9 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:
         counts["clusters"] = int(clusters.info["k"])
     config = json.loads(json.dumps(asdict(cfg), default=str))
-    write_json(run_dir / "summary.json", {"method": cfg.method, "counts": counts,
-                                          "config": config})
+    summary = {"method": cfg.method, "counts": counts, "config": config}
+    if duplicates.near is not None or duplicates.semantic is not None:
+        ids = table["id"].cast(pa.string()).to_pylist()
+        summary["duplicates"] = duplicates.summary(ids, selection.why)
+    write_json(run_dir / "summary.json", summary)
     return counts
