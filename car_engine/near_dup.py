@@ -83,7 +83,7 @@ def dedup_summary(found: NearGroups, ids: list[str], kept: np.ndarray, bins: int
     """summary.json's account of near duplicates: the distribution of the candidates'
     estimated Jaccard (the cut at the threshold), the number of groups, and a few example
     groups by id (the kept member first)."""
-    counts, edges = np.histogram(found.similarity, bins=bins, range=(0.0, 1.0))
+    counts, edges = np.histogram(found.similarity.astype(np.float64), bins=bins, range=(0, 1))
     return {"threshold": found.threshold, "candidate_pairs": int(found.similarity.size),
             "verified_pairs": int((found.similarity >= found.threshold).sum()),
             "groups": found.n_groups, "histogram": {"edges": edges.round(4).tolist(),

@@ -90,7 +90,7 @@ def _cluster(x: np.ndarray, rows: np.ndarray, cut: float, radius: float, block: 
 def semantic_summary(found: SemanticGroups, bins: int = 20) -> dict:
     """summary.json's account of semantic duplicates: the distribution of every record's
     nearest cosine in its cluster (the cut at 1 - eps) and the number of groups."""
-    finite = found.nearest[np.isfinite(found.nearest)]
+    finite = found.nearest[np.isfinite(found.nearest)].astype(np.float64)
     low = float(min(finite.min(), 1 - 2 * found.eps)) if finite.size else 0.0
     counts, edges = np.histogram(finite, bins=bins, range=(max(low, -1.0), 1.0))
     return {"eps": found.eps, "cut": 1 - found.eps, "groups": found.n_groups,
