@@ -115,6 +115,16 @@ def flatten_forest(parent: np.ndarray) -> np.ndarray:
     return parent
 
 
+def projected_pairs(zt: np.ndarray, zz: np.ndarray, lo: int, hi: int, reach: float,
+                    max_pairs: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs (i, j) with ``lo <= i < hi`` and ``i < j`` whose squared distance
+    ``zz[i] + zz[j] - 2 z_i.z_j`` is <= ``reach``, for ``zt`` = z transposed ([dims, rows]
+    float32, C order) and ``zz`` = the rows' squared norms; sorted by (i, j). None when more
+    than ``max_pairs`` pass (then the caller compares those rows densely)."""
+    return _native.projected_pairs(zt, np.ascontiguousarray(zz, dtype=np.float32), int(lo),
+                                   int(hi), float(reach), int(max_pairs), int(threads))
+
+
 def union(index_arrays: Iterable[np.ndarray]) -> np.ndarray:
     """Union of index arrays (int64) in order of first appearance."""
     return _native.union_ordered([np.ascontiguousarray(a, dtype=np.int64) for a in index_arrays])

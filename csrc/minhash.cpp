@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <cstring>
 #include <numeric>
 
@@ -239,45 +240,55 @@ py::tuple lsh_groups(const py::array& signatures, int bands, int rows, double th
         // one template) links each member to the bucket's first and to its predecessor, which
         // keeps the work linear and still joins members that are duplicates of those.
         constexpr size_t kBucketAll = 64;
+        // Bands run T at a time, each round's pairs merged into the sorted, unique candidate
+        // list at once: a pair found in many bands is held once (copies of one text share
+        // every band), so memory follows the distinct pairs, not bands x pairs.
         const int T = pick_threads(threads, bands);
-        std::vector<std::vector<uint64_t>> found(bands);
-        parallel_for(bands, T, 1, [&](int64_t b) {
-            std::vector<std::pair<uint64_t, int64_t>> keys;
-            keys.reserve(n);
-            for (int64_t i = 0; i < n; ++i)
-                if (live[i])
-                    keys.emplace_back(hash_bytes(reinterpret_cast<const char*>(
-                                                     sig + i * P + b * rows), 4 * rows), i);
-            std::sort(keys.begin(), keys.end());
-            auto& mine = found[b];
-            for (size_t s = 0; s < keys.size();) {
-                size_t e = s + 1;
-                while (e < keys.size() && keys[e].first == keys[s].first) ++e;
-                const size_t m = e - s;
-                auto add = [&](int64_t x, int64_t y) {
-                    mine.push_back((static_cast<uint64_t>(x) << 32) | static_cast<uint64_t>(y));
-                };
-                if (m <= kBucketAll) {
-                    for (size_t x = s; x < e; ++x)
-                        for (size_t y = x + 1; y < e; ++y) add(keys[x].second, keys[y].second);
-                } else {
-                    for (size_t y = s + 1; y < e; ++y) {
-                        add(keys[s].second, keys[y].second);
-                        if (y - 1 > s) add(keys[y - 1].second, keys[y].second);
-                    }
-                }
-                s = e;
-            }
-            std::sort(mine.begin(), mine.end());
-            mine.erase(std::unique(mine.begin(), mine.end()), mine.end());
-        });
         std::vector<uint64_t> cand;
-        for (auto& f : found) {
-            cand.insert(cand.end(), f.begin(), f.end());
-            std::vector<uint64_t>().swap(f);
+        std::vector<std::vector<uint64_t>> found(T);
+        for (int round = 0; round < bands; round += T) {
+            const int in_round = std::min(T, bands - round);
+            parallel_for(in_round, in_round, 1, [&](int64_t slot) {
+                const int64_t b = round + slot;
+                std::vector<std::pair<uint64_t, int64_t>> keys;
+                keys.reserve(n);
+                for (int64_t i = 0; i < n; ++i)
+                    if (live[i])
+                        keys.emplace_back(hash_bytes(reinterpret_cast<const char*>(
+                                                         sig + i * P + b * rows), 4 * rows), i);
+                std::sort(keys.begin(), keys.end());
+                auto& mine = found[slot];
+                mine.clear();
+                for (size_t s = 0; s < keys.size();) {
+                    size_t e = s + 1;
+                    while (e < keys.size() && keys[e].first == keys[s].first) ++e;
+                    const size_t m = e - s;
+                    auto add = [&](int64_t x, int64_t y) {
+                        mine.push_back((static_cast<uint64_t>(x) << 32) | static_cast<uint64_t>(y));
+                    };
+                    if (m <= kBucketAll) {
+                        for (size_t x = s; x < e; ++x)
+                            for (size_t y = x + 1; y < e; ++y) add(keys[x].second, keys[y].second);
+                    } else {
+                        for (size_t y = s + 1; y < e; ++y) {
+                            add(keys[s].second, keys[y].second);
+                            if (y - 1 > s) add(keys[y - 1].second, keys[y].second);
+                        }
+                    }
+                    s = e;
+                }
+                std::sort(mine.begin(), mine.end());
+                mine.erase(std::unique(mine.begin(), mine.end()), mine.end());
+            });
+            for (int slot = 0; slot < in_round; ++slot) {
+                std::vector<uint64_t> merged;
+                merged.reserve(cand.size() + found[slot].size());
+                std::set_union(cand.begin(), cand.end(), found[slot].begin(), found[slot].end(),
+                               std::back_inserter(merged));
+                cand.swap(merged);
+            }
         }
-        std::sort(cand.begin(), cand.end());
-        cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
+        for (auto& f : found) std::vector<uint64_t>().swap(f);
         // Verify every candidate by its estimated Jaccard: the share of equal signature slots.
         const int64_t C = static_cast<int64_t>(cand.size());
         ps.resize(C);

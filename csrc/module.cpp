@@ -3,6 +3,7 @@
 #include "dedup.hpp"
 #include "merge.hpp"
 #include "minhash.hpp"
+#include "semdedup.hpp"
 #include "topk.hpp"
 
 PYBIND11_MODULE(_native, m) {
@@ -56,6 +57,11 @@ PYBIND11_MODULE(_native, m) {
           "(int64, in place; roots are the smallest index of their set).");
     m.def("flatten_forest", &car::flatten_forest, py::arg("parent"),
           "Point every entry of a union-find forest straight at its root (in place).");
+    m.def("projected_pairs", &car::projected_pairs, py::arg("zt"), py::arg("zz"), py::arg("lo"),
+          py::arg("hi"), py::arg("reach"), py::arg("max_pairs"), py::arg("threads") = 0,
+          "Pairs (i, j), lo <= i < hi, i < j, whose squared distance zz_i + zz_j - 2 z_i.z_j "
+          "is <= reach, for zt [dims, rows] float32 (z transposed) and zz = |z|^2; sorted. "
+          "None when more than max_pairs pass (the caller compares those rows densely).");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }
