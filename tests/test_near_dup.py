@@ -22,7 +22,7 @@ from car_engine.io import write_parquet
 from car_engine.near_dup import near_groups, signatures
 from car_engine.reference import near_dup as ref
 from car_engine.rundir import StageDir, fingerprint
-from car_engine.select import WHY_NEAR, select_car
+from car_engine.select import WHY_DUPLICATE, WHY_NEAR, select_car
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = np.array([f"w{i}" for i in range(3000)])
@@ -215,3 +215,24 @@ def test_signature_stage_resumes_after_kill_9(tmp_path):
     again = signature_stage(read, tmp_path, RunConfig(near_dup=True, near_dup_threshold=0.6),
                             False)
     assert again.complete and again.fingerprint == stage.fingerprint
+
+
+def test_select_tables_collapse_near_copies_and_need_the_record_fields():
+    from car_engine.errors import CorpusError
+    from car_engine.select import select_car_table
+
+    texts = planted(7, 20)
+    n = len(texts)
+    scores = pa.table({"id": [f"r{i}" for i in range(n)], "iqs": np.linspace(0, 1, n),
+                       "instruction": texts, "input": [""] * n, "output": ["same"] * n})
+    clusters = pa.table({"id": scores["id"], "cluster": np.zeros(n, dtype=np.int64)})
+    table, sel = select_car_table(scores, clusters, n1=n, n2=0, near_dup=True)
+    groups = near_groups(signatures(table), 0.8).groups
+    collapsed = sel.counts["near_duplicates"] + sel.counts["duplicates_collapsed"]
+    assert collapsed == n - np.unique(groups).size and sel.counts["near_duplicates"] > 0
+    for row in range(n):
+        best = np.flatnonzero(groups == groups[row]).max()  # iqs rises with the row
+        if row != best:  # exact copies go first, then the near ones name the kept member
+            assert sel.why[row] in (WHY_NEAR.format(f"r{best}"), WHY_DUPLICATE)
+    with pytest.raises(CorpusError, match="give --corpus"):
+        select_car_table(scores.drop_columns(["output"]), clusters, near_dup=True)
