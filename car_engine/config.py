@@ -176,6 +176,34 @@ class PreParams:
 
 
 @dataclass
+class NearDupParams:
+    """MinHash signatures for near duplicates (SPEC §9): NeMo Curator's 20 bands x 13 rows
+    (260 permutations; the LSH S-curve crosses 1/2 at Jaccard ~0.79) over word 5-grams. The
+    signature stage's fingerprint is these, so a rerun with another threshold reuses it."""
+
+    num_perm: int = 260
+    bands: int = 20
+    rows: int = 13
+    ngram: int = 5
+    seed: int = 42
+
+
+# Near and semantic duplicates (SPEC §9). Both are off by default: measured on
+# builtin:sharegpt (benchmarks/RESULTS.md, "Near and semantic duplicates"), and turning either
+# on would change the golden outputs.
+NEAR_DUP_THRESHOLD = 0.8
+SEMDEDUP_EPS: float | None = None  # e.g. 0.05: cosine >= 0.95 inside a k-means cluster
+
+
+def check_dedup(near_dup_threshold: float, semdedup_eps: float | None) -> None:
+    """Refuse a Jaccard threshold outside (0, 1] or an eps outside (0, 1) (usage errors)."""
+    if not 0 < near_dup_threshold <= 1:
+        raise UsageError(f"--near-dup-threshold must be in (0, 1], got {near_dup_threshold}")
+    if semdedup_eps is not None and not 0 < semdedup_eps < 1:
+        raise UsageError(f"--semdedup-eps must be in (0, 1), got {semdedup_eps}")
+
+
+@dataclass
 class RunConfig:
     """Everything that decides a run's output (the CLI maps its flags onto these)."""
 
@@ -198,9 +226,17 @@ class RunConfig:
     embed: EmbedParams = field(default_factory=EmbedParams)
     pre: PreParams = field(default_factory=PreParams)
     device: str = DEFAULT_DEVICE  # the clustering's; the scoring stages carry their own
+    near_dup: bool = False
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
+    semdedup_eps: float | None = SEMDEDUP_EPS
+    near: NearDupParams = field(default_factory=NearDupParams)
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work."""
+        check_dedup(self.near_dup_threshold, self.semdedup_eps)
+        if (self.near_dup or self.semdedup_eps is not None) and not self.uses_car:
+            raise UsageError("--near-dup and --semdedup-eps apply to the car and car+ifd "
+                             "methods (they collapse duplicates before the CaR picks)")
         if self.method not in METHODS:
             raise UsageError(f"unknown method '{self.method}' (choose from {', '.join(METHODS)})")
         if self.strategy not in STRATEGIES:

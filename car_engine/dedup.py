@@ -1,6 +1,7 @@
 """Exact-duplicate content: one 64-bit hash per record of everything the record carries (the
 pair text every scorer sees, and every turn of a conversation), and which record of each group
-of equal hashes survives (the best-scored one)."""
+of equal hashes survives (the best-scored one); the same rule for any grouping (near and
+semantic duplicates, SPEC §9)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,20 @@ def survivors(hashes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     keep = np.zeros(hashes.shape[0], dtype=bool)
     keep[native.dedup(hashes, scores)] = True
     return keep
+
+
+def collapse_groups(groups: np.ndarray, eligible: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse every group (rows of equal ``groups`` label) to its best eligible member
+    (highest score, ties by input order; NaN = not eligible). Returns (the scores with the
+    others NaN, the mask of rows collapsed, the kept row of each row's group)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != eligible.shape:
+        raise ValueError(f"{groups.shape[0]} group labels for {eligible.shape[0]} rows")
+    _, codes = np.unique(groups, return_inverse=True)
+    kept = native.dedup(codes.astype(np.uint64), eligible)  # one row per group, best first
+    kept_of_group = np.empty(kept.size, dtype=np.int64)
+    kept_of_group[codes[kept]] = kept
+    kept_of = kept_of_group[codes]
+    dup_rows = (kept_of != np.arange(groups.size)) & ~np.isnan(eligible)
+    return np.where(dup_rows, np.nan, eligible), dup_rows, kept_of

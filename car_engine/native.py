@@ -78,6 +78,53 @@ def dedup(hashes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     return _native.dedup(h, None if scores is None else _scores(scores))
 
 
+def minhash_signatures(texts: Iterable[str], num_perm: int, seed: int, ngram: int,
+                       threads: int = 0) -> np.ndarray:
+    """MinHash signatures ``[n, num_perm]`` (uint32) over the word ``ngram``-shingles of texts
+    after :func:`normalize_text` and whitespace collapsing; a text of fewer words is one
+    shingle, an empty one has none (all slots 0xFFFFFFFF, nobody's near copy). The same seed
+    gives the same signatures. ``threads`` 0: every core."""
+    if num_perm < 2:
+        raise ValueError(f"num_perm must be >= 2, got {num_perm}")
+    return _native.minhash_signatures([normalize_text(t) for t in texts], int(num_perm),
+                                      int(seed) & (2**64 - 1), int(ngram), int(threads))
+
+
+def lsh_groups(signatures: np.ndarray, bands: int, rows: int, threshold: float,
+               threads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicate groups over MinHash ``signatures``: candidates share a band of ``rows``
+    slots (``bands`` bands), verified by estimated Jaccard >= ``threshold``, joined by
+    connected components. Returns (groups: the smallest row of each row's group, left, right,
+    similarity) over every candidate pair checked (left < right)."""
+    sig = np.ascontiguousarray(signatures)
+    if sig.dtype != np.uint32 or sig.ndim != 2:
+        raise ValueError(f"signatures: expected a 2-D uint32 array, got {sig.dtype} {sig.shape}")
+    return _native.lsh_groups(sig, int(bands), int(rows), float(threshold), int(threads))
+
+
+def union_pairs(parent: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+    """Join rows ``left[k]`` and ``right[k]`` in the union-find forest ``parent`` (int64, in
+    place; start from ``np.arange(n)``; every root is the smallest row of its set)."""
+    _native.union_pairs(parent, np.ascontiguousarray(left, dtype=np.int64),
+                        np.ascontiguousarray(right, dtype=np.int64))
+
+
+def flatten_forest(parent: np.ndarray) -> np.ndarray:
+    """Point every row of ``parent`` at its root, in place; returns it: the group labels."""
+    _native.flatten_forest(parent)
+    return parent
+
+
+def projected_pairs(zt: np.ndarray, zz: np.ndarray, lo: int, hi: int, reach: float,
+                    max_pairs: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs (i, j) with ``lo <= i < hi`` and ``i < j`` whose squared distance
+    ``zz[i] + zz[j] - 2 z_i.z_j`` is <= ``reach``, for ``zt`` = z transposed ([dims, rows]
+    float32, C order) and ``zz`` = the rows' squared norms; sorted by (i, j). None when more
+    than ``max_pairs`` pass (then the caller compares those rows densely)."""
+    return _native.projected_pairs(zt, np.ascontiguousarray(zz, dtype=np.float32), int(lo),
+                                   int(hi), float(reach), int(max_pairs), int(threads))
+
+
 def union(index_arrays: Iterable[np.ndarray]) -> np.ndarray:
     """Union of index arrays (int64) in order of first appearance."""
     return _native.union_ordered([np.ascontiguousarray(a, dtype=np.int64) for a in index_arrays])

@@ -170,6 +170,39 @@ def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
     return "\n".join(parts)
 
 
+def _similarity_plot(hist: dict, cut: float, title: str, xlabel: str, path: Path) -> str:
+    """A stored histogram (summary.json) as bars, with the duplicate cut marked."""
+    plt = _plt()
+    edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#9db4cf")
+    ax.axvline(cut, color="black", linestyle="--", linewidth=1)
+    ax.annotate(f"cut {cut:g}", (cut, ax.get_ylim()[1] * 0.92), rotation=90, fontsize=8,
+                ha="right", va="top")
+    ax.set(title=title, xlabel=xlabel, ylabel="count")
+    return _save(fig, path)
+
+
+def _duplicates(summary: dict, run_dir: Path) -> tuple[list[tuple[str, str]], str]:
+    """Plots and example groups of near and semantic duplicates (SPEC §9), when asked for."""
+    found = summary.get("duplicates", {})
+    plots, parts = [], []
+    kinds = (("near_dup", "threshold", "Near duplicates: estimated Jaccard of LSH candidates",
+              "estimated Jaccard (MinHash)", "near_dup_hist.png"),
+             ("semantic_dup", "cut", "Semantic duplicates: nearest cosine in the cluster",
+              "cosine to the nearest record of its cluster", "semantic_dup_hist.png"))
+    for key, cut, title, xlabel, png in kinds:
+        if key not in found:
+            continue
+        info = found[key]
+        plots.append((title, _similarity_plot(info["histogram"], info[cut], title, xlabel,
+                                              run_dir / png)))
+        groups = "".join(f"<li>{html.escape(', '.join(g))}</li>" for g in info["examples"])
+        parts.append(f"<h3>{html.escape(title.split(':')[0])}</h3><p>{info['groups']} groups "
+                     f"(cut {info[cut]:g}); the largest, kept member first:</p><ul>{groups}</ul>")
+    return plots, "".join(parts)
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html and its PNG plots from a finished run's outputs."""
     run_dir = Path(run_dir)
@@ -213,6 +246,8 @@ def build_report(run_dir: str | Path) -> Path:
     plots.append(("Answer lengths", length_png))
     # what the method ranks by (pre-experience: the instruction perplexity)
     rank_col = next(c for c in ("iqs", "ifd_ppl", "instruction_ppl") if c in cols)
+    dup_plots, dup_html = _duplicates(summary, run_dir)
+    plots.extend(dup_plots)
     rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"
                    for k, v in counts.items())
     rows += "".join(f"<tr><td>{html.escape(stage)} scores from the cache</td>"
@@ -241,6 +276,7 @@ margin:8px}}img{{max-width:520px}}</style></head><body>
 <h2>Devices and runtimes</h2><table>{ran}</table>
 <h2>Answer lengths</h2>{length_table}
 <h2>Plots</h2>{figures}
+{"<h2>Duplicate groups</h2>" + dup_html if dup_html else ""}
 <h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
 </body></html>"""
     out = run_dir / "report.html"

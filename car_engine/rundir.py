@@ -39,7 +39,7 @@ OUTPUTS_RECORD = ".outputs.json"
 # A run's final files: outputs.py writes the first four, report.py the page and its plots.
 OUTPUTS = ("selected.jsonl", "scores.parquet", "rejected.jsonl", "summary.json", "report.html",
            "iqs_hist.png", "ifd_hist.png", "iqs_vs_ifd.png", "cluster_sizes.png",
-           "cluster_map.png")
+           "cluster_map.png", "near_dup_hist.png", "semantic_dup_hist.png")
 TEMP_FILES = ".*.tmp"  # how io.atomic_path names a file being written
 
 

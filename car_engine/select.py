@@ -7,7 +7,7 @@ was or was not selected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from car_engine import native
-from car_engine.config import IFD_COMPAT_SELECTION, STRATEGIES, SelectParams
-from car_engine.dedup import content_hashes, survivors
+from car_engine.config import (
+    IFD_COMPAT_SELECTION,
+    NEAR_DUP_THRESHOLD,
+    STRATEGIES,
+    SelectParams,
+    check_dedup,
+)
+from car_engine.dedup import collapse_groups, content_hashes, survivors
 from car_engine.errors import CorpusError, UsageError
+from car_engine.score_tables import (
+    check_finite,
+    float_column,
+    in_input_order,
+    unique_ids,
+    with_clusters,
+)
 
 # The reasons a row carries in ``Selection.why``.
 WHY_N1 = "selected: top n1 by score"
@@ -29,6 +42,8 @@ WHY_UNSCORED = "not selected: no score"
 WHY_BELOW = "not selected: below the cut"
 WHY_MISALIGNED = "not selected: IFD >= 1 (the instruction does not help the answer)"
 WHY_MISALIGNED_STRICT = "not selected: IFD > 1 (the instruction does not help the answer)"
+WHY_NEAR = "not selected: near duplicate of {}"  # the id of its group's kept member
+WHY_SEMANTIC = "not selected: semantic duplicate of {}"
 
 
 @dataclass
@@ -55,12 +70,18 @@ def select_car(
     strategy: str = SelectParams.strategy,
     hashes: np.ndarray | None = None,
     topk: Callable[[np.ndarray, int], np.ndarray] = native.topk,
+    near_groups: np.ndarray | None = None,
+    semantic_groups: np.ndarray | None = None,
+    ids: Sequence[Any] | None = None,
 ) -> Selection:
     """CaR selection over rows in input order: the top ``n1`` by score, then the top ``n2`` of
     every cluster not already picked (by score). ``strategy="k*topn"`` keeps only the cluster
-    picks. With ``hashes``, rows of equal content collapse to their best-scored copy first.
-    NaN scores are never selected; a negative label means "no cluster". ``topk`` may be a
-    sharded top-k (per-shard lists + native merge) with the same result."""
+    picks. With ``hashes``, rows of equal content collapse to their best-scored copy first;
+    then rows of one ``near_groups`` group, then of one ``semantic_groups`` group (each a group
+    label per row, e.g. its group's smallest row) collapse to their best-scored eligible member
+    (SPEC §9), whose id (``ids``; else its row) the others' ``why`` names. NaN scores are never
+    selected; a negative label means "no cluster". ``topk`` may be a sharded top-k (per-shard
+    lists + native merge) with the same result."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
     if n1 < 0 or n2 < 0:
@@ -80,6 +101,14 @@ def select_car(
         duplicates = int(dup_rows.sum())
         why[dup_rows] = WHY_DUPLICATE
         eligible = np.where(keep, scores, np.nan)
+    collapsed = {}
+    for key, groups, reason in (("near_duplicates", near_groups, WHY_NEAR),
+                                ("semantic_duplicates", semantic_groups, WHY_SEMANTIC)):
+        if groups is not None:
+            eligible, dup_rows, kept_of = collapse_groups(groups, eligible)
+            names = ids if ids is not None else [f"row {r}" for r in range(n)]
+            why[dup_rows] = [reason.format(names[k]) for k in kept_of[dup_rows]]
+            collapsed[key] = int(dup_rows.sum())
     top = topk(eligible, n1) if strategy == "n1+k*n2" else np.empty(0, np.int64)
     per_cluster = native.topk_per_cluster(eligible, labels, n2)
     in_top = np.zeros(n, dtype=bool)
@@ -92,6 +121,7 @@ def select_car(
         "total": n,
         "scored": int((~np.isnan(scores)).sum()),
         "duplicates_collapsed": duplicates,
+        **collapsed,
         "clusters": int(np.unique(labels[labels >= 0]).size),
         "from_n1": int(top.size),
         "added_by_clusters": int(cluster_picks.size),
@@ -186,117 +216,6 @@ def select_car_ifd(
 # --------------------------------------------------------------------------- keyed tables
 
 
-def unique_ids(table: pa.Table, name: str) -> pa.ChunkedArray:
-    """The ``id`` column as strings, or a clear error naming a repeated id."""
-    if "id" not in table.column_names:
-        raise CorpusError(f"{name}: no 'id' column")
-    ids = table.column("id").cast(pa.string())
-    if pc.count_distinct(ids).as_py() != len(ids):
-        counts = pc.value_counts(ids)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"]
-        raise CorpusError(f"{name}: id '{repeated}' appears more than once")
-    return ids
-
-
-def attach(base: pa.Table, other: pa.Table, columns: list[str], name: str, *,
-           required: bool = False, base_name: str = "base") -> pa.Table:
-    """Left-join ``columns`` of ``other`` onto ``base`` by id (null where ``other`` lacks it;
-    with ``required``, an id of ``base`` that ``other`` lacks is an error naming it).
-    ``name`` and ``base_name`` name the two tables in errors (the files the user gave)."""
-    where = pc.index_in(unique_ids(base, base_name), value_set=unique_ids(other, name))
-    if required and where.null_count:
-        missing = base["id"].filter(pc.is_null(where))[0]
-        raise CorpusError(f"{name}: no row for record id '{missing}'")
-    for col in columns:
-        if col not in other.column_names:
-            raise CorpusError(f"{name}: no '{col}' column")
-        values = other.column(col).take(where)
-        if col in base.column_names:
-            base = base.set_column(base.column_names.index(col), col, values)
-        else:
-            base = base.append_column(col, values)
-    return base
-
-
-def in_input_order(table: pa.Table) -> pa.Table:
-    """Rows by input position when the table carries one: ties break by input order."""
-    if "position" in table.column_names:
-        return table.take(pc.sort_indices(table, [("position", "ascending")]))
-    return table
-
-
-def _float_column(table: pa.Table, column: str, name: str) -> np.ndarray:
-    if column not in table.column_names:
-        raise CorpusError(f"{name}: no '{column}' column (have: {', '.join(table.column_names)})")
-    values = table.column(column)
-    try:
-        return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        reason = str(err).splitlines()[0]
-        raise CorpusError(f"{name}: '{column}' is not a number column ({values.type}): "
-                          f"{reason}") from None
-
-
-def check_finite(table: pa.Table, name: str, rows: np.ndarray | None = None) -> None:
-    """Refuse NaN or infinity in any float column of a scores file (among ``rows``, a mask of
-    the rows a selection can pick): a missing score is null, and no output holds the others
-    as JSON, so they would be blamed on the output file."""
-    for column in table.column_names:
-        values = table.column(column)
-        if not pa.types.is_floating(values.type):
-            continue
-        numbers = values.to_numpy(zero_copy_only=False)
-        bad = ~np.isfinite(numbers) & ~values.is_null().to_numpy(zero_copy_only=False)
-        if rows is not None:
-            bad &= rows
-        if bad.any():
-            at = int(np.flatnonzero(bad)[0])
-            raise CorpusError(f"{name}: id '{table['id'][at]}': '{column}' is {numbers[at]}, "
-                              "not a finite number (leave a missing score null)")
-
-
-def _cluster_labels(clusters: pa.Table, name: str) -> pa.ChunkedArray:
-    """The ``cluster`` column as integer labels (a float one like 3.0 is the label 3); a null,
-    fractional or non-numeric label is an error naming the id and the value."""
-    if "cluster" not in clusters.column_names:
-        raise CorpusError(f"{name}: no 'cluster' column")
-    labels = clusters.column("cluster")
-    bad = labels.is_null().to_numpy(zero_copy_only=False)
-    if pa.types.is_floating(labels.type):
-        numbers = labels.to_numpy(zero_copy_only=False)
-        with np.errstate(invalid="ignore"):  # NaN and infinity are bad labels, not warnings
-            bad |= (np.trunc(numbers) != numbers) | (np.abs(numbers) >= 2.0**63)
-    elif not pa.types.is_integer(labels.type):
-        bad[:] = True
-    if bad.any():
-        at = int(np.flatnonzero(bad)[0])
-        value = labels[at].as_py()
-        what = "null" if value is None else repr(value)
-        raise CorpusError(f"{name}: id '{clusters['id'][at]}': cluster {what} is not an integer "
-                          "label (a negative one means no cluster)")
-    if pa.types.is_integer(labels.type):
-        return labels  # as the file holds them: the output keeps their type
-    return labels.cast(pa.int64())
-
-
-def _with_clusters(scores: pa.Table, clusters: pa.Table, scores_name: str,
-                   clusters_name: str) -> pa.Table:
-    """``scores`` with each row's cluster: the clusters file must hold exactly the ids of the
-    scores file (a missing id does not mean "no cluster": that is a negative label)."""
-    score_ids = unique_ids(scores, scores_name)
-    cluster_ids = unique_ids(clusters, clusters_name)
-    clusters = clusters.set_column(clusters.column_names.index("cluster"), "cluster",
-                                   _cluster_labels(clusters, clusters_name))
-    faults = ((cluster_ids, score_ids, "id '{}' is not in the scores file {}"),
-              (score_ids, cluster_ids, "no row for id '{}' of the scores file {}"))
-    for ids, others, fault in faults:
-        lacking = pc.invert(pc.is_in(ids, value_set=others))
-        if pc.any(lacking).as_py():
-            first = ids.filter(lacking)[0]
-            raise CorpusError(f"{clusters_name}: {fault.format(first, scores_name)}")
-    return attach(scores, clusters, ["cluster"], clusters_name, base_name=scores_name)
-
-
 def _dense(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 0..k-1 in the same order (negative ones stay "no cluster"): picks
     depend only on the grouping, and the native per-cluster slabs are sized by the largest
@@ -310,7 +229,7 @@ def _dense(labels: np.ndarray) -> np.ndarray:
 def scored_ifd(table: pa.Table, column: str = "ifd_ppl", status_column: str = "status", *,
                name: str = "scores") -> np.ndarray:
     """IFD values as float64, NaN where the row's status is not "ok" (no score to select by)."""
-    ifd = _float_column(table, column, name)
+    ifd = float_column(table, column, name)
     if status_column in table.column_names:
         ifd = np.where(_ok_rows(table, status_column, name), ifd, np.nan)
     return ifd
@@ -345,18 +264,29 @@ def select_car_table(
     dedup_content: bool = SelectParams.dedup,
     scores_name: str = "scores",
     clusters_name: str = "clusters",
+    near_dup: bool = False,
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD,
 ) -> tuple[pa.Table, Selection]:
     """CaR over keyed tables: ``scores`` (id, score column, and the record fields for content
     dedup and output) and ``clusters`` (id, integer cluster; exactly the ids of ``scores``).
     Scores must be finite or null (no score). ``scores_name`` and ``clusters_name`` name the
-    files in errors. Returns (all rows in input order with their cluster, the Selection over
-    those rows)."""
-    table = in_input_order(_with_clusters(scores, clusters, scores_name, clusters_name))
-    s = _float_column(table, score_column, scores_name)
+    files in errors. ``near_dup`` collapses near duplicates too (MinHash over the record
+    fields, Jaccard >= ``near_dup_threshold``). Returns (all rows in input order with their
+    cluster, the Selection over those rows)."""
+    check_dedup(near_dup_threshold, None)
+    table = in_input_order(with_clusters(scores, clusters, scores_name, clusters_name))
+    s = float_column(table, score_column, scores_name)
     check_finite(table, scores_name)
     labels = _dense(table.column("cluster").to_numpy())
     hashes = content_hashes(table) if dedup_content else None
-    return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes)
+    near, ids = None, None
+    if near_dup:
+        from car_engine.near_dup import near_groups, signatures
+
+        near = near_groups(signatures(table, name=scores_name), near_dup_threshold).groups
+        ids = table.column("id").cast(pa.string()).to_pylist()
+    return table, select_car(s, labels, n1=n1, n2=n2, strategy=strategy, hashes=hashes,
+                             near_groups=near, ids=ids)
 
 
 def select_ifd_table(

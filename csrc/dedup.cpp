@@ -40,25 +40,6 @@ inline uint32_t next_cp(const unsigned char* p, size_t& len) {
     return ((p[0] & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
 }
 
-// Whitespace runs become one ASCII space; leading and trailing whitespace goes.
-void collapse_whitespace(const char* data, size_t n, std::string& out) {
-    out.clear();
-    const auto* p = reinterpret_cast<const unsigned char*>(data);
-    bool pending_space = false;
-    for (size_t i = 0; i < n;) {
-        size_t len;
-        const uint32_t cp = next_cp(p + i, len);
-        if (is_space(cp)) {
-            pending_space = !out.empty();
-        } else {
-            if (pending_space) out.push_back(' ');
-            pending_space = false;
-            out.append(data + i, len);
-        }
-        i += len;
-    }
-}
-
 struct Slot {
     uint64_t hash;
     int64_t index;  // -1 = empty
@@ -138,6 +119,37 @@ std::vector<int64_t> mask_to_indices(const std::vector<uint8_t>& keep) {
 }
 
 }  // namespace
+
+// Whitespace runs become one ASCII space; leading and trailing whitespace goes. Runs of other
+// characters are copied whole (ASCII is checked byte by byte, only other bytes are decoded).
+void collapse_whitespace(const char* data, size_t n, std::string& out) {
+    out.clear();
+    out.reserve(n);
+    const auto* p = reinterpret_cast<const unsigned char*>(data);
+    bool pending_space = false;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i, len = 1;
+        while (j < n) {
+            const unsigned char c = p[j];
+            if (c < 0x80) {
+                if ((c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20)) break;
+                ++j;
+            } else {
+                if (is_space(next_cp(p + j, len))) break;
+                j += len;
+            }
+        }
+        if (j > i) {
+            if (pending_space) out.push_back(' ');
+            out.append(data + i, j - i);
+        }
+        if (j >= n) break;
+        next_cp(p + j, len);  // the whitespace character at j
+        i = j + len;
+        pending_space = !out.empty();
+    }
+}
 
 uint64_t hash_bytes(const char* data, size_t len) {
     uint64_t h = 0x243F6A8885A308D3ull ^ (len * kMul2);

@@ -2,6 +2,8 @@
 #include "attention.hpp"
 #include "dedup.hpp"
 #include "merge.hpp"
+#include "minhash.hpp"
+#include "semdedup.hpp"
 #include "topk.hpp"
 
 PYBIND11_MODULE(_native, m) {
@@ -40,6 +42,26 @@ PYBIND11_MODULE(_native, m) {
           py::arg("lengths"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
           py::arg("causal"), py::arg("out"), py::arg("threads"),
           "attention_bf16 for fp32 qkv and out.");
+    m.def("minhash_signatures", &car::minhash_signatures, py::arg("texts"), py::arg("num_perm"),
+          py::arg("seed"), py::arg("ngram"), py::arg("threads") = 0,
+          "MinHash signatures [n, num_perm] uint32 over the word n-gram shingles of texts "
+          "(whitespace collapsed here; callers case-fold and NFC-normalise); an empty text "
+          "is all 0xFFFFFFFF. threads 0: every core.");
+    m.def("lsh_groups", &car::lsh_groups, py::arg("signatures"), py::arg("bands"),
+          py::arg("rows"), py::arg("threshold"), py::arg("threads") = 0,
+          "Banded LSH over signatures, candidates verified by estimated Jaccard >= threshold, "
+          "connected components. Returns (groups: smallest index of each row's component, "
+          "pair_i, pair_j, pair_similarity) with every candidate pair checked.");
+    m.def("union_pairs", &car::union_pairs, py::arg("parent"), py::arg("left"),
+          py::arg("right"), "Join pairs (left[k], right[k]) in the union-find forest parent "
+          "(int64, in place; roots are the smallest index of their set).");
+    m.def("flatten_forest", &car::flatten_forest, py::arg("parent"),
+          "Point every entry of a union-find forest straight at its root (in place).");
+    m.def("projected_pairs", &car::projected_pairs, py::arg("zt"), py::arg("zz"), py::arg("lo"),
+          py::arg("hi"), py::arg("reach"), py::arg("max_pairs"), py::arg("threads") = 0,
+          "Pairs (i, j), lo <= i < hi, i < j, whose squared distance zz_i + zz_j - 2 z_i.z_j "
+          "is <= reach, for zt [dims, rows] float32 (z transposed) and zz = |z|^2; sorted. "
+          "None when more than max_pairs pass (the caller compares those rows densely).");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }

@@ -24,11 +24,14 @@ from car_engine.config import (
     IQS_PRECISIONS,
     IQS_RUNTIMES,
     IQS_TORCH_PRECISIONS,
+    NEAR_DUP_THRESHOLD,
+    SEMDEDUP_EPS,
     STRATEGIES,
     ClusterParams,
     EmbedParams,
     IFDParams,
     IQSParams,
+    NearDupParams,
     PreParams,
     SelectParams,
 )
@@ -124,6 +127,21 @@ def add_selection_flags(group: Group, *, ifd_frac_default: float | None = Select
                        help="IFD: drop only IFD > 1 (Cherry LLM keeps exactly 1)")
     group.add_argument("--no-dedup", action="store_true",
                        help="keep records of identical (normalised) content")
+
+
+def add_duplicate_flags(group: Group, *, semantic: bool = True) -> None:
+    """--near-dup, --near-dup-threshold and (with ``semantic``) --semdedup-eps (SPEC §9)."""
+    group.add_argument("--near-dup", action="store_true",
+                       help="also collapse near duplicates (MinHash over word 5-grams, LSH "
+                       f"{NearDupParams.bands} bands x {NearDupParams.rows} rows) to their "
+                       "best-scored member before the picks")
+    group.add_argument("--near-dup-threshold", type=float, default=NEAR_DUP_THRESHOLD,
+                       help="estimated Jaccard at which two records are near duplicates "
+                       f"(default {NEAR_DUP_THRESHOLD})")
+    if semantic:
+        group.add_argument("--semdedup-eps", type=float, default=SEMDEDUP_EPS,
+                           help="also collapse semantic duplicates: records of one cluster "
+                           "whose embeddings' cosine is >= 1 - EPS (e.g. 0.05; default off)")
 
 
 def add_cluster_flags(group: Group) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from car_engine.commands import options
-from car_engine.config import BACKENDS, METHODS, SCORE_CACHE, WORKERS, RunConfig
+from car_engine.config import BACKENDS, METHODS, SCORE_CACHE, WORKERS, NearDupParams, RunConfig
 from car_engine.errors import OutputError
 
 
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        f"between runs and corpora (default RUN_DIR/{SCORE_CACHE})")
     cache.add_argument("--no-score-cache", action="store_true",
                        help="score every record, keeping nothing for later runs")
+    options.add_duplicate_flags(p.add_argument_group("duplicates beyond exact content"))
     options.add_cluster_flags(p.add_argument_group("clustering"))
     options.add_pre_flags(p.add_argument_group("pre-experience"))
     models = p.add_argument_group("models")
@@ -60,7 +61,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
         iqs=options.iqs_params(args), ifd=options.ifd_params(args),
         embed=options.embed_params(args), pre=options.pre_params(args),
-        device=options.device_of(args),
+        device=options.device_of(args), near_dup=args.near_dup,
+        near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
+        near=NearDupParams(seed=args.seed),
     )
     cfg.check()
     return cfg

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
-from car_engine.config import SEED_MAX, ClusterParams, check_table_out
+from car_engine.config import SEED_MAX, ClusterParams, check_dedup, check_table_out
 from car_engine.errors import CorpusError, UsageError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", help="corpus to take the record fields from, when the scores "
                    "file lacks them; also the base of --ifd-frac (its rejected items count)")
     options.add_selection_flags(p.add_argument_group("selection"), ifd_frac_default=None)
+    options.add_duplicate_flags(p.add_argument_group("near duplicates"), semantic=False)
     p.add_argument("--score-column", default="iqs", help="CaR: score column (default iqs)")
     ifd = p.add_argument_group("IFD")
     ifd.add_argument("--ifd", action="store_true", help="IFD selection instead of CaR")
@@ -56,7 +57,7 @@ def _with_record_fields(scores: pa.Table, scores_path: str, corpus_path: str | N
 
     from car_engine.corpus import load_corpus
     from car_engine.dedup import RECORD_FIELDS
-    from car_engine.select import attach, unique_ids
+    from car_engine.score_tables import attach, unique_ids
 
     if corpus_path is None:
         return scores, 0
@@ -90,7 +91,10 @@ def check_args(args: argparse.Namespace) -> None:
         return
     if not args.scores:
         raise UsageError("--scores is needed (or use --pre-experience)")
+    check_dedup(args.near_dup_threshold, None)
     if args.ifd:
+        if args.near_dup:
+            raise UsageError("--near-dup applies to CaR selection, not --ifd")
         if (args.ifd_frac is None) == (args.ifd_count is None):
             raise UsageError("--ifd needs exactly one of --ifd-frac or --ifd-count")
         if args.ifd_frac is not None and not 0 <= args.ifd_frac <= 1:
@@ -132,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         table, selection = select_car_table(
             scores, read_table(args.clusters), score_column=args.score_column, n1=args.n1,
             n2=args.n2, strategy=args.strategy, dedup_content=not args.no_dedup,
-            scores_name=args.scores, clusters_name=args.clusters,
+            scores_name=args.scores, clusters_name=args.clusters, near_dup=args.near_dup,
+            near_dup_threshold=args.near_dup_threshold,
         )
     write_table(args.out, picked_rows(table, selection))
     print(_summary(selection.counts, rejected, args.out))

@@ -26,6 +26,7 @@ from typing import Any
 from car_engine.backends import get_backend
 from car_engine.config import SCORE_CACHE, WORKERS, RunConfig, check_k
 from car_engine.errors import CorpusError
+from car_engine.pipeline.duplicates import signature_stage
 from car_engine.pipeline.outputs import write_outputs
 from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
@@ -88,6 +89,8 @@ def run(
                               f"items; see {read.file('rejected.jsonl')})")
         if cfg.uses_car:
             check_k(cfg.k, sum(read.info["sizes"]))  # before any model loads
+        # Signatures depend only on the records: before any model, resumable shard by shard.
+        minhash = signature_stage(read, run_dir, cfg, progress) if cfg.near_dup else None
         runner = get_backend(backend, workers=workers, progress=progress)
         try:
             iqs = (shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
@@ -104,7 +107,7 @@ def run(
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
                          for s in (iqs, ifd, embed, pre) if s is not None}}
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
-                                   pre=pre)
+                                   pre=pre, minhash=minhash)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)

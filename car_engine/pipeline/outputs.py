@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 from car_engine.backends import Backend
 from car_engine.config import RunConfig
 from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
+from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.rundir import StageDir, take_records
+from car_engine.score_tables import attach
 from car_engine.select import (
     Selection,
-    attach,
     ifd_rule,
     picked_rows,
     scored_ifd,
@@ -69,8 +70,9 @@ def _with_pre_clusters(table: pa.Table, pre: pa.Table, cfg: RunConfig) -> pa.Tab
 
 
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
-           items: int) -> Selection:
-    """The run's method over the scores table (every rule lives in car_engine.select)."""
+           items: int, duplicates: Duplicates | None = None) -> Selection:
+    """The run's method over the scores table (every rule lives in car_engine.select);
+    ``duplicates`` are the near and semantic groups to collapse after exact duplicates."""
     column, keep_equal_one = ifd_rule(cfg.ifd.compat, cfg.keep_equal_one)
     if cfg.uses_pre:
         from car_engine.select_pre import select_pre_experience
@@ -86,6 +88,11 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
         n1=cfg.n1, n2=cfg.n2, strategy=cfg.strategy,
         hashes=table["content_hash"].to_numpy() if cfg.dedup else None,
         topk=lambda s, k: backend.sharded_topk(s, k, sizes))
+    if duplicates is not None and (duplicates.near or duplicates.semantic):
+        car.update(near_groups=None if duplicates.near is None else duplicates.near.groups,
+                   semantic_groups=None if duplicates.semantic is None
+                   else duplicates.semantic.groups,
+                   ids=table["id"].cast(pa.string()).to_pylist())
     iqs = table["iqs"].to_numpy(zero_copy_only=False).astype(np.float64)
     labels = table["cluster"].to_numpy()
     if cfg.uses_ifd:
@@ -119,12 +126,15 @@ def _clean(value: Any) -> Any:
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
                   backend: Backend, score_cache: dict[str, Any] | None = None,
-                  pre: StageDir | None = None) -> dict[str, int]:
+                  pre: StageDir | None = None, minhash: StageDir | None = None
+                  ) -> dict[str, int]:
     """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
-    (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts)."""
+    (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts;
+    near duplicates from the ``minhash`` signature stage when it ran)."""
     table = scores_table(read, iqs, ifd, clusters, pre, cfg)
     items = int(read.info["items"])
-    selection = select(table, cfg, backend, read.info["sizes"], items)
+    duplicates = find_duplicates(minhash, clusters, cfg)
+    selection = select(table, cfg, backend, read.info["sizes"], items, duplicates)
     selected = np.zeros(table.num_rows, dtype=bool)
     selected[selection.order] = True
     rank = np.full(table.num_rows, -1, dtype=np.int64)
@@ -149,5 +159,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}
     if score_cache is not None:
         summary["score_cache"] = score_cache
+    if duplicates.near is not None or duplicates.semantic is not None:
+        ids = table["id"].cast(pa.string()).to_pylist()
+        summary["duplicates"] = duplicates.summary(ids, selection.why)
     write_json(run_dir / "summary.json", summary)
     return counts
