@@ -8,8 +8,9 @@ keys file (``seg-<uuid>.keys.npy``), each written atomically; the keys file comm
 segment, so a reader never sees half of one and a writer killed mid-segment leaves only a
 temp file or an uncommitted values file. Segments are never changed once written, so any
 number of readers can share a cache with writers (each writer adds its own segments); a
-compaction that merges small segments runs under the folder's lock and readers that lose a
-segment to it mid-read list the folder again.
+compaction merges small segments under the folder's lock, and deletes the merged ones only
+while no reader holds the shared read lock (a reader still lists the folder again if a segment
+vanishes under it).
 
 A record's key is a 128-bit BLAKE2b of every field a scorer can read (instruction, input,
 output, turns), exact: unlike the dedup hash, no normalisation, so two records share cached
@@ -35,7 +36,8 @@ KEY_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 KEY_FIELDS = ("instruction", "input", "output", "turns")
 KEYS_SUFFIX = ".keys.npy"
 COMPACT_AT = 64  # segments; a compaction merges them into one
-LOCK = ".lock"
+LOCK = ".lock"  # one compaction at a time
+READ_LOCK = ".read.lock"  # shared by readers, exclusive while a compaction deletes segments
 _ABSENT = b"\xff" * 8  # a length no field can have: a null field
 
 
@@ -59,8 +61,10 @@ def record_keys(records: pa.Table) -> np.ndarray:
 
 
 def keys_column(keys: np.ndarray) -> pa.Array:
-    """Keys as an Arrow ``fixed_size_binary(16)`` column (how the read stage stores them)."""
-    return pa.array(list(keys.view("S16")), type=pa.binary(16))
+    """Keys as an Arrow ``fixed_size_binary(16)`` column (how the read stage stores them),
+    built from the raw bytes: a key may end in zero bytes, which numpy's ``S16`` would drop."""
+    data = pa.py_buffer(np.ascontiguousarray(keys).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, data])
 
 
 def keys_of(records: pa.Table) -> np.ndarray:
@@ -68,7 +72,11 @@ def keys_of(records: pa.Table) -> np.ndarray:
     if "cache_key" not in records.column_names:
         return record_keys(records)
     column = records.column("cache_key").combine_chunks()
-    return np.array(column.to_pylist(), dtype="S16").view(KEY_DTYPE).reshape(-1)
+    if column.null_count:
+        raise ValueError("cache_key column holds nulls")
+    data = column.buffers()[1]
+    return np.frombuffer(data, dtype=KEY_DTYPE, count=len(column),
+                         offset=column.offset * KEY_DTYPE.itemsize).copy()
 
 
 def files_digest(paths: list[Path]) -> str:
@@ -122,6 +130,10 @@ class ScoreCache:
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, pa.Table | np.ndarray | None]:
         """(found mask, cached values of the found keys in their order: a table without ``id``
         or a matrix; None when nothing was found)."""
+        with self._lock(READ_LOCK, fcntl.LOCK_SH):  # no compaction deletes while we read
+            return self._lookup(keys)
+
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, pa.Table | np.ndarray | None]:
         for _ in range(5):
             if self._index is None:
                 self._index = self._load_index()
@@ -189,11 +201,22 @@ class ScoreCache:
             first.sort()
             merged = self._gather(names, seg[first], rows[first])
             self._write(keys[first], merged)
-            for n in names:
-                (self.folder / (n + KEYS_SUFFIX)).unlink()  # uncommit first
-                for suffix in (".npy", ".parquet"):
-                    (self.folder / (n + suffix)).unlink(missing_ok=True)
+            with self._lock(READ_LOCK, fcntl.LOCK_EX):  # readers finish what they listed
+                for n in names:
+                    (self.folder / (n + KEYS_SUFFIX)).unlink()  # uncommit first
+                    for suffix in (".npy", ".parquet"):
+                        (self.folder / (n + suffix)).unlink(missing_ok=True)
             self._index = None
+
+    @contextmanager
+    def _lock(self, name: str, mode: int) -> Iterator[None]:
+        """Hold flock ``mode`` on ``folder/name`` (blocking)."""
+        with open(self.folder / name, "a") as handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def _locked(self) -> Iterator[bool]:

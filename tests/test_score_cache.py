@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from car_engine.cli import main
-from car_engine.score_cache import KEYS_SUFFIX, ScoreCache, record_keys
+from car_engine.score_cache import (
+    KEY_DTYPE,
+    KEYS_SUFFIX,
+    ScoreCache,
+    keys_column,
+    keys_of,
+    record_keys,
+)
 
 
 def records(texts: list[str]) -> pa.Table:
@@ -33,6 +40,16 @@ def test_keys_are_exact_and_ignore_ids():
     a = records(["a"]).set_column(2, "input", pa.array(["b"]))
     b = records(["a"]).set_column(3, "output", pa.array(["b"]))
     assert record_keys(a)[0] != record_keys(b)[0]  # fields never run into each other
+
+
+def test_keys_ending_in_zero_bytes_survive_the_read_stage_column():
+    keys = np.zeros(4, dtype=KEY_DTYPE)  # numpy's S16 would cut these trailing NULs
+    keys["hi"] = [1, 0, 2**63, 5]
+    keys["lo"] = [0, 0, 7, 2**64 - 1]
+    table = pa.table({"cache_key": keys_column(keys)})
+    assert table.schema.field("cache_key").type == pa.binary(16)
+    assert np.array_equal(keys_of(table), keys)
+    assert np.array_equal(keys_of(table.slice(1, 2)), keys[1:3])
 
 
 def test_lookup_gives_back_what_was_added_in_any_order(tmp_path):
