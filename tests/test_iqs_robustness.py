@@ -4,13 +4,13 @@ segment head, training with negatives, and the shipped model on a fast subset of
 from __future__ import annotations
 
 import csv
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from packed_models import copy_minilm_tokenizer
 
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.model import response_mask
@@ -94,9 +94,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
-        shutil.copy(minilm_path() / name, folder / name)
+    copy_minilm_tokenizer(folder)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)

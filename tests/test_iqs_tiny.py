@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from packed_models import copy_minilm_tokenizer
 from torch import nn
 
 from car_engine.errors import ModelError
@@ -21,7 +21,6 @@ from car_engine.iqs.model import masked_mean
 from car_engine.iqs.pairs import read_pairs
 from car_engine.iqs.store import load_model
 from car_engine.iqs.train import TrainOptions, train
-from car_engine.models.registry import minilm_path
 
 HIDDEN_SIZES = [48, 24]
 
@@ -32,9 +31,7 @@ def tiny_encoder(tmp_path_factory) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     folder = tmp_path_factory.mktemp("tiny-xlmr")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
-        shutil.copy(minilm_path() / name, folder / name)
+    copy_minilm_tokenizer(folder)
     config = XLMRobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
                               num_attention_heads=2, intermediate_size=64,
                               max_position_embeddings=130, pad_token_id=0, type_vocab_size=1)
