@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from car_engine.io import write_npy, write_parquet
+from car_engine.io import write_json, write_npy, write_parquet
+
+DIGESTS = "digests.json"  # model-file digests by (path, size, mtime), beside what they key
 
 KEY_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 KEY_FIELDS = ("instruction", "input", "output", "turns")
@@ -77,6 +80,21 @@ def keys_of(records: pa.Table) -> np.ndarray:
     data = column.buffers()[1]
     return np.frombuffer(data, dtype=KEY_DTYPE, count=len(column),
                          offset=column.offset * KEY_DTYPE.itemsize).copy()
+
+
+def models_digest(paths: list[Path], memo: Path) -> str:
+    """:func:`files_digest` of ``paths``, remembered in the JSON file ``memo`` by each file's
+    (path, size, mtime): hashing ~600 MB of weights costs ~1 s, so once per model version."""
+    stamp = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+                        for p in paths])
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if stamp not in known:
+        known[stamp] = files_digest(paths)
+        write_json(memo, known)
+    return str(known[stamp])
 
 
 def files_digest(paths: list[Path]) -> str:

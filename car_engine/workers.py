@@ -37,11 +37,6 @@ class Worker:
         keys on their contents)."""
         raise NotImplementedError
 
-    @classmethod
-    def identity(cls, params: Any) -> dict[str, Any]:
-        """What the stage's output depends on beyond ``params`` (part of its fingerprint)."""
-        return {}
-
 
 class IQSWorker(Worker):
     """IQS scores (column ``iqs``) of a shard."""
@@ -75,15 +70,6 @@ class IQSWorker(Worker):
         config = IQSConfig.from_file(weights.parent / CONFIG_FILE)
         return [weights, weights.parent / CONFIG_FILE,
                 *model_folder_files(resolve_encoder(config.backbone))]
-
-    @classmethod
-    def identity(cls, params: IQSParams) -> dict[str, Any]:
-        """The model file's digest: ``default`` names whatever model ships with the package
-        (it changed in issue #21), so a run folder's scores must not outlive it."""
-        from car_engine.iqs.score import weights_path
-        from car_engine.rundir import file_digest
-
-        return {"model_sha256": file_digest(weights_path(params.model))}
 
 
 class IFDWorker(Worker):

@@ -9,7 +9,6 @@ has landed. A shard whose records were all seen is written without any model loa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,29 +19,17 @@ import pyarrow.parquet as pq
 
 from car_engine.backends import Backend, ShardJob
 from car_engine.config import params_dict
-from car_engine.io import write_json, write_npy, write_parquet
+from car_engine.io import write_npy, write_parquet
 from car_engine.rundir import StageDir, fingerprint
-from car_engine.score_cache import ScoreCache, files_digest, keys_of
+from car_engine.score_cache import DIGESTS, ScoreCache, keys_of, models_digest
 from car_engine.workers import Worker
-
-DIGESTS = "digests.json"  # model-file digests by (path, size, mtime), beside the segments
 
 
 def scorer_fingerprint(worker: type[Worker], params: Any, root: Path) -> str:
     """What a stage's per-record output depends on: its parameters, the contents of its model
     files and the engine version (in :func:`~car_engine.rundir.fingerprint`)."""
-    files = worker.model_files(params)
-    stamp = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-                        for p in files])
-    known_path = root / DIGESTS
-    try:
-        known = json.loads(known_path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if stamp not in known:  # hashing ~600 MB of weights costs ~1 s: once per model version
-        known[stamp] = files_digest(files)
-        write_json(known_path, known)
-    return fingerprint(worker.stage, params_dict(params), [known[stamp]])
+    digest = models_digest(worker.model_files(params), root / DIGESTS)
+    return fingerprint(worker.stage, params_dict(params), [digest])
 
 
 @dataclass
@@ -76,10 +63,13 @@ def run_cached(worker: type[Worker], params: Any, stage: StageDir, shards: list[
             _write(stage.file(output), _assemble(ids, found, cached, None))
             stage.mark_done(output, cached=int(found.size), computed=0)
             continue
-        missing = stage.file("todo-" + Path(output).stem + ".parquet")
-        write_parquet(missing, records.filter(pa.array(~found)))
+        if found.any():  # the job reads only the records the cache lacks
+            todo = stage.file("todo-" + Path(output).stem + ".parquet")
+            write_parquet(todo, records.filter(pa.array(~found)))
+        else:  # none of them: the read stage's shard as it is
+            todo = source
         part = stage.file("part-" + output)
-        jobs.append(ShardJob(str(missing), str(part)))
+        jobs.append(ShardJob(str(todo), str(part)))
         pending[str(part)] = _Pending(output, keys, found, cached, ids)
 
     def land(job: ShardJob) -> None:
@@ -89,7 +79,8 @@ def run_cached(worker: type[Worker], params: Any, stage: StageDir, shards: list[
         cache.add(shard.keys[~shard.found], _values(computed))
         stage.mark_done(shard.output, cached=int(shard.found.sum()),
                         computed=int((~shard.found).sum()))
-        Path(job.source).unlink()
+        if Path(job.source).name.startswith("todo-"):
+            Path(job.source).unlink()
         Path(job.target).unlink()
         if job.runtime:
             runtimes.add(job.runtime)
