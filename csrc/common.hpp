@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -38,6 +40,35 @@ inline int threads_for(int64_t n) {
     const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
     const int64_t wanted = std::max<int64_t>(1, n / 2'000'000);
     return static_cast<int>(std::min(hw, wanted));
+}
+
+// Threads for a caller's request (0: the machine's), never more than units of work.
+inline int pick_threads(int threads, int64_t work) {
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int t = threads > 0 ? threads : hw;
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, work)));
+}
+
+// Run work(t) for t in [0, threads): t = 0 on the calling thread, the rest on new ones.
+template <typename F>
+void run_threads(int threads, F work) {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
+    for (auto& th : pool) th.join();
+}
+
+// Run body(i) for i in [0, n) on `threads` threads, handing out chunks of `chunk` as each
+// thread finishes its last (items of uneven cost balance themselves).
+template <typename F>
+void parallel_for(int64_t n, int threads, int64_t chunk, F body) {
+    std::atomic<int64_t> next{0};
+    run_threads(threads, [&](int) {
+        for (int64_t lo; (lo = next.fetch_add(chunk)) < n;) {
+            const int64_t hi = std::min(n, lo + chunk);
+            for (int64_t i = lo; i < hi; ++i) body(i);
+        }
+    });
 }
 
 // A 1-D, C-contiguous numpy array of exactly dtype T, or ValueError naming the argument.

@@ -104,10 +104,7 @@ std::vector<uint8_t> dedup_impl(const uint64_t* h, int64_t n, const S* scores) {
         }
     };
     const int T = threads_for(n);
-    std::vector<std::thread> pool;
-    for (int t = 1; t < T; ++t) pool.emplace_back(resolve, B * t / T, B * (t + 1) / T);
-    resolve(0, B / T);
-    for (auto& th : pool) th.join();
+    run_threads(T, [&](int t) { resolve(B * t / T, B * (t + 1) / T); });
     return keep;
 }
 

@@ -120,30 +120,6 @@ void shingle_hashes(const std::string& text, int ngram, std::vector<uint32_t>& o
     }
 }
 
-int pick_threads(int threads, int64_t work) {
-    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    int t = threads > 0 ? threads : hw;
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, work)));
-}
-
-// Run body(i) for i in [0, n) on `threads` threads, handing out chunks of `chunk`.
-template <typename F>
-void parallel_for(int64_t n, int threads, int64_t chunk, F body) {
-    std::atomic<int64_t> next{0};
-    auto worker = [&]() {
-        for (;;) {
-            const int64_t lo = next.fetch_add(chunk);
-            if (lo >= n) return;
-            const int64_t hi = std::min(n, lo + chunk);
-            for (int64_t i = lo; i < hi; ++i) body(i);
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
-}
-
 // Union-find whose root is always the smallest index of its set.
 inline int64_t find_root(int64_t* parent, int64_t x) {
     while (parent[x] != x) {
@@ -189,15 +165,12 @@ py::array_t<uint32_t> minhash_signatures(const py::list& texts, int num_perm, ui
         py::gil_scoped_release nogil;  // the list keeps every str (and its UTF-8 buffer) alive
         const Permutations perm(num_perm, seed);
         const int T = pick_threads(threads, n / 64 + 1);
-        std::vector<std::thread> pool;
         std::atomic<int64_t> next{0};
-        auto worker = [&]() {
-            std::string buf;
+        run_threads(T, [&](int) {
+            std::string buf;  // each thread's own scratch
             std::vector<uint32_t> xs;
             std::vector<uint64_t> words;
-            for (;;) {
-                const int64_t lo = next.fetch_add(16);
-                if (lo >= n) return;
+            for (int64_t lo; (lo = next.fetch_add(16)) < n;) {
                 for (int64_t i = lo; i < std::min(n, lo + 16); ++i) {
                     uint32_t* row = sig + i * num_perm;
                     std::fill(row, row + num_perm, kEmpty);
@@ -206,10 +179,7 @@ py::array_t<uint32_t> minhash_signatures(const py::list& texts, int num_perm, ui
                     fold_shingles(xs.data(), xs.size(), perm, num_perm, row);
                 }
             }
-        };
-        for (int t = 1; t < T; ++t) pool.emplace_back(worker);
-        worker();
-        for (auto& th : pool) th.join();
+        });
     }
     return out;
 }

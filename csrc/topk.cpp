@@ -67,10 +67,7 @@ std::vector<int64_t> topk_impl(const S* s, int64_t n, int64_t k) {
             if (heap.may_enter(v) && !std::isnan(v)) heap.offer(v, i);
         }
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < T; ++t) pool.emplace_back(scan, t);
-    scan(0);
-    for (auto& th : pool) th.join();
+    run_threads(T, scan);
     std::vector<Candidate<S>> all;
     for (auto& h : heaps) all.insert(all.end(), h.items().begin(), h.items().end());
     return sorted_indices(all, k);
@@ -103,10 +100,7 @@ std::vector<int64_t> per_cluster_impl(const S* s, const L* labels, int64_t n, in
             }
         }
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < T; ++t) pool.emplace_back(scan, t);
-    scan(0);
-    for (auto& th : pool) th.join();
+    run_threads(T, scan);
 
     std::vector<int64_t> out;
     std::vector<Candidate<S>> merged;
