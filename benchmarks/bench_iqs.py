@@ -76,18 +76,20 @@ def run(quick: bool = False, n: int | None = None, model: str = "default",
         rows.append(row(f"iqs-onnx-{precision}", n, seconds[precision], seconds["reference"],
                         check, value, ok, target_speedup=TARGETS[precision],
                         provider=scorer.describe()))
-    robustness = robustness_row(iqs, tokenizer, scorers["fp32"], quick)
+    # quick: the first 40 pairs, or n when it is smaller (a smoke run at --n 16)
+    limit = min(QUICK_ROBUSTNESS_PAIRS, n) if quick else None
+    robustness = robustness_row(iqs, tokenizer, scorers["fp32"], limit)
     return rows + ([robustness] if robustness else [])
 
 
-def robustness_row(iqs, tokenizer, scorer: IQSScorer, quick: bool) -> dict | None:
-    """The suite on the validation split: ONNX fp32 (engine) vs eager torch (reference)."""
+def robustness_row(iqs, tokenizer, scorer: IQSScorer, limit: int | None) -> dict | None:
+    """The suite on the validation split (its first ``limit`` pairs; None: all): ONNX fp32
+    (engine) vs eager torch (reference)."""
     path = default_valid_csv()
     if not path.is_file():
         print(f"iqs-robustness skipped: {path} is absent")
         return None
     pairs = read_pairs(path)
-    limit = QUICK_ROBUSTNESS_PAIRS if quick else None
     suite = corrupt(pairs, limit=limit)
     good = sorted({c.pair for c in suite})
     texts = [pairs.texts[2 * k + 1] for k in good] + [c.bad for c in suite]
