@@ -8,7 +8,7 @@ these fields), so a default is changed in exactly one place.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from car_engine.errors import UsageError
@@ -230,9 +230,13 @@ class RunConfig:
     near_dup_threshold: float = NEAR_DUP_THRESHOLD
     semdedup_eps: float | None = SEMDEDUP_EPS
     near: NearDupParams = field(default_factory=NearDupParams)
+    exact: bool = False  # fp32 on every stage and device (--exact), whatever auto would pick
 
     def check(self) -> None:
-        """Refuse, before any model loads, every value that cannot work."""
+        """Refuse, before any model loads, every value that cannot work; with ``exact``, pin
+        every precision left at auto to fp32 (and refuse one set to anything else)."""
+        if self.exact:
+            self._pin_fp32()
         check_dedup(self.near_dup_threshold, self.semdedup_eps)
         if (self.near_dup or self.semdedup_eps is not None) and not self.uses_car:
             raise UsageError("--near-dup and --semdedup-eps apply to the car and car+ifd "
@@ -260,6 +264,17 @@ class RunConfig:
             self.pre.check()
             if not 0 <= self.seed <= SEED_MAX:
                 raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {self.seed}")
+
+    def _pin_fp32(self) -> None:
+        for flag, stage, name in (("--iqs-precision", "iqs", "precision"),
+                                  ("--ifd-dtype", "ifd", "dtype"),
+                                  ("--embed-dtype", "embed", "dtype")):
+            params = getattr(self, stage)
+            value = getattr(params, name)
+            if value not in (AUTO, "fp32"):
+                raise UsageError(f"--exact runs fp32 everywhere, but {flag} is {value}: "
+                                 f"drop one of the two")
+            setattr(self, stage, replace(params, **{name: "fp32"}))
 
     @property
     def uses_car(self) -> bool:

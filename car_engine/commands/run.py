@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ray: actors per scoring stage (default {WORKERS})")
     options.add_quiet(p)
     options.add_device(p)
+    p.add_argument("--exact", action="store_true",
+                   help="fp32 on every stage and device, whatever --device and auto would pick: "
+                   "bit-for-bit the same output on every run of the same machine kind")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--score-cache", metavar="DIR",
@@ -63,7 +66,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         embed=options.embed_params(args), pre=options.pre_params(args),
         device=options.device_of(args), near_dup=args.near_dup,
         near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
-        near=NearDupParams(seed=args.seed),
+        near=NearDupParams(seed=args.seed), exact=args.exact,
     )
     cfg.check()
     return cfg
