@@ -20,7 +20,7 @@ from car_engine.errors import UsageError
 # stage -> the benchmark script that measures it (embed and cluster share one script)
 SCRIPTS = {"select": "bench_select", "ifd": "bench_ifd", "iqs": "bench_iqs",
            "embed": "bench_cluster", "cluster": "bench_cluster", "dedup": "bench_dedup",
-           "rescore": "bench_rescore"}
+           "rescore": "bench_rescore", "pipeline": "bench_end_to_end"}
 STAGES = tuple(SCRIPTS)
 KEYS = ("stage", "items", "engine_per_s", "reference_per_s", "speedup", "peak_rss_mb", "check",
         "check_value", "check_ok")
