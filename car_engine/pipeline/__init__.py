@@ -107,7 +107,7 @@ def run(
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
                          for s in (iqs, ifd, embed, pre) if s is not None}}
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
-                                   pre=pre, minhash=minhash)
+                                   pre=pre, minhash=minhash, source=source)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)
