@@ -61,6 +61,7 @@ SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless o
 OUTPUT_FORMATS = ("original", "alpaca", "sharegpt", "messages")
 OUTPUT_FORMAT = "original"
 FIELD_TARGETS = ("instruction", "input", "output")
+INPUT_DIR = "input"  # where `run` keeps in-memory data it was given, inside RUN_DIR
 
 
 @dataclass(frozen=True)

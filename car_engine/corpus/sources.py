@@ -18,8 +18,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from car_engine.corpus.formats import BUILTIN_SHAREGPT, SKIPPED, format_of, raw_items, \
-    resolve_source
+from car_engine.corpus.formats import (
+    BUILTIN_SHAREGPT,
+    SKIPPED,
+    format_of,
+    raw_items,
+    resolve_source,
+)
 from car_engine.errors import CorpusError
 
 GLOB_CHARS = "*?["
@@ -72,7 +77,7 @@ def source_files(source: str | os.PathLike) -> list[Path]:
         return _hf_files(folder)
     files = sorted(f for f in folder.iterdir() if _is_corpus_file(f))
     if not files:
-        raise CorpusError(f"{folder}: a folder with no corpus file (.json, .jsonl, .parquet, "
+        raise CorpusError(f"{folder}: is a directory with no corpus file (.json, .jsonl, .parquet, "
                           ".arrow, optionally .gz)")
     return files
 
