@@ -90,12 +90,16 @@ def test_single_exchange_hash_is_unchanged(sharegpt_records):
 
 @pytest.mark.slow
 def test_run_keeps_distinct_conversations(conv_run):
-    _, out, _ = conv_run
+    corpus, out, _ = conv_run
     counts = json.loads((out / "summary.json").read_text())["counts"]
     assert counts["duplicates_collapsed"] == 0 and counts["selected"] == 4
     selected = [json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()]
-    asked = {r["conversations"][2]["content"] for r in selected if "conversations" in r}
+    asked = {r["conversations"][2]["value"] for r in selected if "conversations" in r}
     assert asked == {q for q, _ in FOLLOW_UPS}
+    items = [json.loads(x) for x in corpus.read_text().splitlines()]
+    for row in selected:  # given back as they came (SPEC §6)
+        assert {k: v for k, v in row.items() if k != "car_engine"} == \
+            items[row["car_engine"]["position"]]
 
 
 # ---------------------------------------------------------------- 2a: the corpus is its bytes
