@@ -58,8 +58,8 @@ def _hf_files(folder: Path) -> list[Path]:
 def source_files(source: str | os.PathLike) -> list[Path]:
     """The files behind a corpus argument, in the order they are read."""
     text = str(source)
-    if text.startswith("builtin:") or (not any(c in text for c in GLOB_CHARS)
-                                       and not Path(text).is_dir()):
+    if text.startswith("builtin:") or Path(text).is_file() or (
+            not any(c in text for c in GLOB_CHARS) and not Path(text).is_dir()):
         return [resolve_source(source)]
     if any(c in text for c in GLOB_CHARS) and not Path(text).exists():
         files = sorted(Path(p) for p in glob.glob(text, recursive=True))
