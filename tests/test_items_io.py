@@ -155,6 +155,8 @@ def test_folder_and_glob_of_shards_are_one_corpus(tmp_path, capsys):
         f"p{n}-{k}" for n in range(3) for k in range(2)]
     with pytest.raises(CorpusError, match="no corpus file matches"):
         source_files(str(tmp_path / "nothing-*.jsonl"))
+    odd = write_items(tmp_path, ITEMS, "jsonl", name="c[1]")  # a name, not a pattern
+    assert source_files(odd) == [odd]
 
 
 def test_save_to_disk_folder(tmp_path):
