@@ -56,6 +56,12 @@ EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 3
 WORKERS = 2  # Ray actors per scoring stage
 SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless one is named
+# Output records and field names (SPEC §6): selected.jsonl gives the items back as they came
+# ("original"), or converted; --fields names the keys of other single-turn schemas.
+OUTPUT_FORMATS = ("original", "alpaca", "sharegpt", "messages")
+OUTPUT_FORMAT = "original"
+FIELD_TARGETS = ("instruction", "input", "output")
+INPUT_DIR = "input"  # where `run` keeps in-memory data it was given, inside RUN_DIR
 
 
 @dataclass(frozen=True)
@@ -231,12 +237,17 @@ class RunConfig:
     semdedup_eps: float | None = SEMDEDUP_EPS
     near: NearDupParams = field(default_factory=NearDupParams)
     exact: bool = False  # fp32 on every stage and device (--exact), whatever auto would pick
+    fields: str | None = None  # --fields instruction=KEY,input=KEY,output=KEY
+    output_format: str = OUTPUT_FORMAT
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work; with ``exact``, pin
         every precision left at auto to fp32 (and refuse one set to anything else)."""
         if self.exact:
             self._pin_fp32()
+        if self.fields is not None:
+            parse_fields(self.fields)
+        _check_choice("--output-format", self.output_format, OUTPUT_FORMATS)
         check_dedup(self.near_dup_threshold, self.semdedup_eps)
         if (self.near_dup or self.semdedup_eps is not None) and not self.uses_car:
             raise UsageError("--near-dup and --semdedup-eps apply to the car and car+ifd "
@@ -318,6 +329,26 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
     return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
+
+
+def parse_fields(spec: str) -> dict[str, str]:
+    """``instruction=q,output=a`` as ``{"instruction": "q", "input": "", "output": "a"}``
+    (an input left out is none); anything malformed is a UsageError naming the part."""
+    mapping = dict.fromkeys(FIELD_TARGETS, "")
+    seen = set()
+    for part in str(spec).split(","):
+        target, eq, key = (s.strip() for s in part.partition("="))
+        if not eq or not key or target not in FIELD_TARGETS:
+            raise UsageError(f"--fields {spec}: '{part.strip()}' must be FIELD=KEY with FIELD "
+                             f"one of {', '.join(FIELD_TARGETS)}")
+        if target in seen:
+            raise UsageError(f"--fields {spec}: '{target}' is named twice")
+        seen.add(target)
+        mapping[target] = key
+    for target in ("instruction", "output"):
+        if not mapping[target]:
+            raise UsageError(f"--fields {spec}: names no key for '{target}'")
+    return mapping
 
 
 def check_limit(limit: int | None) -> None:

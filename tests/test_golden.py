@@ -1,15 +1,26 @@
 """The restructure changed no output: `car-engine run` on fixed slices of builtin:sharegpt gives
-the selected.jsonl and scores.parquet recorded from the code before it (tests/data/golden)."""
+the scores.parquet and the selection recorded from the code before it (tests/data/golden).
+
+selected.jsonl changed format by design (issue #16, SPEC §6): its rows are now the input items
+as they came, with the engine's fields under `car_engine`. So scores.parquet is still compared
+byte for byte in content, and each selected.jsonl row against the recorded row of the same
+rank: the same id, scores, cluster and selected_by, and an item that is exactly the corpus item
+at its position, whose turns are the recorded `conversations` (same roles, same texts)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from itertools import islice
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from car_engine.cli import main
+from car_engine.corpus import ASSISTANT_ROLES, USER_ROLES, resolve_source
+from car_engine.corpus.formats import open_binary
+from car_engine.corpus.json_array import json_array_items
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 # The golden outputs were recorded with the IQS model shipped before issue #21; it is kept
@@ -22,13 +33,39 @@ SMALL = ["--limit", "30", "--shard-size", "12"]
 pytestmark = pytest.mark.slow  # the default models, three methods
 
 
+def corpus_items(n: int) -> list[dict]:
+    """The first ``n`` items of builtin:sharegpt, as the file holds them."""
+    with open_binary(resolve_source("builtin:sharegpt")) as stream:
+        return [item for _, item in islice(json_array_items(stream), n)]
+
+
+def _role(name: str) -> str:
+    low = name.lower()
+    return "user" if low in USER_ROLES else "assistant" if low in ASSISTANT_ROLES else low
+
+
 def assert_same_outputs(run_dir: Path, name: str) -> None:
     want = GOLDEN / name
-    assert (run_dir / "selected.jsonl").read_bytes() == (want / "selected.jsonl").read_bytes()
     got = pq.read_table(run_dir / "scores.parquet")
     expected = pq.read_table(want / "scores.parquet")
     assert got.schema == expected.schema
     assert got.equals(expected)
+    recorded = [json.loads(x) for x in (want / "selected.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / "selected.jsonl").read_text().splitlines()]
+    assert len(rows) == len(recorded)
+    scores = {r["id"]: r for r in expected.to_pylist()}
+    items = corpus_items(max(r["car_engine"]["position"] for r in rows) + 1)
+    for row, old in zip(rows, recorded, strict=True):
+        engine = row.pop("car_engine")
+        assert engine["id"] == old["id"] and engine["selected_by"] == old["selected_by"]
+        assert engine["scores"] == {c: old[c] for c in ("iqs", "ifd_ppl", "ifd_loss")
+                                    if c in old}
+        assert engine.get("cluster") == old.get("cluster")
+        assert engine["position"] == scores[old["id"]]["position"]
+        assert engine["why"] == scores[old["id"]]["why"]
+        assert row == items[engine["position"]]  # the input item, unchanged
+        assert [{"role": _role(t["from"]), "content": t["value"]}
+                for t in row["conversations"]] == old["conversations"]
 
 
 def test_car_is_unchanged(tmp_path):

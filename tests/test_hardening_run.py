@@ -90,12 +90,40 @@ def test_single_exchange_hash_is_unchanged(sharegpt_records):
 
 @pytest.mark.slow
 def test_run_keeps_distinct_conversations(conv_run):
-    _, out, _ = conv_run
+    corpus, out, _ = conv_run
     counts = json.loads((out / "summary.json").read_text())["counts"]
     assert counts["duplicates_collapsed"] == 0 and counts["selected"] == 4
     selected = [json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()]
-    asked = {r["conversations"][2]["content"] for r in selected if "conversations" in r}
+    asked = {r["conversations"][2]["value"] for r in selected if "conversations" in r}
     assert asked == {q for q, _ in FOLLOW_UPS}
+    items = [json.loads(x) for x in corpus.read_text().splitlines()]
+    for row in selected:  # given back as they came (SPEC §6)
+        assert {k: v for k, v in row.items() if k != "car_engine"} == \
+            items[row["car_engine"]["position"]]
+
+
+@pytest.mark.slow
+def test_output_format_reruns_only_the_outputs(conv_run, tmp_path, capsys):
+    """--output-format alpaca on picked conversations is exit 2 naming the first one; the
+    stages stay, so another format only writes the outputs again (SPEC §6)."""
+    _, out, args = conv_run
+    copy = tmp_path / "r"
+    shutil.copytree(out, copy)
+    args = [*args[:2], "--out", str(copy), *args[4:]]
+    first = json.loads((out / "selected.jsonl").read_text().splitlines()[0])
+    conv = next(json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()
+                if "conversations" in json.loads(x))
+    capsys.readouterr()
+    assert main([*args, "--output-format", "alpaca"]) == 2
+    err = capsys.readouterr().err
+    assert f"item '{conv['car_engine']['id']}'" in err and "cannot be converted" in err
+    assert not (copy / "selected.jsonl").exists()  # nothing written for the failed format
+    assert main([*args, "--output-format", "messages"]) == 0
+    rows = [json.loads(x) for x in (copy / "selected.jsonl").read_text().splitlines()]
+    assert rows[0]["car_engine"] == first["car_engine"]
+    assert all("messages" in r and "conversations" not in r for r in rows)
+    manifest = json.loads((copy / "stages" / "iqs" / "manifest.json").read_text())
+    assert manifest == json.loads((out / "stages" / "iqs" / "manifest.json").read_text())
 
 
 # ---------------------------------------------------------------- 2a: the corpus is its bytes

@@ -40,8 +40,13 @@ def test_every_record_is_accounted_for(reference_run, corpus):
     by_score = sorted(scores.to_pylist(), key=lambda r: (-r["iqs"], r["position"]))
     dup_ids = {r["id"] for r in scores.to_pylist() if "duplicate" in r["why"]}
     best = [r["id"] for r in by_score if r["id"] not in dup_ids][:5]
-    assert [r["id"] for r in selected[:5]] == best
-    assert all(r["selected_by"] == "cluster" for r in selected[5:])
+    assert [r["car_engine"]["id"] for r in selected[:5]] == best
+    assert all(r["car_engine"]["selected_by"] == "cluster" for r in selected[5:])
+    # Each row is the corpus line at its position, unchanged, plus the car_engine key.
+    lines = corpus.read_text().splitlines()  # no blank line: line n + 1 is position n
+    for row in selected:
+        engine = row.pop("car_engine")
+        assert row == json.loads(lines[engine["position"]])
     assert set(scores["why"].to_pylist()) >= {"selected: top n1 by score",
                                               "selected: top of its cluster"}
     html = (reference_run / "report.html").read_text()

@@ -99,7 +99,8 @@ def test_select_and_run_draw_the_subset(tmp_path, small_corpus):
     assert {"instruction_ppl", "cluster", "why"} <= set(scores.column_names)
     selected = [json.loads(line) for line in (run_dir / "selected.jsonl").read_text()
                 .splitlines()]
-    assert [r["id"] for r in selected] == [r["id"] for r in picked]  # same pass, same seed
+    # same pass, same seed
+    assert [r["car_engine"]["id"] for r in selected] == [r["id"] for r in picked]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["counts"]["selected"] == len(selected)
 

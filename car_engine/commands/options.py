@@ -25,6 +25,8 @@ from car_engine.config import (
     IQS_RUNTIMES,
     IQS_TORCH_PRECISIONS,
     NEAR_DUP_THRESHOLD,
+    OUTPUT_FORMAT,
+    OUTPUT_FORMATS,
     SEMDEDUP_EPS,
     STRATEGIES,
     ClusterParams,
@@ -42,7 +44,9 @@ if TYPE_CHECKING:
 
 Group = argparse.ArgumentParser | argparse._ArgumentGroup
 
-CORPUS_HELP = "corpus (.json/.jsonl/.parquet, optionally .gz) or builtin:sharegpt"
+CORPUS_HELP = ("corpus: a .json/.jsonl/.parquet/.arrow file (optionally .gz), a folder or a "
+               "quoted glob of them read as one corpus (sorted by name), a Hugging Face "
+               "save_to_disk folder, or builtin:sharegpt")
 IQS_MODEL_HELP = ("IQS model: 'default' (shipped, all-MiniLM-L6-v2 backbone), a folder written "
                   "by `iqs train`, or a CaR/COMET .ckpt (hparams.yaml two folders up)")
 
@@ -181,6 +185,24 @@ def pre_params(args: argparse.Namespace) -> PreParams:
         raise UsageError(f"--pre-percentiles {args.pre_percentiles}: give two numbers, "
                          "LOW,HIGH (e.g. 25,75)") from None
     return PreParams(k=args.pre_k, per_cluster=args.pre_per_cluster, low=low, high=high)
+
+
+def add_fields(group: Group) -> None:
+    """--fields (SPEC §6): the keys of another single-turn schema."""
+    group.add_argument("--fields", metavar="instruction=KEY,input=KEY,output=KEY",
+                       help="the keys single-turn items hold their instruction, input and output "
+                       "in (input may be left out); without it Alpaca, Dolly (instruction, "
+                       "context, response), prompt/completion and question/answer items are "
+                       "recognised and the mapping used is said once")
+
+
+def add_output_format(group: Group) -> None:
+    """--output-format (SPEC §6)."""
+    group.add_argument("--output-format", choices=OUTPUT_FORMATS, default=OUTPUT_FORMAT,
+                       help="selected.jsonl: each item as it came (original, the default) with "
+                       "the engine's fields under 'car_engine', or converted to alpaca, "
+                       "sharegpt (conversations/from/value) or messages (role/content); an "
+                       "item the target cannot hold (a conversation as alpaca) is exit 2")
 
 
 def add_quiet(group: Group) -> None:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add_selection_flags(p)
     options.add_limit(p)
     p.add_argument("--strict", action="store_true", help="stop at the first bad item")
+    options.add_fields(p)
+    options.add_output_format(p)
     p.add_argument("--shard-size", type=int, default=RunConfig.shard_size,
                    help=f"records per shard (default {RunConfig.shard_size})")
     p.add_argument("--backend", choices=BACKENDS, default="local",
@@ -66,7 +68,8 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         embed=options.embed_params(args), pre=options.pre_params(args),
         device=options.device_of(args), near_dup=args.near_dup,
         near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
-        near=NearDupParams(seed=args.seed), exact=args.exact,
+        near=NearDupParams(seed=args.seed), exact=args.exact, fields=args.fields,
+        output_format=args.output_format,
     )
     cfg.check()
     return cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from car_engine.commands import options
-from car_engine.config import check_limit
+from car_engine.config import check_limit, parse_fields
 from car_engine.corpus import Rejection, read_corpus
 from car_engine.io import write_jsonl
 
@@ -16,10 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read INPUT as `car-engine run` would and report how many items became "
         "records and which were rejected (file, line or item, reason). Cheap: no model loads. "
         "A file that cannot be read at all (not in its format) is an error (exit 3).")
-    p.add_argument("input", help="corpus (.json/.jsonl/.parquet[.gz]) or builtin:sharegpt")
+    p.add_argument("input", help=options.CORPUS_HELP)
     p.add_argument("--rejected", metavar="OUT", help="write the rejected items as JSONL")
     p.add_argument("--strict", action="store_true", help="fail at the first bad item")
     options.add_limit(p)
+    options.add_fields(p)
     p.set_defaults(func=main)
 
 
@@ -34,9 +35,11 @@ def _summary(source: str, records: int, rejected: list[Rejection]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     check_limit(args.limit)
+    if args.fields is not None:
+        parse_fields(args.fields)
     records, rejected = 0, []
     for batch in read_corpus(args.input, strict=args.strict, limit=args.limit,
-                             fail_unreadable=True):
+                             fail_unreadable=True, fields=args.fields):
         records += batch.records.num_rows
         rejected.extend(batch.rejected)
     if args.rejected:

@@ -8,14 +8,16 @@ rejection with ``item=False``, a trailing comma, takes a position too but holds 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from itertools import islice
 from typing import Any
 
 import pyarrow as pa
 
-from car_engine.corpus.formats import BUILTIN_SHAREGPT, raw_items, read_table, resolve_source
+from car_engine.corpus.fields import FieldMap
+from car_engine.corpus.formats import BUILTIN_SHAREGPT, read_table, resolve_source
 from car_engine.corpus.inputs import RecordsLike, as_records
 from car_engine.corpus.records import (
     ASSISTANT_ROLES,
@@ -35,7 +37,13 @@ from car_engine.corpus.records import (
     record_values,
     to_record,
 )
+from car_engine.corpus.sources import items_at, source_files, source_items
 from car_engine.errors import CorpusError
+
+
+def say_mapping(label: str) -> None:
+    """Tell the user, once per mapping, which field names the reader took (stderr)."""
+    print(f"car-engine: reading single-turn items as {label}", file=sys.stderr)
 
 
 def read_corpus(
@@ -45,10 +53,16 @@ def read_corpus(
     strict: bool = False,
     limit: int | None = None,
     fail_unreadable: bool = False,
+    fields: str | FieldMap | None = None,
+    on_mapping: Callable[[str], None] | None = say_mapping,
 ) -> Iterator[CorpusBatch]:
     """Stream a corpus as batches of records (Arrow tables of RECORD_SCHEMA).
 
-    ``source`` is a .json/.jsonl/.parquet file (optionally gzipped) or ``builtin:sharegpt``.
+    ``source`` is a .json/.jsonl/.parquet/.arrow file (optionally gzipped), a folder or glob
+    of them read as one corpus (sorted by name; positions count across the files), a
+    Hugging Face ``save_to_disk`` folder, or ``builtin:sharegpt``. ``fields`` maps other
+    single-turn schemas (``instruction=KEY,input=KEY,output=KEY``, or a :class:`FieldMap`,
+    whose ``used`` then counts the mappings taken); ``on_mapping`` hears each mapping once.
     Bad items become :class:`Rejection` entries of the batch they were met in; with
     ``strict=True`` the first one raises :class:`CorpusError` with the same message.
     ``limit`` stops after that many items (good or bad) have been read. A batch holds at most
@@ -60,16 +74,15 @@ def read_corpus(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be at least 0, got {limit}")
-    path = resolve_source(source)
-    name = BUILTIN_SHAREGPT if str(source) == BUILTIN_SHAREGPT else str(path)
+    field_map = fields if isinstance(fields, FieldMap) else FieldMap(fields, on_mapping)
     ids = IdIndex()
     rows, rejected = RecordRows(), []
-    with closing(raw_items(path, batch_size)) as items:
-        for position, (location, item) in enumerate(islice(items, limit)):
+    with closing(source_items(source, batch_size)) as items:
+        for position, (name, location, item) in enumerate(islice(items, limit)):
             try:
                 if isinstance(item, BadItem):
                     raise item
-                record = record_values(item, position)
+                record = record_values(field_map.view(item), position)
                 ids.claim(record[0], position, location)
                 rows.add(record)
             except BadItem as err:
@@ -89,26 +102,28 @@ def read_corpus(
 
 def load_corpus(
     source: str | os.PathLike, *, strict: bool = False, limit: int | None = None,
-    fail_unreadable: bool = False,
+    fail_unreadable: bool = False, fields: str | FieldMap | None = None,
 ) -> Corpus:
     """Read a whole corpus into one table (see :func:`read_corpus` for the arguments)."""
     tables, rejected = [], []
     for batch in read_corpus(source, strict=strict, limit=limit,
-                             fail_unreadable=fail_unreadable):
+                             fail_unreadable=fail_unreadable, fields=fields):
         tables.append(batch.records)
         rejected.extend(batch.rejected)
     table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
     return Corpus(table, rejected)
 
 
-def records_from_items(items: Iterable[Any], *, strict: bool = True) -> Corpus:
+def records_from_items(items: Iterable[Any], *, strict: bool = True,
+                       fields: str | FieldMap | None = None) -> Corpus:
     """Records from in-memory items (the Python API's entry point for lists of dicts)."""
+    field_map = fields if isinstance(fields, FieldMap) else FieldMap(fields, None)
     ids = IdIndex()
     rows, rejected = RecordRows(), []
     for position, item in enumerate(items):
         location = f"item {position}"
         try:
-            record = record_values(item, position)
+            record = record_values(field_map.view(item), position)
             ids.claim(record[0], position, location)
             rows.add(record)
         except BadItem as err:
@@ -122,6 +137,7 @@ def records_from_items(items: Iterable[Any], *, strict: bool = True) -> Corpus:
 
 __all__ = [
     "ASSISTANT_ROLES", "BUILTIN_SHAREGPT", "RECORD_SCHEMA", "USER_ROLES", "Corpus", "CorpusBatch",
-    "CorpusError", "RecordsLike", "Rejection", "as_records", "load_corpus", "pair_text",
-    "pair_texts", "read_corpus", "read_table", "records_from_items", "resolve_source", "to_record",
+    "CorpusError", "FieldMap", "RecordsLike", "Rejection", "as_records", "items_at",
+    "load_corpus", "pair_text", "pair_texts", "read_corpus", "read_table", "records_from_items",
+    "resolve_source", "source_files", "to_record",
 ]

@@ -8,7 +8,7 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from car_engine.corpus.records import BadItem, UnreadableFile
 from car_engine.errors import CorpusError
 
 BUILTIN_SHAREGPT = "builtin:sharegpt"
+# The item a reader passes over unparsed when only some positions are wanted (items_at).
+SKIPPED: Any = type("Skipped", (), {"__repr__": lambda self: "SKIPPED"})()
+Keep = Callable[[int], bool] | None  # which of a file's items (by index in it) to decode
 
 
 @contextmanager
@@ -46,9 +49,12 @@ def format_of(path: Path) -> str:
         return "json"
     if ext in (".parquet", ".pq"):
         return "parquet"
+    if ext == ".arrow":  # Arrow IPC: what a Hugging Face `save_to_disk` folder holds
+        return "arrow"
     raise CorpusError(
         f"{path}: unknown corpus format '{ext or path.name}' "
-        "(use .json, .jsonl, .parquet, optionally .gz, or builtin:sharegpt)"
+        "(use .json, .jsonl, .parquet, .arrow, optionally .gz, a folder or glob of them, "
+        "or builtin:sharegpt)"
     )
 
 
@@ -68,8 +74,8 @@ def _parse_json_line(raw: bytes) -> Any:
         return BadItem(f"malformed JSON: {err}")
 
 
-def _jsonl_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
-    number, started = 0, False
+def _jsonl_items(stream: io.BufferedIOBase, keep: Keep = None) -> Iterator[tuple[str, Any]]:
+    number, started, index = 0, False, 0
     try:
         for number, raw in enumerate(stream, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -77,28 +83,62 @@ def _jsonl_items(stream: io.BufferedIOBase) -> Iterator[tuple[str, Any]]:
             if raw.isspace():
                 continue  # blank lines are not items
             started = True
-            yield f"line {number}", _parse_json_line(raw)
+            wanted = keep is None or keep(index)
+            index += 1
+            yield f"line {number}", _parse_json_line(raw) if wanted else SKIPPED
     except STREAM_ERRORS as err:
         fault = BadItem if started else UnreadableFile  # nothing read at all: the whole file
         yield f"line {number + 1}", fault(f"file is cut short or corrupt: {err}")
 
 
 
-def _parquet_items(stream: io.BufferedIOBase, batch_size: int) -> Iterator[tuple[str, Any]]:
+def _parquet_items(stream: io.BufferedIOBase, batch_size: int, keep: Keep = None,
+                   arrow: bool = False) -> Iterator[tuple[str, Any]]:
     index = 0
     try:
         # Parquet needs seeking, which a gzip stream cannot do: decompress into memory.
         seekable = io.BytesIO(stream.read()) if isinstance(stream, gzip.GzipFile) else stream
-        parquet = pq.ParquetFile(seekable)
-        for batch in parquet.iter_batches(batch_size=batch_size):
-            for item in _parquet_rows(batch):
+        batches = (_arrow_batches(stream) if arrow
+                   else pq.ParquetFile(seekable).iter_batches(batch_size=batch_size))
+        for batch in batches:
+            for item in _kept_rows(batch, index, keep):
                 yield f"item {index}", item
                 index += 1
     except (pa.ArrowException, *STREAM_ERRORS) as err:
+        what = "Arrow" if arrow else "Parquet"
         if index == 0:
-            yield "item 0", UnreadableFile(f"not a readable Parquet file: {err}")
+            yield "item 0", UnreadableFile(f"not a readable {what} file: {err}")
         else:
             yield f"item {index}", BadItem(f"the rest of the file is unreadable: {err}")
+
+
+def _arrow_batches(stream: io.BufferedIOBase) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC stream (what `datasets` writes) or IPC file, memory
+    mapped when the file is not gzipped (a large dataset is then never read whole)."""
+    name = getattr(stream, "name", None)
+    data: Any = (pa.memory_map(name) if isinstance(name, str) and not
+                 isinstance(stream, gzip.GzipFile) else pa.BufferReader(stream.read()))
+    try:
+        reader = pa.ipc.open_stream(data)
+    except pa.ArrowInvalid:  # not a stream: an IPC file (random access)
+        data.seek(0)
+        file = pa.ipc.open_file(data)
+        yield from (file.get_batch(n) for n in range(file.num_record_batches))
+        return
+    yield from reader
+
+
+def _kept_rows(batch: pa.RecordBatch, start: int, keep: Keep) -> list[Any]:
+    """:func:`_parquet_rows` of the rows ``keep`` wants (their index counts from ``start``),
+    SKIPPED for the others, which are never turned into Python values."""
+    if keep is None:
+        return _parquet_rows(batch)
+    wanted = [n for n in range(batch.num_rows) if keep(start + n)]
+    rows: list[Any] = [SKIPPED] * batch.num_rows
+    for n, row in zip(wanted, _parquet_rows(batch.take(pa.array(wanted, pa.int64()))),
+                      strict=True):
+        rows[n] = row
+    return rows
 
 
 def _parquet_rows(batch: pa.RecordBatch) -> list[Any]:
@@ -145,8 +185,11 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return path
 
 
-def raw_items(path: Path, batch_size: int) -> Generator[tuple[str, Any], None, None]:
-    """Every item of the file as (location, raw value or BadItem)."""
+def raw_items(path: Path, batch_size: int, keep: Keep = None
+              ) -> Generator[tuple[str, Any], None, None]:
+    """Every item of the file as (location, raw value or BadItem); with ``keep``, the items
+    it does not want (by their index in the file) are SKIPPED where the format allows (JSONL
+    lines, Parquet and Arrow rows are then never decoded)."""
     fmt = format_of(path)
     try:
         open(path, "rb").close()  # no permission is bad input (exit 3), not an output error (4)
@@ -154,11 +197,11 @@ def raw_items(path: Path, batch_size: int) -> Generator[tuple[str, Any], None, N
         raise CorpusError(f"{path}: cannot be read: {err.strerror or err}") from None
     with open_binary(path) as stream:
         if fmt == "jsonl":
-            yield from _jsonl_items(stream)
+            yield from _jsonl_items(stream, keep)
         elif fmt == "json":
             yield from json_array_items(stream)
         else:
-            yield from _parquet_items(stream, batch_size)
+            yield from _parquet_items(stream, batch_size, keep, arrow=fmt == "arrow")
 
 
 
@@ -212,6 +255,8 @@ def _unstorable(rows: list[dict], locations: list[str], path: Path) -> CorpusErr
 def _table_from(stream: io.BufferedIOBase, fmt: str, path: Path) -> pa.Table:
     if fmt == "parquet":
         return _parquet_table(stream, path)
+    if fmt == "arrow":
+        return pa.Table.from_batches(list(_arrow_batches(stream)))
     rows, locations = [], []
     items = _jsonl_items(stream) if fmt == "jsonl" else json_array_items(stream)
     for location, item in items:

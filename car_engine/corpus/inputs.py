@@ -3,12 +3,17 @@
 A records table (RECORD_SCHEMA) passes through; a pyarrow Table, a pandas or polars DataFrame,
 a Hugging Face ``Dataset`` or a list of dicts holding items (Alpaca, ShareGPT or chat shape)
 become records the way a corpus file's items do; a path is read with ``load_corpus``.
+``input_file`` puts such data on disk for ``run``, which reads its picks back from there: the
+items "as they came" are then the dicts given, or a table's rows as Arrow gives them
+(``Table.to_pylist``: a pandas frame's rows after ``pa.Table.from_pandas``, a ``Dataset``'s
+rows in its current selection and order).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import pyarrow as pa
@@ -66,3 +71,25 @@ def as_records(data: RecordsLike, *, strict: bool = True) -> pa.Table:
     if isinstance(data, Mapping):
         raise TypeError("a single item is not a corpus: pass a list of items")
     return records_from_items(data, strict=strict).records
+
+
+def input_file(data: RecordsLike, folder: str | os.PathLike) -> str:
+    """In-memory ``data`` (a table of any library above, or dicts) as a corpus file in
+    ``folder``: Parquet for a table (its column types kept), JSON Lines for dicts (each kept
+    byte for byte as JSON holds it, keys an item lacks stay absent); a path is returned as
+    it is. The same data gives the same bytes, so a rerun resumes."""
+    from car_engine.io import write_jsonl, write_parquet
+
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    table = _arrow(data)
+    if table is not None:
+        path = Path(folder) / "items.parquet"
+        write_parquet(path, table)
+        return str(path)
+    if isinstance(data, Mapping):
+        raise TypeError("a single item is not a corpus: pass a list of items")
+    path = Path(folder) / "items.jsonl"
+    items: Iterable[Any] = data
+    write_jsonl(path, (dict(item) if isinstance(item, Mapping) else item for item in items))
+    return str(path)

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from car_engine.backends import get_backend
-from car_engine.config import SCORE_CACHE, WORKERS, RunConfig, check_k
+from car_engine.config import INPUT_DIR, SCORE_CACHE, WORKERS, RunConfig, check_k
+from car_engine.corpus.inputs import RecordsLike, input_file
 from car_engine.errors import CorpusError
 from car_engine.pipeline.duplicates import signature_stage
 from car_engine.pipeline.outputs import write_outputs
@@ -54,7 +55,7 @@ class RunResult:
 
 
 def run(
-    source: str | os.PathLike,
+    source: RecordsLike,
     out_dir: str | os.PathLike,
     config: RunConfig | None = None,
     *,
@@ -64,8 +65,10 @@ def run(
     report: bool = True,
     score_cache: str | os.PathLike | bool = True,
 ) -> RunResult:
-    """Run the whole selection job on ``source`` (a corpus path or ``builtin:sharegpt``) into
-    ``out_dir``, resuming whatever an earlier run with the same parameters finished.
+    """Run the whole selection job on ``source`` (a corpus path, folder or glob,
+    ``builtin:sharegpt``, or in-memory data: a pyarrow/pandas/polars table, a ``Dataset``, a
+    list of dicts, kept under ``out_dir/input/``) into ``out_dir``, resuming whatever an
+    earlier run with the same parameters finished.
 
     Writes ``selected.jsonl`` (the picks, in final order), ``scores.parquet`` (every record:
     scores, cluster, selected or not, why), ``rejected.jsonl``, ``summary.json`` and
@@ -78,10 +81,10 @@ def run(
     """
     cfg = config or RunConfig()
     cfg.check()
-    source = str(source)
     run_dir = Path(out_dir)
     cache = cache_folder(run_dir, score_cache)
     with run_lock(run_dir):
+        source = input_file(source, run_dir / INPUT_DIR)
         params, outputs_fp = _claim_outputs(source, run_dir, cfg)
         read = read_stage(source, run_dir, cfg, progress, params)
         if not read.info["shards"]:
@@ -107,7 +110,7 @@ def run(
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
                          for s in (iqs, ifd, embed, pre) if s is not None}}
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
-                                   pre=pre, minhash=minhash)
+                                   pre=pre, minhash=minhash, source=source)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)

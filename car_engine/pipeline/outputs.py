@@ -16,6 +16,7 @@ from car_engine.backends import Backend
 from car_engine.config import RunConfig
 from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
 from car_engine.pipeline.duplicates import Duplicates, find_duplicates
+from car_engine.pipeline.selected import selected_items
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.rundir import StageDir, take_records
 from car_engine.score_tables import attach
@@ -28,8 +29,6 @@ from car_engine.select import (
     select_car_ifd,
     select_ifd,
 )
-
-PICK_SCORE_COLUMNS = ("iqs", "ifd_ppl", "ifd_loss", "instruction_ppl", "cluster")
 
 
 def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
@@ -101,36 +100,27 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
     return select_car(iqs, labels, **car)
 
 
-def selected_rows(read: StageDir, table: pa.Table, selection: Selection) -> list[dict]:
-    """The selected records with their scores, in final order."""
-    picked = picked_rows(table, selection)
+def selected_rows(source: str, read: StageDir, table: pa.Table, selection: Selection,
+                  cfg: RunConfig) -> list[dict]:
+    """The selected items as they came (or as --output-format asks), in final order, each
+    with its scores under ``car_engine`` (see pipeline/selected.py)."""
+    picked = picked_rows(table, selection).drop_columns(["content_hash"])
+    picked = picked.append_column("why", pa.array(selection.why[selection.order].tolist(),
+                                                  pa.string()))
     texts = take_records(read.path, read.info["shards"], read.info["sizes"], selection.order,
-                         ["instruction", "input", "output", "turns"])
-    score_cols = [c for c in PICK_SCORE_COLUMNS if c in picked.column_names]
-    rows = []
-    for rec, sc in zip(texts.to_pylist(), picked.to_pylist()):
-        row = {"id": sc["id"], "instruction": rec["instruction"], "input": rec["input"],
-               "output": rec["output"]}
-        if rec["turns"]:
-            row["conversations"] = json.loads(rec["turns"])
-        row.update({c: _clean(sc[c]) for c in score_cols})
-        row["selected_by"] = sc["selected_by"]
-        rows.append(row)
-    return rows
-
-
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and not np.isfinite(value) else value
+                         ["instruction", "input", "output"])
+    return selected_items(source, picked, texts, cfg)
 
 
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
                   backend: Backend, score_cache: dict[str, Any] | None = None,
-                  pre: StageDir | None = None, minhash: StageDir | None = None
-                  ) -> dict[str, int]:
+                  pre: StageDir | None = None, minhash: StageDir | None = None, *,
+                  source: str) -> dict[str, int]:
     """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
     (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts;
-    near duplicates from the ``minhash`` signature stage when it ran)."""
+    near duplicates from the ``minhash`` signature stage when it ran). ``source`` is the
+    corpus the selected items are read back from."""
     table = scores_table(read, iqs, ifd, clusters, pre, cfg)
     items = int(read.info["items"])
     duplicates = find_duplicates(minhash, clusters, cfg)
@@ -143,7 +133,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
               .append_column("selected", pa.array(selected))
               .append_column("rank", pa.array(rank))
               .append_column("why", pa.array(selection.why.tolist(), pa.string())))
-    write_jsonl(run_dir / "selected.jsonl", selected_rows(read, table, selection))
+    rows = selected_rows(source, read, table, selection, cfg)
+    write_jsonl(run_dir / "selected.jsonl", rows)
     write_parquet(run_dir / "scores.parquet", scores)
     write_bytes(run_dir / "rejected.jsonl", read.file("rejected.jsonl").read_bytes())
     counts = {"items": items, "records": table.num_rows, "rejected": int(read.info["rejected"]),
@@ -159,6 +150,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}
     if score_cache is not None:
         summary["score_cache"] = score_cache
+    if read.info.get("field_names"):
+        summary["field_names"] = read.info["field_names"]
     if duplicates.near is not None or duplicates.semantic is not None:
         ids = table["id"].cast(pa.string()).to_pylist()
         summary["duplicates"] = duplicates.summary(ids, selection.why)

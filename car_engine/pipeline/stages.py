@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from car_engine.backends import Backend, ShardJob
 from car_engine.config import RunConfig, params_dict
-from car_engine.corpus import read_corpus, resolve_source
+from car_engine.corpus import FieldMap, read_corpus, say_mapping, source_files
 from car_engine.dedup import content_hashes
 from car_engine.io import atomic_path, write_jsonl, write_parquet
 from car_engine.rundir import StageDir, file_digest, fingerprint
@@ -32,16 +32,24 @@ def source_identity(source: str) -> dict[str, Any]:
     edited in place with both kept (``cp -p``, ``touch -r``, a coarse clock) must be read
     again, and a file only touched need not be. It costs one streamed read of the file per
     run: about 1.1-1.3 s per GB from the page cache (SHA-256 at ~750-900 MB/s on one
-    core), against ~90 s per GB for the read stage itself, measured on ShareGPT JSONL."""
-    path = resolve_source(source)
-    return {"source": str(source), "path": str(path.resolve()), "size": path.stat().st_size,
-            "sha256": file_digest(path)}
+    core), against ~90 s per GB for the read stage itself, measured on ShareGPT JSONL.
+    A folder or glob of shards: every file's path, size and digest, in reading order."""
+    files = source_files(source)
+    each = [{"path": str(path.resolve()), "size": path.stat().st_size,
+             "sha256": file_digest(path)} for path in files]
+    if str(source).startswith("builtin:") or Path(str(source)).is_file():
+        return {"source": str(source), **each[0]}  # one file: the identity it always had
+    return {"source": str(source), "files": each}
 
 
 def read_params(source: str, cfg: RunConfig) -> dict[str, Any]:
-    """The read stage's parameters: the source's identity and how it is read."""
-    return {**source_identity(source), "limit": cfg.limit, "strict": cfg.strict,
-            "shard_size": cfg.shard_size}
+    """The read stage's parameters: the source's identity and how it is read (with
+    ``--fields``, the field names too)."""
+    params = {**source_identity(source), "limit": cfg.limit, "strict": cfg.strict,
+              "shard_size": cfg.shard_size}
+    if cfg.fields is not None:
+        params["fields"] = cfg.fields
+    return params
 
 
 def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool,
@@ -57,8 +65,9 @@ def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool,
     sizes: list[int] = []
     rejected: list[dict[str, Any]] = []
     items = 0
+    field_map = FieldMap(cfg.fields, say_mapping)
     batches = read_corpus(source, batch_size=cfg.shard_size, strict=cfg.strict, limit=cfg.limit,
-                          fail_unreadable=True)
+                          fail_unreadable=True, fields=field_map)
     for batch in tqdm(batches, desc="read", unit="shard", disable=not progress):
         # a fault between items (a trailing comma) is rejected but holds no item
         items += batch.records.num_rows + sum(r.item for r in batch.rejected)
@@ -75,7 +84,8 @@ def read_stage(source: str, run_dir: Path, cfg: RunConfig, progress: bool,
     write_jsonl(stage.file("rejected.jsonl"), rejected)
     for name in [*shards, "rejected.jsonl"]:
         stage.mark_done(name)
-    stage.mark_complete(shards=shards, sizes=sizes, items=items, rejected=len(rejected))
+    stage.mark_complete(shards=shards, sizes=sizes, items=items, rejected=len(rejected),
+                        **({"field_names": field_map.used} if field_map.used else {}))
     return stage
 
 
