@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from car_engine import native
 
-SAMPLE = 4096  # rows the basis and the cost model are estimated from (evenly spaced)
+SAMPLE = 4096  # rows the basis is fitted on, and rows the cost model counts on (evenly spaced)
 SAMPLE_PAIRS = 8_000  # pairs inside clusters the cost model counts survivors on
 DIMS = (0, 8, 16, 24, 32, 48, 64, 96, 128)  # candidate k (0: the residual norm alone)
 REACH = 1.5  # candidates reach cosine 1 - REACH * eps, so ``nearest`` is exact there
@@ -62,28 +62,33 @@ def clusters_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def centres_of(vectors: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Each cluster's mean vector (float64 sums), [clusters, d]."""
+    """Each cluster's mean vector, [clusters, d] float64 (numpy's pairwise float32 sums: any
+    centre keeps the bound exact; the mean only makes it tight)."""
     out = np.empty((offsets.size - 1, vectors.shape[1]), dtype=np.float64)
     for c in range(offsets.size - 1):
-        out[c] = np.asarray(vectors[order[offsets[c]:offsets[c + 1]]]).sum(0, dtype=np.float64)
+        out[c] = np.asarray(vectors[order[offsets[c]:offsets[c + 1]]], np.float32).sum(0)
         out[c] /= max(1, offsets[c + 1] - offsets[c])
     return out
 
 
 def within_basis(vectors: np.ndarray, centres: np.ndarray, order: np.ndarray,
                  offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(principal directions [d, d] of the spread inside clusters, largest first; evenly
-    spaced clustered sample rows' centred vectors, float32; their clusters, ascending)."""
-    step = max(1, order.size // SAMPLE)
+    """(principal directions [d, d] of the spread inside clusters, largest first, from
+    evenly spaced clustered rows; other rows, between those, centred, float32, on which the
+    cost model counts: the basis fits its own rows better than the rest, by a lot when no
+    direction stands out, so counting on them would promise pruning that never comes; the
+    clusters of those rows, ascending)."""
+    step = max(1, order.size // (2 * SAMPLE))
     at = np.arange(0, order.size, step)
     which = np.searchsorted(offsets, at, side="right") - 1
-    sample = (np.asarray(vectors[order[at]], dtype=np.float64) - centres[which]).astype(
+    rows = (np.asarray(vectors[order[at]], dtype=np.float64) - centres[which]).astype(
         np.float32)
+    fit, held = rows[0::2], rows[1::2]
     # One thread: a 384 x 384 eigh is ~0.05 s alone, and ~10x slower when LAPACK's threads
     # spin beside other work (measured on a loaded 2-core machine).
     with threadpool_limits(1):
-        _, basis = np.linalg.eigh(sample.T @ sample)  # ascending
-    return np.ascontiguousarray(basis[:, ::-1]), sample, which
+        _, basis = np.linalg.eigh(fit.T @ fit)  # ascending
+    return np.ascontiguousarray(basis[:, ::-1]), held, which[1::2]
 
 
 def sample_pairs(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
