@@ -4,6 +4,7 @@ cosine per cluster, in one run.
     python -m benchmarks.bench_dedup [--quick] [--n N]
     python -m benchmarks.bench_dedup --engine-only --n 1000000   # the 1M-record memory run
     python -m benchmarks.bench_dedup --semdedup-memory           # RSS: one cluster vs many
+    CAR_ENGINE_BENCH_EMBEDDINGS=emb.npy python -m benchmarks.bench_dedup --semdedup-only
 
 Texts: every (user, assistant) turn pair of builtin:sharegpt as SPEC §1 pair text, plus planted
 near copies (known edits: words replaced, a greeting changed, a sentence dropped, case and
@@ -303,6 +304,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="number of records")
     parser.add_argument("--engine-only", action="store_true",
                         help="time the engine alone on --n records (the 1M memory run)")
+    parser.add_argument("--semdedup-only", action="store_true",
+                        help="only the SemDeDup rows (and CAR_ENGINE_BENCH_EMBEDDINGS' rows)")
     parser.add_argument("--semdedup-memory", action="store_true",
                         help="peak RSS SemDeDup adds: --n (20k) vectors in 1 cluster vs 150")
     args = parser.parse_args()
@@ -312,6 +315,8 @@ def main() -> None:
                           for c in (1, 150)}))
     elif args.engine_only:
         print(json.dumps(million(args.n or 1_000_000)))
+    elif args.semdedup_only:
+        print(format_table(semantic_rows(args.quick, args.n or 100_000)))
     else:
         print(format_table(run(quick=args.quick, n=args.n)))
 

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from car_engine import native
 
-SAMPLE = 4096  # rows the basis is fitted on, and rows the cost model counts on (evenly spaced)
+SAMPLE = 2048  # rows the basis is fitted on, and rows the cost model counts on (evenly spaced)
 SAMPLE_PAIRS = 8_000  # pairs inside clusters the cost model counts survivors on
 DIMS = (0, 8, 16, 24, 32, 48, 64, 96, 128)  # candidate k (0: the residual norm alone)
 REACH = 1.5  # candidates reach cosine 1 - REACH * eps, so ``nearest`` is exact there
@@ -61,16 +61,6 @@ def clusters_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.concatenate([[0], starts, [order.size]]).astype(np.int64)
 
 
-def centres_of(vectors: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Each cluster's mean vector, [clusters, d] float64 (numpy's pairwise float32 sums: any
-    centre keeps the bound exact; the mean only makes it tight)."""
-    out = np.empty((offsets.size - 1, vectors.shape[1]), dtype=np.float64)
-    for c in range(offsets.size - 1):
-        out[c] = np.asarray(vectors[order[offsets[c]:offsets[c + 1]]], np.float32).sum(0)
-        out[c] /= max(1, offsets[c + 1] - offsets[c])
-    return out
-
-
 def within_basis(vectors: np.ndarray, centres: np.ndarray, order: np.ndarray,
                  offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(principal directions [d, d] of the spread inside clusters, largest first, from
@@ -78,31 +68,40 @@ def within_basis(vectors: np.ndarray, centres: np.ndarray, order: np.ndarray,
     cost model counts: the basis fits its own rows better than the rest, by a lot when no
     direction stands out, so counting on them would promise pruning that never comes; the
     clusters of those rows, ascending)."""
-    step = max(1, order.size // (2 * SAMPLE))
-    at = np.arange(0, order.size, step)
+    at = np.unique(np.linspace(0, order.size - 1, 2 * SAMPLE).astype(np.int64))
     which = np.searchsorted(offsets, at, side="right") - 1
     rows = (np.asarray(vectors[order[at]], dtype=np.float64) - centres[which]).astype(
         np.float32)
     fit, held = rows[0::2], rows[1::2]
+    gram = fit.T @ fit
     # One thread: a 384 x 384 eigh is ~0.05 s alone, and ~10x slower when LAPACK's threads
     # spin beside other work (measured on a loaded 2-core machine).
     with threadpool_limits(1):
-        _, basis = np.linalg.eigh(fit.T @ fit)  # ascending
+        _, basis = np.linalg.eigh(gram)  # ascending
     return np.ascontiguousarray(basis[:, ::-1]), held, which[1::2]
 
 
 def sample_pairs(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j), i < j, of sample rows in one cluster (``which`` ascending), at most
-    :data:`SAMPLE_PAIRS` of them, evenly spaced (no RNG: the same choice every time)."""
+    """Pairs (i, j), i < j, of rows in one cluster (``which`` ascending): all of them, or
+    :data:`SAMPLE_PAIRS` evenly spaced over all of them (no RNG, and never all pairs in memory:
+    a pair's rank maps straight to its cluster and its place in that cluster's triangle)."""
     starts = np.flatnonzero(np.diff(which, prepend=-1))
-    ends = np.append(starts[1:], which.size)
-    parts = [np.triu_indices(e - s, 1) for s, e in zip(starts, ends)]
-    left = np.concatenate([a + s for (a, _), s in zip(parts, starts)])
-    right = np.concatenate([b + s for (_, b), s in zip(parts, starts)])
-    if left.size > SAMPLE_PAIRS:
-        keep = np.linspace(0, left.size - 1, SAMPLE_PAIRS).astype(np.int64)
-        left, right = left[keep], right[keep]
-    return left, right
+    sizes = np.diff(np.append(starts, which.size))
+    counts = sizes * (sizes - 1) // 2
+    first = np.concatenate([[0], np.cumsum(counts)])
+    rank = np.arange(first[-1]) if first[-1] <= SAMPLE_PAIRS else \
+        np.linspace(0, first[-1] - 1, SAMPLE_PAIRS).astype(np.int64)
+    c = np.searchsorted(first, rank, side="right") - 1
+    u, m = rank - first[c], sizes[c]
+
+    def row_start(i: np.ndarray) -> np.ndarray:  # rank of (i, i + 1) in an m-row triangle
+        return i * (2 * m - i - 1) // 2
+
+    i = np.floor(((2 * m - 1) - np.sqrt(np.maximum(0, (2 * m - 1) ** 2 - 8 * u))) / 2)
+    i = i.astype(np.int64)
+    i -= row_start(i) > u  # float rounding: one step either way at most
+    i += row_start(i + 1) <= u
+    return starts[c] + i, starts[c] + i + 1 + u - row_start(i)
 
 
 def choose_dims(basis: np.ndarray, sample: np.ndarray, which: np.ndarray,
@@ -149,21 +148,19 @@ def semantic_groups(vectors: np.ndarray, labels: np.ndarray, eps: float,
         left = right = np.zeros(0, dtype=np.int64)
         sim = np.zeros(0, dtype=np.float32)
     else:
-        centres = centres_of(vectors, order, offsets)
+        centres = native.cluster_means(vectors, order, offsets)
         basis, sample, which = within_basis(vectors, centres, order, offsets)
         if dims is None:
             dims, stats["estimates"] = choose_dims(basis, sample, which, offsets, reach)
         dims = min(dims, vectors.shape[1])
         b = np.ascontiguousarray(basis[:, :dims], dtype=np.float32)
-        # z = (x - c) B for every clustered row: one GEMM, then the centres' projections off.
-        # (Rows outside clusters get a z too: never read.)
+        # z = x B for every row, one GEMM (rows outside clusters get one too: never read); the
+        # native side takes each cluster's centre off.
         z = np.asarray(vectors, dtype=np.float32) @ b
-        if dims:
-            z[order] -= (centres @ b.astype(np.float64)).astype(np.float32)[
-                np.repeat(np.arange(offsets.size - 1), np.diff(offsets))]
+        centres_z = (centres @ b.astype(np.float64)).astype(np.float32)
         left, right, sim, counts = native.semdedup_pairs(
-            vectors, z, centres.astype(np.float32), order, offsets, reach, 1 - REACH * eps,
-            TOL, plain=plain)
+            vectors, z, centres.astype(np.float32), centres_z, order, offsets, reach,
+            1 - REACH * eps, TOL, plain=plain)
         stats.update(counts, dims=dims)
     nearest = np.full(n, -np.inf, dtype=np.float32)
     np.maximum.at(nearest, left, sim)

@@ -163,7 +163,7 @@ double centred_norm(const float* x, const float* c, int64_t d, bool avx2) {
 // Writes w = (z, r) row by row and into 16-row panels, and q / 2, threads over clusters;
 // returns the slack the float32 inputs call for (see semdedup_pairs).
 double pack(const float* x, int64_t d, const float* z, int64_t k, const float* centres,
-            const int64_t* order, const std::vector<Cluster>& clusters, double tol, int T,
+            const float* centres_z, const int64_t* order, const std::vector<Cluster>& clusters, double tol, int T,
             bool avx2, Packed& p) {
     p.K = (k + 1 + 7) / 8 * 8;
     const int64_t K = p.K;
@@ -187,7 +187,7 @@ double pack(const float* x, int64_t d, const float* z, int64_t k, const float* c
                 double zz = 0;
                 float* wr = p.rows.data() + (c.begin + a) * K;
                 for (int64_t t = 0; t < k; ++t) {
-                    wr[t] = z[row * k + t];
+                    wr[t] = z[row * k + t] - centres_z[ci * k + t];
                     zz += double(wr[t]) * wr[t];
                 }
                 // r^2 = q - |z|^2 carries z's float32 rounding (at most tol * q): r is off by
@@ -216,8 +216,50 @@ double pack(const float* x, int64_t d, const float* z, int64_t k, const float* c
 
 }  // namespace
 
+py::array_t<double> cluster_means(const py::array& x_arr, const py::array& order_arr,
+                                  const py::array& offsets_arr, int threads) {
+    if (!py::isinstance<py::array_t<float>>(x_arr) || x_arr.ndim() != 2 ||
+        !(x_arr.flags() & py::array::c_style))
+        throw py::value_error("x: expected a C-contiguous 2-D float32 array");
+    auto x = py::reinterpret_borrow<py::array_t<float>>(x_arr);
+    auto order = expect_1d<int64_t>(order_arr, "order");
+    auto offsets = expect_1d<int64_t>(offsets_arr, "offsets");
+    const int64_t n = x.shape(0), d = x.shape(1), c = offsets.shape(0) - 1;
+    const int64_t *o = order.data(), *off = offsets.data();
+    for (int64_t a = 0; a < c; ++a)
+        if (off[a] < 0 || off[a + 1] < off[a] || off[a + 1] > order.shape(0))
+            throw py::value_error("offsets: expected non-decreasing positions into order");
+    for (int64_t a = 0; a < order.shape(0); ++a)
+        if (o[a] < 0 || o[a] >= n) throw py::value_error("order: row out of range");
+    py::array_t<double> out({std::max<int64_t>(c, 0), d});
+    double* mean = out.mutable_data();
+    const float* xs = x.data();
+    {
+        py::gil_scoped_release nogil;
+        std::atomic<int64_t> next{0};
+        auto worker = [&]() {
+            for (int64_t ci; (ci = next.fetch_add(1)) < c;) {
+                double* m = mean + ci * d;
+                std::fill(m, m + d, 0.0);
+                for (int64_t a = off[ci]; a < off[ci + 1]; ++a)
+                    for (int64_t t = 0; t < d; ++t) m[t] += xs[o[a] * d + t];
+                const double size = double(std::max<int64_t>(1, off[ci + 1] - off[ci]));
+                for (int64_t t = 0; t < d; ++t) m[t] /= size;
+            }
+        };
+        const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+        const int T = std::max(1, std::min(threads > 0 ? threads : hw, int(std::max<int64_t>(c, 1))));
+        std::vector<std::thread> pool;
+        for (int t = 1; t < T; ++t) pool.emplace_back(worker);
+        worker();
+        for (auto& th : pool) th.join();
+    }
+    return out;
+}
+
 py::tuple semdedup_pairs(const py::array& x_arr, const py::array& z_arr,
-                         const py::array& centres_arr, const py::array& order_arr,
+                         const py::array& centres_arr, const py::array& centres_z_arr,
+                         const py::array& order_arr,
                          const py::array& offsets_arr, double reach, double cut, double tol,
                          int threads, bool plain) {
     auto expect_2d = [](const py::array& a, const char* name) {
@@ -229,9 +271,12 @@ py::tuple semdedup_pairs(const py::array& x_arr, const py::array& z_arr,
     };
     auto x = expect_2d(x_arr, "x"), z = expect_2d(z_arr, "z"), cen = expect_2d(centres_arr,
                                                                                "centres");
+    auto cz = expect_2d(centres_z_arr, "centres_z");
     auto order = expect_1d<int64_t>(order_arr, "order");
     auto offsets = expect_1d<int64_t>(offsets_arr, "offsets");
     const int64_t n = x.shape(0), d = x.shape(1), k = z.shape(1);
+    if (cz.shape(0) != cen.shape(0) || cz.shape(1) != k)
+        throw py::value_error("centres_z: one row of z's width per cluster");
     if (z.shape(0) != n) throw py::value_error("z: one row per row of x");
     if (cen.shape(1) != d || cen.shape(0) != offsets.shape(0) - 1)
         throw py::value_error("centres: one row of x's width per cluster (offsets - 1)");
@@ -256,8 +301,8 @@ py::tuple semdedup_pairs(const py::array& x_arr, const py::array& z_arr,
         const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
         const int T = static_cast<int>(std::max<int64_t>(
             1, std::min<int64_t>(threads > 0 ? threads : hw, int64_t(clusters.size()))));
-        slack = pack(x.data(), d, z.data(), k, cen.data(), order.data(), clusters, tol, T,
-                     avx2, p);
+        slack = pack(x.data(), d, z.data(), k, cen.data(), cz.data(), order.data(), clusters,
+                     tol, T, avx2, p);
         const auto t1 = std::chrono::steady_clock::now();
         pack_s = std::chrono::duration<double>(t1 - t0).count();
         // Tasks: 96 rows of a cluster against its later rows, largest first (load balance).

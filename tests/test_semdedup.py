@@ -90,3 +90,30 @@ def test_selection_collapses_semantic_groups_after_near_ones():
             if m != best:
                 assert sel.why[m] == WHY_SEMANTIC.format(ids[best])
     assert sel.counts["semantic_duplicates"] > 0 and sel.counts["near_duplicates"] == 1
+
+
+def test_sample_pairs_are_the_pairs_inside_clusters_without_all_in_memory():
+    from car_engine import semdedup
+
+    which = np.repeat(np.arange(5), [1, 2, 3, 10, 7])
+    a, b = semdedup.sample_pairs(which)
+    want = [(i, j) for i in range(which.size) for j in range(i + 1, which.size)
+            if which[i] == which[j]]
+    assert list(zip(a.tolist(), b.tolist())) == want
+    which = np.repeat([0, 1, 2], [3000, 1, 30])  # 4.5M pairs: an evenly spaced subset
+    a, b = semdedup.sample_pairs(which)
+    assert a.size == semdedup.SAMPLE_PAIRS == len(set(zip(a.tolist(), b.tolist())))
+    assert (a < b).all() and (which[a] == which[b]).all()
+
+
+def test_native_cluster_means_match_numpy():
+    from car_engine import native
+
+    x, labels = clustered(3)
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    offsets = np.concatenate([[0], np.flatnonzero(np.diff(labels[order])) + 1, [order.size]])
+    means = native.cluster_means(x, order, offsets)
+    for c in range(offsets.size - 1):
+        want = x[order[offsets[c]:offsets[c + 1]]].astype(np.float64).mean(0)
+        assert np.allclose(means[c], want, atol=1e-12)
