@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -199,10 +200,10 @@ def real_based(path: str, n: int, k: int, seed: int = 4) -> tuple[np.ndarray, np
     return x.astype(np.float32), labels
 
 
-def timed(fn) -> tuple[float, float, object]:
-    """(wall seconds, CPU seconds of this process, result)."""
+def timed(fn, *args) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of this process (all its threads), fn(*args))."""
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
+    out = fn(*args)
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
@@ -229,8 +230,8 @@ def semantic_rows(quick: bool, n_near: int) -> list[dict]:
     rows = []
     for shape, make in sets:
         x, labels = make()
-        ours_s, ours_cpu, found = timed(lambda: semantic_groups(x, labels, eps))
-        ref_s, ref_cpu, want = timed(lambda: brute_force(x, labels, eps))
+        ours_s, ours_cpu, found = timed(semantic_groups, x, labels, eps)
+        ref_s, ref_cpu, want = timed(brute_force, x, labels, eps)
         same = bool(np.array_equal(found.groups, want))
         sizes = np.bincount(labels[labels >= 0])
         rows.append(row(f"dedup-semantic-{shape}", x.shape[0], ours_s, ref_s,
