@@ -3,6 +3,8 @@ cosine per cluster, in one run.
 
     python -m benchmarks.bench_dedup [--quick] [--n N]
     python -m benchmarks.bench_dedup --engine-only --n 1000000   # the 1M-record memory run
+    python -m benchmarks.bench_dedup --semdedup-memory           # RSS: one cluster vs many
+    CAR_ENGINE_BENCH_EMBEDDINGS=emb.npy python -m benchmarks.bench_dedup --semdedup-only
 
 Texts: every (user, assistant) turn pair of builtin:sharegpt as SPEC §1 pair text, plus planted
 near copies (known edits: words replaced, a greeting changed, a sentence dropped, case and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -176,8 +179,40 @@ def embeddings(n: int, k: int, dim: int, shape: str, seed: int = 2
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
 
 
+def real_based(path: str, n: int, k: int, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors from the real embeddings in ``path`` (all-MiniLM-L6-v2 over ShareGPT
+    user turns): every real vector, then real vectors moved by a real difference (x_i +
+    0.6 (x_j - x_l) / sqrt(2), j and l two other real vectors: new points with the real
+    spread, not duplicates), and 5% near copies (x_i + 0.05 of such a difference), all
+    renormalised; clustered by the engine's k-means (PCA + k-means, k clusters)."""
+    from car_engine.cluster import cluster
+
+    real = np.load(path).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    rest = max(0, n - real.shape[0])
+    near = min(rest, n // 20)
+    scale = np.repeat([0.6, 0.05], [rest - near, near])[:, None]
+    base = rng.integers(real.shape[0], size=(rest, 3))
+    moved = real[base[:, 0]] + scale * (real[base[:, 1]] - real[base[:, 2]]) / np.sqrt(2)
+    x = np.concatenate([real, moved])[:n]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = cluster(x, k=k, progress=False).labels
+    return x.astype(np.float32), labels
+
+
+def timed(fn, *args) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of this process (all its threads), fn(*args))."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
 def semantic_rows(quick: bool, n_near: int) -> list[dict]:
-    """SemDeDup vs the whole cosine matrix per cluster, on both shapes of embeddings."""
+    """SemDeDup vs the whole cosine matrix per cluster: synthetic embeddings of two shapes
+    and, where CAR_ENGINE_BENCH_EMBEDDINGS names a .npy of real embeddings, the real vectors
+    alone (clusters of ~333) and a 100k set built from them (:func:`real_based`)."""
+    import os
+
     from car_engine.reference.semdedup import semantic_groups as brute_force
     from car_engine.semdedup import semantic_groups
 
@@ -185,23 +220,51 @@ def semantic_rows(quick: bool, n_near: int) -> list[dict]:
     if n_near < 1000:  # a smoke run (`bench --n 16`): a small set of the same shape
         n, k = 2000, 20
     eps = 0.05
+    sets = [(shape, lambda shape=shape: embeddings(n, k, dim, shape))
+            for shape in ("spectral", "isotropic")]
+    path = os.environ.get("CAR_ENGINE_BENCH_EMBEDDINGS")
+    if path and n_near >= 1000:
+        count = np.load(path, mmap_mode="r").shape[0]
+        sets += [("real", lambda: real_based(path, count, max(1, round(count / 333)))),
+                 ("real-based", lambda: real_based(path, n, k))]
     rows = []
-    for shape in ("spectral", "isotropic"):
-        x, labels = embeddings(n, k, dim, shape)
-        start = time.perf_counter()
-        found = semantic_groups(x, labels, eps)
-        ours_s = time.perf_counter() - start
-        start = time.perf_counter()
-        want = brute_force(x, labels, eps)
-        ref_s = time.perf_counter() - start
+    for shape, make in sets:
+        x, labels = make()
+        ours_s, ours_cpu, found = timed(semantic_groups, x, labels, eps)
+        ref_s, ref_cpu, want = timed(brute_force, x, labels, eps)
         same = bool(np.array_equal(found.groups, want))
-        rows.append(row(f"dedup-semantic-{shape}", n, ours_s, ref_s, "identical groups",
-                        float(same), same, groups=found.n_groups,
-                        what=f"SemDeDup eps {eps}, {k} clusters (largest "
-                        f"{np.bincount(labels).max()}), {shape} embeddings: projected test + "
-                        "tiles vs whole cosine matrix per cluster",
-                        target_speedup=5.0 if shape == "spectral" else ""))
+        sizes = np.bincount(labels[labels >= 0])
+        rows.append(row(f"dedup-semantic-{shape}", x.shape[0], ours_s, ref_s,
+                        "identical groups", float(same), same, groups=found.n_groups,
+                        what=f"SemDeDup eps {eps}, {sizes.size} clusters (largest "
+                        f"{sizes.max()}), {shape} embeddings: bound on k={found.stats['dims']}"
+                        " within-cluster principal directions + residual norm, native, vs "
+                        "whole cosine matrix per cluster",
+                        cpu_speedup=round(ref_cpu / max(ours_cpu, 1e-9), 2),
+                        passed_bound=found.stats["passed_bound"],
+                        target_speedup=5.0 if shape != "isotropic" else ""))
     return rows
+
+
+def memory_probe(n: int, clusters: int, dim: int = 384) -> float:
+    """Peak RSS (MB) that :func:`semantic_groups` adds over its input in a fresh process,
+    for n vectors in ``clusters`` clusters of equal size."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, resource\n"
+        "from car_engine.semdedup import semantic_groups\n"
+        f"rng = np.random.default_rng(0); x = rng.standard_normal(({n}, {dim}), np.float32)\n"
+        "x /= np.sqrt(np.einsum('ij,ij->i', x, x))[:, None]\n"  # no float64 copy: low baseline
+        f"labels = np.arange({n}) % {clusters}\n"
+        "semantic_groups(x[:64], labels[:64], 0.05)\n"  # imports and the native module loaded
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "semantic_groups(x, labels, 0.05)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.split()[-1])
 
 
 def million(n: int, shard: int = 50_000) -> dict:
@@ -242,9 +305,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="number of records")
     parser.add_argument("--engine-only", action="store_true",
                         help="time the engine alone on --n records (the 1M memory run)")
+    parser.add_argument("--semdedup-only", action="store_true",
+                        help="only the SemDeDup rows (and CAR_ENGINE_BENCH_EMBEDDINGS' rows)")
+    parser.add_argument("--semdedup-memory", action="store_true",
+                        help="peak RSS SemDeDup adds: --n (20k) vectors in 1 cluster vs 150")
     args = parser.parse_args()
-    if args.engine_only:
+    if args.semdedup_memory:
+        n = args.n or 20_000
+        print(json.dumps({f"{n} rows, {c} clusters: added peak RSS MB": memory_probe(n, c)
+                          for c in (1, 150)}))
+    elif args.engine_only:
         print(json.dumps(million(args.n or 1_000_000)))
+    elif args.semdedup_only:
+        print(format_table(semantic_rows(args.quick, args.n or 100_000)))
     else:
         print(format_table(run(quick=args.quick, n=args.n)))
 

@@ -115,14 +115,33 @@ def flatten_forest(parent: np.ndarray) -> np.ndarray:
     return parent
 
 
-def projected_pairs(zt: np.ndarray, zz: np.ndarray, lo: int, hi: int, reach: float,
-                    max_pairs: int, threads: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Pairs (i, j) with ``lo <= i < hi`` and ``i < j`` whose squared distance
-    ``zz[i] + zz[j] - 2 z_i.z_j`` is <= ``reach``, for ``zt`` = z transposed ([dims, rows]
-    float32, C order) and ``zz`` = the rows' squared norms; sorted by (i, j). None when more
-    than ``max_pairs`` pass (then the caller compares those rows densely)."""
-    return _native.projected_pairs(zt, np.ascontiguousarray(zz, dtype=np.float32), int(lo),
-                                   int(hi), float(reach), int(max_pairs), int(threads))
+def cluster_means(x: np.ndarray, order: np.ndarray, offsets: np.ndarray,
+                  threads: int = 0) -> np.ndarray:
+    """[clusters, d] float64: the mean of rows ``order[offsets[c]:offsets[c + 1]]`` of ``x``."""
+    return _native.cluster_means(np.ascontiguousarray(x, dtype=np.float32),
+                                 np.ascontiguousarray(order, dtype=np.int64),
+                                 np.ascontiguousarray(offsets, dtype=np.int64), int(threads))
+
+
+def semdedup_pairs(x: np.ndarray, z: np.ndarray, centres: np.ndarray, centres_z: np.ndarray,
+                   order: np.ndarray, offsets: np.ndarray, reach: float, cut: float,
+                   tol: float, threads: int = 0, plain: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """SemDeDup's pairs in every cluster at once. Cluster c's members are the rows
+    ``order[offsets[c]:offsets[c + 1]]`` (ascending) of ``x`` [n, d] (unit float32), its
+    centre ``centres[c]``; ``z`` [n, k] holds ``x @ B`` for an orthonormal ``B`` and
+    ``centres_z[c]`` = ``centres[c] @ B``. Pairs whose lower bound |w_i - w_j|^2 of
+    |x_i - x_j|^2 (w = z - centres_z plus the residual's norm) is <= ``reach`` (widened by
+    the float32 slack ``tol`` calls for) get their full cosine. Returns (left, right, cosine)
+    with left < right and cosine >= ``cut``, sorted, and counts (``passed_bound``, ``slack``,
+    seconds). ``plain`` skips the AVX2 kernels (tests)."""
+    f32 = np.float32
+    return _native.semdedup_pairs(
+        np.ascontiguousarray(x, dtype=f32), np.ascontiguousarray(z, dtype=f32),
+        np.ascontiguousarray(centres, dtype=f32), np.ascontiguousarray(centres_z, dtype=f32),
+        np.ascontiguousarray(order, dtype=np.int64),
+        np.ascontiguousarray(offsets, dtype=np.int64), float(reach), float(cut), float(tol),
+        int(threads), bool(plain))
 
 
 def union(index_arrays: Iterable[np.ndarray]) -> np.ndarray:

@@ -57,11 +57,16 @@ PYBIND11_MODULE(_native, m) {
           "(int64, in place; roots are the smallest index of their set).");
     m.def("flatten_forest", &car::flatten_forest, py::arg("parent"),
           "Point every entry of a union-find forest straight at its root (in place).");
-    m.def("projected_pairs", &car::projected_pairs, py::arg("zt"), py::arg("zz"), py::arg("lo"),
-          py::arg("hi"), py::arg("reach"), py::arg("max_pairs"), py::arg("threads") = 0,
-          "Pairs (i, j), lo <= i < hi, i < j, whose squared distance zz_i + zz_j - 2 z_i.z_j "
-          "is <= reach, for zt [dims, rows] float32 (z transposed) and zz = |z|^2; sorted. "
-          "None when more than max_pairs pass (the caller compares those rows densely).");
+    m.def("cluster_means", &car::cluster_means, py::arg("x"), py::arg("order"),
+          py::arg("offsets"), py::arg("threads") = 0,
+          "Mean (float64) of the rows order[offsets[c]:offsets[c+1]] of x, for every c.");
+    m.def("semdedup_pairs", &car::semdedup_pairs, py::arg("x"), py::arg("z"),
+          py::arg("centres"), py::arg("centres_z"), py::arg("order"), py::arg("offsets"), py::arg("reach"),
+          py::arg("cut"), py::arg("tol"), py::arg("threads") = 0, py::arg("plain") = false,
+          "SemDeDup pairs of every cluster (members order[offsets[c]:offsets[c+1]], centre "
+          "centres[c], z = x B - centres_z[c]): pairs whose bound |w_i - w_j|^2 (w = (z, residual norm)) is within "
+          "reach get their full cosine x_i.x_j; returns (left, right, cosine) of those with "
+          "cosine >= cut, sorted, and a dict of counts.");
     m.def("union_ordered", &car::union_ordered, py::arg("index_arrays"),
           "Union of int64 index arrays in order of first appearance.");
 }

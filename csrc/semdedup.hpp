@@ -2,6 +2,9 @@
 #include "common.hpp"
 
 namespace car {
-py::object projected_pairs(const py::array& zt, const py::array& zz, int64_t lo, int64_t hi,
-                           double reach, int64_t max_pairs, int threads);
+py::array_t<double> cluster_means(const py::array& x, const py::array& order,
+                                  const py::array& offsets, int threads);
+py::tuple semdedup_pairs(const py::array& x, const py::array& z, const py::array& centres,
+                         const py::array& centres_z, const py::array& order, const py::array& offsets, double reach,
+                         double cut, double tol, int threads, bool plain);
 }  // namespace car
