@@ -34,7 +34,7 @@ def split_gain(members: np.ndarray, rng: np.random.Generator) -> tuple[float, np
     x = np.asarray(members, dtype=np.float32)
     centred = x - x.mean(axis=0)
     total = float((centred * centred).sum(dtype=np.float64))
-    direction = rng.standard_normal(x.shape[1]).astype(np.float32)
+    direction = np.asarray(rng.standard_normal(x.shape[1]), dtype=np.float32)
     for _ in range(POWER_STEPS):
         direction = centred.T @ (centred @ direction)
         norm = np.linalg.norm(direction)
