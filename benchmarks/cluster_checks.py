@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ TARGET_FROM = 50_000
 THREADS = 1  # both children alike (see CLUSTER_THREADS in bench_cluster)
 # (generator, n, seed): every generator at 50,000 x 384, a second seed for the shapes that
 # separated restarts from refinement in development, one larger run; --quick: small, 2 seeds.
-FULL = ([(name, 50_000, 0) for name in GENERATORS]
+FULL = ([(name, 50_000, 0) for name in ("many-decaying", "near-isotropic", "unequal-decaying",
+                                          "few-decaying", "many-isotropic")]
         + [("near-isotropic", 50_000, 1), ("unequal-decaying", 50_000, 1),
            ("many-decaying", 100_000, 0)])
 QUICK = [(name, 4_000, seed) for name in GENERATORS for seed in (0, 1)]
@@ -141,29 +143,35 @@ def cached_real() -> np.ndarray | None:
     return best
 
 
-def run(quick: bool = False, n: int | None = None, only: str | None = None) -> list[dict]:
-    """A row per (generator, n, seed) of FULL (QUICK with ``quick``; every one at ``n`` points
-    when ``n`` is given; only the stages containing ``only`` when given), then one on the cached
-    real embeddings if any."""
-    rows = []
+def checks(quick: bool = False, n: int | None = None, only: str | None = None
+           ) -> Iterator[tuple[str, np.ndarray, int, dict]]:
+    """(stage, vectors, seed, extra row fields) of every check of FULL (QUICK with ``quick``;
+    every one at ``n`` points when ``n`` is given; only the stages containing ``only`` when
+    given), then one on the cached real embeddings if any."""
     for name, size, seed in QUICK if quick else FULL:
         size = n or size
         stage = f"cluster-{name}-{size // 1000}k-s{seed}" if size >= 1000 else \
             f"cluster-{name}-{size}-s{seed}"
-        if only is not None and only not in stage:
-            continue
-        rows.append(check_row(stage, generate(name, size, seed=seed), seed,
-                              true_clusters=GENERATORS[name].true_clusters(size)))
+        if only is None or only in stage:
+            yield stage, generate(name, size, seed=seed), seed, {
+                "true_clusters": GENERATORS[name].true_clusters(size)}
     real = cached_real()
     if real is not None and (only is None or only in "cluster-real"):
-        rows.append(check_row(f"cluster-real-{real.shape[0]}", real[:n], 0))
-    return rows
+        real = real[:n]
+        yield f"cluster-real-{real.shape[0]}", real, 0, {}
+
+
+def run(quick: bool = False, n: int | None = None, only: str | None = None) -> list[dict]:
+    """A row per check of :func:`checks`."""
+    return [check_row(stage, vectors, seed, **extra)
+            for stage, vectors, seed, extra in checks(quick, n, only)]
 
 
 if __name__ == "__main__":
-    from .common import format_table
-
     import argparse
+    import json
+
+    from .common import format_table
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,4 +179,8 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=None, help="points per check")
     parser.add_argument("--only", default=None, help="only the stages containing this text")
     args = parser.parse_args()
-    print(format_table(run(args.quick, args.n, args.only)), flush=True)
+    rows = []
+    for stage, vectors, seed, extra in checks(args.quick, args.n, args.only):
+        rows.append(check_row(stage, vectors, seed, **extra))
+        print(json.dumps(rows[-1], default=float), flush=True)  # a long run shows as it goes
+    print(format_table(rows))
