@@ -3,9 +3,10 @@
 PCA keeps the fewest components reaching ``pca_var`` of the variance (or exactly ``pca_dim``).
 k-means is seeded with greedy k-means++ (scikit-learn's flavour: a few candidates per step, keep
 the one that lowers the potential most), restarted ``n_init`` times with a short Lloyd run each
-on a sample; the best start is run to convergence on all points with FAISS Lloyd iterations.
-For large n the fit uses a sample of ``max_points_per_centroid * k`` points, and every point is
-then assigned in batches.
+on a sample; the best start is run to convergence on all points with FAISS Lloyd iterations,
+then improved by split/merge swaps (car_engine/cluster_refine.py), which escape the local
+optima restarts only escape by luck. For large n the fit uses a sample of
+``max_points_per_centroid * k`` points, and every point is then assigned in batches.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
     run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
     all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
-    iterations, or ``max_iter`` iterations in all."""
+    iterations, or ``max_iter`` iterations; then up to ``refine_rounds`` rounds of split/merge
+    swaps, each converged the same way and kept only if it lowers the objective."""
     d = points.shape[1]
     rng = np.random.default_rng(seed)
     points = _sample(points, k * max_points_per_centroid, rng)
