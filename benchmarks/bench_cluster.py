@@ -6,6 +6,9 @@
 - cluster: scikit-learn ``PCA(0.95)`` + ``KMeans(k, n_init=10)`` vs :func:`car_engine.cluster.
   cluster` on 20,000 real all-MiniLM-L6-v2 embeddings (made once, cached under cache_dir();
   ``--quick``: 8,000 texts cut at 32 tokens); checks inertia ratio engine / reference <= 1.01.
+- cluster-<generator>-<n>-s<seed>: `car-engine cluster` vs the reference as whole processes on
+  generated data it was not tuned on (benchmarks/cluster_checks.py); inertia ratio <= 1.005 in
+  the reference's PCA space, 10x at 50,000 x 384.
 - cluster-1M: a 1,000,000 x 384 synthetic run (k = 707) in a child process, for time and peak RSS.
 
     .venv/bin/python -m benchmarks.bench_cluster [--quick] [--n N] [--no-synthetic]
@@ -32,6 +35,7 @@ from car_engine.models.registry import cache_dir, minilm_path
 from car_engine.reference.cluster import reference_cluster
 from car_engine.reference.embed import reference_embed, reference_encoder
 
+from . import cluster_checks
 from .common import format_table, gemm_gflops, peak_rss_mb, row, take_turns, transformer_gflop
 
 REAL_N = 20_000
@@ -207,6 +211,9 @@ def cluster_data(quick: bool) -> tuple[int, int]:
     return (QUICK_N, QUICK_TOKENS) if quick else (REAL_N, FULL_TOKENS)
 
 
+CHECK_N_FLOOR = 1_000  # a --n below this (smoke runs) shrinks the generated checks too
+
+
 def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None) -> list[dict]:
     """All rows: embed (fp32, bf16), cluster (real), and unless ``quick`` the 1M synthetic.
 
@@ -221,6 +228,8 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     n = n or default_n
     rows = bench_embed(embed_n)
     rows += bench_cluster(n, max_tokens)
+    # data the clustering was not tuned on (benchmarks/cluster_checks.py): whole processes
+    rows += cluster_checks.run(quick, n if n is not None and n < CHECK_N_FLOOR else None)
     if synthetic if synthetic is not None else not quick:
         rows.append(bench_synthetic())
     return rows

@@ -3,9 +3,10 @@
 PCA keeps the fewest components reaching ``pca_var`` of the variance (or exactly ``pca_dim``).
 k-means is seeded with greedy k-means++ (scikit-learn's flavour: a few candidates per step, keep
 the one that lowers the potential most), restarted ``n_init`` times with a short Lloyd run each
-on a sample; the best start is run to convergence on all points with FAISS Lloyd iterations.
-For large n the fit uses a sample of ``max_points_per_centroid * k`` points, and every point is
-then assigned in batches.
+on a sample; the best start is run to convergence on all points with FAISS Lloyd iterations,
+then improved by split/merge swaps (car_engine/cluster_refine.py), which escape the local
+optima restarts only escape by luck. For large n the fit uses a sample of
+``max_points_per_centroid * k`` points, and every point is then assigned in batches.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from car_engine.config import KMEANS_RESTARTS, ClusterParams, parse_device
+from car_engine.cluster_refine import refine
+from car_engine.config import (
+    KMEANS_REFINE_ROUNDS,
+    KMEANS_RESTARTS,
+    ClusterParams,
+    parse_device,
+)
 from car_engine.environment import check_one_build
 from car_engine.errors import DeviceError, UsageError
 
@@ -240,11 +247,12 @@ def _sample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
            n_init: int = KMEANS_RESTARTS, max_iter: int = 300,
            tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False,
-           gpu: int | None = None) -> np.ndarray:
+           gpu: int | None = None, refine_rounds: int = KMEANS_REFINE_ROUNDS) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
     run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
     all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
-    iterations, or ``max_iter`` iterations in all."""
+    iterations, or ``max_iter`` iterations; then up to ``refine_rounds`` rounds of split/merge
+    swaps, each converged the same way and kept only if it lowers the objective."""
     d = points.shape[1]
     rng = np.random.default_rng(seed)
     points = _sample(points, k * max_points_per_centroid, rng)
@@ -268,19 +276,38 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
         if objective < best_objective:
             best, best_objective = centroids, objective
     assert best is not None, "no k-means start had a finite objective (or n_init < 1)"
-    best_objective = math.inf  # the probes' objective was on the sample, not on all points
+
+    def converge(on: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float]:
+        return _converge(on, start, max_iter=max_iter, tol=tol, seed=seed, index=index, bar=bar)
+
+    def nearest2(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index.reset()
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        return index.search(points, min(2, k))
+
+    best, objective = converge(points, best)
+    best = refine(points, best, objective, converge=converge, nearest2=nearest2, rng=rng,
+                  rounds=refine_rounds)
+    bar.close()
+    return best
+
+
+def _converge(points: np.ndarray, centroids: np.ndarray, *, max_iter: int, tol: float,
+              seed: int, index: faiss.Index, bar: Any) -> tuple[np.ndarray, float]:
+    """Lloyd from ``centroids`` until the objective improves by less than ``tol`` (relative)
+    over CHECK_EVERY iterations, or ``max_iter`` iterations; (centroids, last objective)."""
+    previous = math.inf
     done = 0
     while done < max_iter:
         step = min(CHECK_EVERY, max_iter - done)
-        best, objective = lloyd(points, best, step, seed=seed, index=index)
+        centroids, objective = lloyd(points, centroids, step, seed=seed, index=index)
         done += step
         bar.update(step)
-        improved = best_objective - objective
-        best_objective = objective
+        improved = previous - objective
+        previous = objective
         if improved <= tol * objective:
             break
-    bar.close()
-    return best
+    return centroids, previous
 
 
 @dataclass

@@ -53,7 +53,9 @@ GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousand
 AUTO = "auto"
 DEVICE_PRECISION = {"iqs": ("fp32", "fp16"), "ifd": ("fp32", "bf16"), "embed": ("fp32", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
-KMEANS_RESTARTS = 3
+KMEANS_RESTARTS = 1
+# split/merge rounds after k-means converges (car_engine/cluster_refine.py; 0: none)
+KMEANS_REFINE_ROUNDS = 8
 WORKERS = 2  # Ray actors per scoring stage
 SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless one is named
 # Output records and field names (SPEC §6): selected.jsonl gives the items back as they came

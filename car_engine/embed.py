@@ -30,8 +30,9 @@ from car_engine.config import (
     EmbedParams,
     resolve_precision,
 )
-from car_engine.corpus import RecordsLike, as_records, pair_texts, read_table
+from car_engine.corpus import RecordsLike, as_records, pair_texts
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
+from car_engine.embed_ids import ids_path, read_ids  # noqa: F401 (re-exported)
 from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import PackedBert, supports
@@ -43,20 +44,6 @@ POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_tok
 # Texts tokenized and length-sorted together: big enough that sorting removes most padding,
 # small enough that token ids for a chunk stay a few MB.
 CHUNK_TEXTS = 8192
-
-
-def ids_path(npy_path: str | Path) -> Path:
-    """The companion file holding the record ids of an embeddings ``.npy`` (row i -> id i)."""
-    path = Path(npy_path)
-    return path.with_name(path.name.removesuffix(".npy") + ".ids.parquet")
-
-
-def read_ids(npy_path: str | Path) -> list[str] | None:
-    """The ids written beside an embeddings ``.npy``, or None when there is no companion file."""
-    path = ids_path(npy_path)
-    if not path.is_file():
-        return None
-    return read_table(path).column("id").to_pylist()
 
 
 def _module_paths(folder: Path) -> tuple[Path, Path | None]:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from car_engine.cluster import cluster
-    from car_engine.embed import ids_path, read_ids
+    from car_engine.embed_ids import ids_path, read_ids
     from car_engine.io import write_table
 
     check_table_out(args.out)
