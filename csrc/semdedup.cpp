@@ -203,10 +203,7 @@ double pack(const float* x, int64_t d, const float* z, int64_t k, const float* c
             }
         }
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < T; ++t) pool.emplace_back(worker, t);
-    worker(0);
-    for (auto& th : pool) th.join();
+    run_threads(T, worker);
     const double u = *std::max_element(u_max.begin(), u_max.end());
     const double rm = *std::max_element(r_max.begin(), r_max.end());
     // (r_x - r_y)^2 is then off by at most 2u (2 r_max + 2u); float32 sums of K products of
@@ -247,12 +244,7 @@ py::array_t<double> cluster_means(const py::array& x_arr, const py::array& order
                 for (int64_t t = 0; t < d; ++t) m[t] /= size;
             }
         };
-        const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-        const int T = std::max(1, std::min(threads > 0 ? threads : hw, int(std::max<int64_t>(c, 1))));
-        std::vector<std::thread> pool;
-        for (int t = 1; t < T; ++t) pool.emplace_back(worker);
-        worker();
-        for (auto& th : pool) th.join();
+        run_threads(pick_threads(threads, c), [&](int) { worker(); });
     }
     return out;
 }
@@ -298,9 +290,7 @@ py::tuple semdedup_pairs(const py::array& x_arr, const py::array& z_arr,
     {
         py::gil_scoped_release nogil;
         const auto t0 = std::chrono::steady_clock::now();
-        const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-        const int T = static_cast<int>(std::max<int64_t>(
-            1, std::min<int64_t>(threads > 0 ? threads : hw, int64_t(clusters.size()))));
+        const int T = pick_threads(threads, int64_t(clusters.size()));
         slack = pack(x.data(), d, z.data(), k, cen.data(), cz.data(), order.data(), clusters,
                      tol, T, avx2, p);
         const auto t1 = std::chrono::steady_clock::now();
@@ -331,10 +321,7 @@ py::tuple semdedup_pairs(const py::array& x_arr, const py::array& z_arr,
                     }
             }
         };
-        std::vector<std::thread> pool;
-        for (int t = 1; t < T; ++t) pool.emplace_back(worker, t);
-        worker(0);
-        for (auto& th : pool) th.join();
+        run_threads(T, worker);
         for (int64_t v : passed) passed_all += v;
         search_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     }
