@@ -146,9 +146,11 @@ def cached_real() -> np.ndarray | None:
 def checks(quick: bool = False, n: int | None = None, only: str | None = None
            ) -> Iterator[tuple[str, np.ndarray, int, dict]]:
     """(stage, vectors, seed, extra row fields) of every check of FULL (QUICK with ``quick``;
-    every one at ``n`` points when ``n`` is given; only the stages containing ``only`` when
-    given), then one on the cached real embeddings if any."""
+    every generator's seed-0 check at ``n`` points when ``n`` is given; only the stages
+    containing ``only`` when given), then one on the cached real embeddings if any."""
     for name, size, seed in QUICK if quick else FULL:
+        if n is not None and seed != 0:
+            continue  # a sized run (a smoke run at --n 16): every generator once
         size = n or size
         stage = f"cluster-{name}-{size // 1000}k-s{seed}" if size >= 1000 else \
             f"cluster-{name}-{size}-s{seed}"
