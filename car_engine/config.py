@@ -56,6 +56,10 @@ EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 3
 WORKERS = 2  # Ray actors per scoring stage
 SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless one is named
+# Conversations (SPEC §5): score every turn, or the first only (the behaviour before #16), and
+# how a conversation's IQS comes from its turns'.
+TURNS = ("all", "first")
+TURN_AGGREGATES = ("mean", "min", "first")
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,13 @@ class IQSParams:
     precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: IQS_BATCH for the device
     device: str = DEFAULT_DEVICE
+    turns: str = "all"
+    turn_aggregate: str = "mean"
 
     def check(self) -> None:
         """Refuse, before the scorer loads, a runtime, precision or batch size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns, self.turn_aggregate)
         _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
         precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
         if self.precision not in (AUTO, *precisions):
@@ -90,10 +97,12 @@ class IFDParams:
     dtype: str = AUTO  # fp32 on CPU, bf16 on GPU (DEVICE_PRECISION)
     batch_tokens: int = 8192
     device: str = DEFAULT_DEVICE
+    turns: str = "all"  # a compat preset scores the first turn (its script scores pairs)
 
     def check(self) -> None:
         """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns)
         _check_choice("--template", self.template, IFD_TEMPLATES)
         if self.compat is not None:
             _check_choice("--compat", self.compat, IFD_COMPAT)
@@ -115,10 +124,12 @@ class EmbedParams:
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
+    turns: str = "all"
 
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns)
         _check_choice("--embed-dtype", self.dtype, (AUTO, *EMBED_DTYPES))
         _check_at_least("--embed-batch-size", self.batch_size, 1)
 
@@ -303,6 +314,12 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
     return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
+
+
+def check_turns(turns: str, aggregate: str = "mean") -> None:
+    """Refuse a --turns or --turn-aggregate value that is not a choice."""
+    _check_choice("--turns", turns, TURNS)
+    _check_choice("--turn-aggregate", aggregate, TURN_AGGREGATES)
 
 
 def check_limit(limit: int | None) -> None:

@@ -29,6 +29,7 @@ from car_engine.config import (
     IFD_DTYPES,
     IFD_TEMPLATES,
     IFDParams,
+    check_turns,
     resolve_precision,
 )
 from car_engine.corpus import RecordsLike, as_records, load_corpus
@@ -187,13 +188,16 @@ class IFDScorer:
     def __init__(self, model: str = DEFAULT_MODEL, *, template: str = IFDParams.template,
                  compat: str | None = IFDParams.compat, max_length: int = IFDParams.max_length,
                  dtype: str = IFDParams.dtype, batch_tokens: int = IFDParams.batch_tokens,
-                 device: str | None = None, pack: bool = True) -> None:
+                 device: str | None = None, pack: bool = True,
+                 turns: str = IFDParams.turns) -> None:
         """Load ``model`` (``default`` = SmolLM2-135M-Instruct, or a local HF folder) in
         ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU).
 
         On CPU a Llama-style model runs packed (:mod:`car_engine.models.llama`: no padding,
         fused layers; 1.3-1.6x the padded transformers forward); ``pack=False``, other models
-        and GPUs run the transformers forward on padded batches."""
+        and GPUs run the transformers forward on padded batches. ``turns``: ``all`` scores
+        every turn of a conversation (:mod:`car_engine.ifd_turns`, SPEC §5; the table gains
+        its TURN_COLUMNS), ``first`` the first turn only; a compat preset scores the first."""
         from car_engine.models.llama import PackedCausalLM, supports
         from car_engine.models.registry import load_causal_lm
 
@@ -203,6 +207,8 @@ class IFDScorer:
         if batch_tokens < 1:
             raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
         self.template, self.compat = resolve_preset(template, compat), compat
+        check_turns(turns)
+        self.turns = "first" if compat is not None else turns
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
         warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
@@ -263,7 +269,12 @@ class IFDScorer:
                       torch.tensor(cols, device=self.device)]
 
     def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
-        """IFD_COLUMNS for every record, in input order, keyed by ``id``."""
+        """IFD_COLUMNS for every record, in input order, keyed by ``id`` (with ``turns``
+        ``all``: conversations turn by turn, and TURN_COLUMNS too)."""
+        if self.turns == "all":
+            from car_engine.ifd_turns import score_turns
+
+            return score_turns(self, records, progress=progress)
         pairs = self.encode(records)
         sequences = []
         for i, pair in enumerate(pairs):

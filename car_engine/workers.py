@@ -96,7 +96,8 @@ class IFDWorker(Worker):
 
         self.scorer = IFDScorer(params.model, template=params.template, compat=params.compat,
                                 max_length=params.max_length, dtype=params.dtype,
-                                batch_tokens=params.batch_tokens, device=params.device)
+                                batch_tokens=params.batch_tokens, device=params.device,
+                                turns=params.turns)
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
