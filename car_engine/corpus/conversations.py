@@ -79,7 +79,7 @@ def parse(messages: list[dict[str, str]]) -> Conversation:
             joined.append([role, text])
     system = joined.pop(0)[1] if joined and joined[0][0] == SYSTEM else None
     preamble = joined.pop(0)[1] if joined and joined[0][0] == ASSISTANT else None
-    turns = []
+    turns: list[Turn] = []
     for i in range(0, len(joined) - 1, 2):  # roles alternate user, assistant from here
         user, reply = joined[i][1], joined[i + 1][1]
         scored = bool(reply.strip())

@@ -77,8 +77,9 @@ def reference_turns(model: Any, tokenizer: Any, conversation: Conversation, *, t
         cond.append(answer_loss(model, [*prompt, *keep], len(keep)))
         direct.append(answer_loss(model, [start, *keep], len(keep)))
         counts.append(len(keep))
-    total = sum(n for n in counts if n)
-    weighted = [(c, d, n) for c, d, n in zip(cond, direct, counts) if n]
+    weighted = [(c, d, n) for c, d, n in zip(cond, direct, counts)
+                if c is not None and d is not None and n]
+    total = sum(n for _, _, n in weighted)
     return {
         "turn_loss_cond": cond, "turn_loss_direct": direct, "turn_n_tokens": counts,
         "turns": len(conversation.turns), "turns_scored": len(weighted),
