@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import torch
@@ -22,11 +22,25 @@ from tqdm import tqdm
 from car_engine import kernels
 from car_engine.batching import head_ids, token_batches
 from car_engine.corpus.conversations import Conversation, parse_json
+from car_engine.ifd_pairs import IFD_SCHEMA, encode_pairs, score_row
 from car_engine.ifd_prompts import EMPTY_ANSWER, OK, PROMPT_TOO_LONG, EncodedPair, start_token
 from car_engine.ifd_render import render
 
-if TYPE_CHECKING:
-    from car_engine.ifd import IFDScorer
+
+class IFDScorer(Protocol):
+    """What the turn scorer uses of :class:`car_engine.ifd.IFDScorer` (no import: ifd.py
+    imports this module)."""
+
+    tokenizer: Any
+    template: str
+    max_length: int
+    batch_tokens: int
+    packed: Any
+    device: torch.device
+    head_weight: torch.Tensor
+
+    def hidden_at(self, token_ids: list[list[int]], rows: list[int], cols: list[int]
+                  ) -> torch.Tensor: ...
 
 PAST_MAX_LENGTH = "not scored: past max_length"
 TURN_FIELDS = [("turns", pa.int64()), ("turns_scored", pa.int64()),
@@ -160,8 +174,6 @@ def _as_turns(pair: EncodedPair) -> EncodedTurns:
 def score_turns(scorer: IFDScorer, records: pa.Table, *, progress: bool = True) -> pa.Table:
     """IFD_COLUMNS + TURN_COLUMNS for every record (conversations turn by turn, single-turn
     records as one turn), in input order."""
-    from car_engine.ifd import encode_pairs
-
     chats = records.column("turns").to_pylist() if "turns" in records.column_names else \
         [None] * records.num_rows
     encoded: list[EncodedTurns | None] = [None] * records.num_rows
@@ -195,8 +207,6 @@ def score_turns(scorer: IFDScorer, records: pa.Table, *, progress: bool = True) 
     bar.close()
     ids = [str(v) for v in records.column("id").to_pylist()]
     rows = [turn_row(rid, enc, got) for rid, enc, got in zip(ids, done, losses)]
-    from car_engine.ifd import IFD_SCHEMA
-
     schema = pa.schema([*IFD_SCHEMA, *(pa.field(n, t) for n, t in TURN_FIELDS)])
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -204,8 +214,6 @@ def score_turns(scorer: IFDScorer, records: pa.Table, *, progress: bool = True) 
 def turn_row(rid: str, enc: EncodedTurns, losses: dict[int, list[float]]) -> dict:
     """One record's row: per-turn lists (null where a turn is not scored) and the
     token-weighted conversation losses, scored as SPEC §2 from them."""
-    from car_engine.ifd import score_row
-
     n_turns = len(enc.statuses)
     cond: list[float | None] = [None] * n_turns
     direct: list[float | None] = [None] * n_turns
