@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +55,7 @@ def _ifd_rows(quick: bool, n: int) -> list[dict]:
     def engine(part: list[int]) -> list[dict]:
         return scorer.score(records.take(part), progress=False).to_pylist()
 
-    runners = {"reference": reference, "engine": engine}
+    runners: dict[str, Callable[[list], Any]] = {"reference": reference, "engine": engine}
     for fn in runners.values():  # one-off setup (oneDNN, thread pool) outside the timing
         fn([0])
     seconds, parts = take_turns(runners, list(range(records.num_rows)), 2)
@@ -74,7 +76,7 @@ def _ifd_rows(quick: bool, n: int) -> list[dict]:
 
 def _singles(records: pa.Table) -> pa.Table:
     """Every scored turn of ``records`` as a single-turn record of its own."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for chat in records.column("turns").to_pylist():
         for turn in parse_json(chat).turns:
             if turn.scored:
@@ -93,7 +95,7 @@ def _encoder_rows(quick: bool, n: int) -> list[dict]:
     embed = EmbedWorker(EmbedParams(turns="all"))
     for name, worker in (("iqs-turns", iqs), ("embed-turns", embed)):
         worker(singles.slice(0, 2))  # warm-up
-        got: dict[str, object] = {}
+        got: dict[str, Any] = {}
 
         def conversations_run(_: list, worker=worker, got=got) -> None:
             got["turns"] = worker(records)
@@ -103,14 +105,14 @@ def _encoder_rows(quick: bool, n: int) -> list[dict]:
 
         seconds, _ = take_turns({"engine": conversations_run, "reference": singles_run}, [0], 1)
         if name == "iqs-turns":
-            per_turn = [v for r in got["turns"]["turn_iqs"].to_pylist()  # type: ignore[index]
+            per_turn = [v for r in got["turns"]["turn_iqs"].to_pylist()
                         for v in r if v is not None]
             delta = float(np.max(np.abs(np.array(per_turn) - np.array(
-                got["singles"]["iqs"].to_pylist()))))  # type: ignore[index]
+                got["singles"]["iqs"].to_pylist()))))
             check = "max |d turn IQS| vs the turns as single items"
         else:
-            vectors = turn_means(got["singles"], records)  # type: ignore[arg-type]
-            delta = float(np.max(np.abs(vectors - got["turns"])))  # type: ignore[operator]
+            vectors = turn_means(got["singles"], records)
+            delta = float(np.max(np.abs(vectors - got["turns"])))
             check = "max |d vector| vs mean of the turns as single items"
         out.append(row(name, len(texts), seconds["engine"], seconds["reference"], check,
                        delta, delta < 1e-5, unit="turns (engine) vs pairs (reference)",

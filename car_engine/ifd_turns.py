@@ -131,7 +131,10 @@ class _Sequence:
 def batch_losses(scorer: IFDScorer, batch: list[_Sequence]) -> list[list[float]]:
     """Mean NLL of every span of every sequence of ``batch``: one forward of the model body,
     the fused cross-entropy over the scored positions only (position p predicts p + 1)."""
-    rows, cols, targets, counts = [], [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    counts: list[int] = []
     for r, seq in enumerate(batch):
         for first, n in seq.spans:
             rows += [r] * n
