@@ -200,6 +200,6 @@ def test_an_item_with_no_scored_turn_is_rejected_naming_it(tmp_path):
     corpus = load_corpus(path)
     assert corpus.records.num_rows == 1
     assert "line 1" in corpus.rejected[0].message()
-    assert "no scored turn" in corpus.rejected[0].reason
+    assert "no scored turn" in corpus.rejected[0].reason  # every reply is empty
     turns = json.loads(corpus.records.column("turns")[0].as_py())
     assert turns[0] == {"role": "system", "content": _text(1, 6)}  # the system message is kept

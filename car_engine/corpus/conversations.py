@@ -104,4 +104,4 @@ def no_turn_reason(conversation: Conversation, key: str) -> str | None:
         return None
     if conversation.turns:
         return f"'{key}' has no scored turn: empty output in every assistant reply"
-    return f"'{key}' has no scored turn: no user turn followed by an assistant turn"
+    return f"'{key}' has no user turn followed by an assistant turn (no scored turn)"
