@@ -22,7 +22,7 @@ from car_engine.devices import TORCH_DTYPES
 from car_engine.ifd import OK, IFDScorer
 from car_engine.reference.ifd import reference_scores
 
-from . import bench_ifd_compat
+from . import bench_ifd_compat, bench_ifd_turns
 from .common import format_table, gemm_gflops, machine, row, take_turns, transformer_gflop
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
@@ -157,7 +157,8 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
                         "loss extra MB minus smallest size's", p["engine_mb"] - base,
                         p["engine_mb"] - base < 64, loss_extra_mb=round(p["engine_mb"], 1),
                         materialised_logits_extra_mb=round(p["reference_mb"], 1)))
-    return rows + bench_ifd_compat.run(quick=quick, n=n)  # compat modes, pre-experience
+    rows += bench_ifd_compat.run(quick=quick, n=n)  # compat modes, pre-experience
+    return rows + bench_ifd_turns.run(quick=quick)  # conversations turn by turn (SPEC §5)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from car_engine.errors import UsageError
+from car_engine.field_spec import parse_fields
 
 DEFAULT_MODEL = "default"  # the shipped model of a stage (see models/registry.py)
 
@@ -62,8 +63,11 @@ SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless o
 # ("original"), or converted; --fields names the keys of other single-turn schemas.
 OUTPUT_FORMATS = ("original", "alpaca", "sharegpt", "messages")
 OUTPUT_FORMAT = "original"
-FIELD_TARGETS = ("instruction", "input", "output")
 INPUT_DIR = "input"  # where `run` keeps in-memory data it was given, inside RUN_DIR
+# Conversations (SPEC §5): score every turn, or the first only (the behaviour before #16), and
+# how a conversation's IQS comes from its turns'.
+TURNS = ("all", "first")
+TURN_AGGREGATES = ("mean", "min", "first")
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,13 @@ class IQSParams:
     precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: IQS_BATCH for the device
     device: str = DEFAULT_DEVICE
+    turns: str = "all"
+    turn_aggregate: str = "mean"
 
     def check(self) -> None:
         """Refuse, before the scorer loads, a runtime, precision or batch size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns, self.turn_aggregate)
         _check_choice("--iqs-runtime", self.runtime, IQS_RUNTIMES)
         precisions = IQS_PRECISIONS if self.runtime == "onnx" else IQS_TORCH_PRECISIONS
         if self.precision not in (AUTO, *precisions):
@@ -98,10 +105,12 @@ class IFDParams:
     dtype: str = AUTO  # fp32 on CPU, bf16 on GPU (DEVICE_PRECISION)
     batch_tokens: int = 8192
     device: str = DEFAULT_DEVICE
+    turns: str = "all"  # a compat preset scores the first turn (its script scores pairs)
 
     def check(self) -> None:
         """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns)
         _check_choice("--template", self.template, IFD_TEMPLATES)
         if self.compat is not None:
             _check_choice("--compat", self.compat, IFD_COMPAT)
@@ -123,10 +132,12 @@ class EmbedParams:
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
+    turns: str = "all"
 
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
         parse_device(self.device)
+        check_turns(self.turns)
         _check_choice("--embed-dtype", self.dtype, (AUTO, *EMBED_DTYPES))
         _check_at_least("--embed-batch-size", self.batch_size, 1)
 
@@ -333,24 +344,10 @@ def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
 
 
-def parse_fields(spec: str) -> dict[str, str]:
-    """``instruction=q,output=a`` as ``{"instruction": "q", "input": "", "output": "a"}``
-    (an input left out is none); anything malformed is a UsageError naming the part."""
-    mapping = dict.fromkeys(FIELD_TARGETS, "")
-    seen = set()
-    for part in str(spec).split(","):
-        target, eq, key = (s.strip() for s in part.partition("="))
-        if not eq or not key or target not in FIELD_TARGETS:
-            raise UsageError(f"--fields {spec}: '{part.strip()}' must be FIELD=KEY with FIELD "
-                             f"one of {', '.join(FIELD_TARGETS)}")
-        if target in seen:
-            raise UsageError(f"--fields {spec}: '{target}' is named twice")
-        seen.add(target)
-        mapping[target] = key
-    for target in ("instruction", "output"):
-        if not mapping[target]:
-            raise UsageError(f"--fields {spec}: names no key for '{target}'")
-    return mapping
+def check_turns(turns: str, aggregate: str = "mean") -> None:
+    """Refuse a --turns or --turn-aggregate value that is not a choice."""
+    _check_choice("--turns", turns, TURNS)
+    _check_choice("--turn-aggregate", aggregate, TURN_AGGREGATES)
 
 
 def check_limit(limit: int | None) -> None:

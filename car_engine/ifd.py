@@ -11,7 +11,6 @@ exists).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,19 +21,28 @@ import torch
 from tqdm import tqdm
 
 from car_engine import kernels
-from car_engine.batching import head_ids, pad_batch, token_batches
+from car_engine.batching import pad_batch, token_batches
 from car_engine.config import (
     DEFAULT_MODEL,
     IFD_COMPAT_PROMPTS,
     IFD_DTYPES,
     IFD_TEMPLATES,
     IFDParams,
+    check_turns,
     resolve_precision,
 )
 from car_engine.corpus import RecordsLike, as_records, load_corpus
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import ModelError, UsageError
 from car_engine.ifd_compat import encode_compat
+from car_engine.ifd_pairs import (
+    IFD_COLUMNS,
+    IFD_SCHEMA,
+    SCORE_COLUMNS,
+    encode_pairs,
+    score_row,
+    scores_table,
+)
 from car_engine.ifd_prompts import (
     EMPTY_ANSWER,
     OK,
@@ -42,22 +50,12 @@ from car_engine.ifd_prompts import (
     EncodedPair,
     prompt_text,
     start_token,
-    text_column,
 )
 
-IFD_COLUMNS = ["id", "loss_cond", "loss_direct", "ppl_cond", "ppl_direct", "ifd_ppl", "ifd_loss",
-               "n_tokens", "truncated", "status"]
-IFD_SCHEMA = pa.schema([
-    ("id", pa.string()), ("loss_cond", pa.float64()), ("loss_direct", pa.float64()),
-    ("ppl_cond", pa.float64()), ("ppl_direct", pa.float64()), ("ifd_ppl", pa.float64()),
-    ("ifd_loss", pa.float64()), ("n_tokens", pa.int64()), ("truncated", pa.bool_()),
-    ("status", pa.string()),
-])
-SCORE_COLUMNS = IFD_COLUMNS[1:7]
-
 TEMPLATES = IFD_TEMPLATES
-__all__ = ["EMPTY_ANSWER", "OK", "PROMPT_TOO_LONG", "EncodedPair", "IFDScorer", "prompt_text",
-           "score_ifd", "start_token"]
+__all__ = ["EMPTY_ANSWER", "IFD_COLUMNS", "IFD_SCHEMA", "OK", "PROMPT_TOO_LONG", "SCORE_COLUMNS",
+           "EncodedPair", "IFDScorer", "encode_pairs", "prompt_text", "score_ifd", "score_row",
+           "scores_table", "start_token"]
 
 
 def resolve_preset(template: str, compat: str | None) -> str:
@@ -77,82 +75,6 @@ def resolve_preset(template: str, compat: str | None) -> str:
         raise UsageError(f"--compat {compat} implies --template {' or '.join(prompts)}, "
                          f"not '{template}'")
     return template
-
-
-def encode_pairs(tokenizer: Any, records: pa.Table, *, template: str, direct_header: str = "",
-                 max_length: int = 512) -> list[EncodedPair]:
-    """Tokenize every record's prompt and answer separately (no special tokens), join the ids
-    so the boundary is exact, and cut the answer's tail to fit ``max_length``. A text longer
-    than ``max_length`` tokens is tokenized from a prefix only (:func:`batching.head_ids`):
-    every field of an ``ok`` pair is as from the whole text, and a prompt that leaves no room
-    keeps at least ``max_length`` of its tokens in ``cond_ids``, not all."""
-    if max_length < 2:
-        raise UsageError(f"max_length must be at least 2, got {max_length}")
-    text_column(records, "id")
-    instructions, inputs = text_column(records, "instruction"), text_column(records, "input")
-    outputs = text_column(records, "output")
-    prompts = [prompt_text(template, i, x, tokenizer) for i, x in zip(instructions, inputs)]
-
-    def ids(texts: list[str]) -> list[list[int]]:
-        # max_length ids of a text tell all a pair needs: whether it fits, and what is kept
-        return head_ids(tokenizer, texts, max_length, add_special_tokens=False)
-
-    prompt_ids, answer_ids = ids(prompts), ids(outputs)
-    header = ids([direct_header])[0] if direct_header else []
-    start = start_token(tokenizer)
-    pairs = []
-    for prompt, answer, text in zip(prompt_ids, answer_ids, outputs):
-        # A chat template may already open with BOS; do not double it.
-        head = prompt if prompt[:1] == [start] else [start, *prompt]
-        room = max_length - len(head)
-        keep = answer[: max(room, 0)]
-        if not text.strip() or not answer:
-            status = EMPTY_ANSWER
-        elif room <= 0:
-            status = PROMPT_TOO_LONG
-        else:
-            status = OK
-        pairs.append(EncodedPair(
-            cond_ids=[*head, *keep], direct_ids=[start, *header, *keep], n_answer=len(keep),
-            truncated=len(keep) < len(answer), status=status))
-    return pairs
-
-
-def score_row(rid: str, pair: EncodedPair, loss_cond: float | None,
-              loss_direct: float | None) -> dict:
-    """One output row: the IFD scores from the two mean losses, or nulls and the reason."""
-    row = dict.fromkeys(SCORE_COLUMNS)
-    row.update(id=rid, n_tokens=pair.n_answer, truncated=pair.truncated, status=pair.status)
-    if pair.status != OK:
-        row["n_tokens"] = 0
-        return row
-    assert loss_cond is not None and loss_direct is not None  # both are scored for an OK pair
-    ppl_cond, ppl_direct = _exp(loss_cond), _exp(loss_direct)
-    scores = {
-        "loss_cond": loss_cond, "loss_direct": loss_direct,
-        "ppl_cond": ppl_cond, "ppl_direct": ppl_direct,
-        "ifd_ppl": ppl_cond / ppl_direct if ppl_direct else math.inf,
-        "ifd_loss": loss_cond / loss_direct if loss_direct else math.inf,
-    }
-    if not all(math.isfinite(v) for v in scores.values()):
-        row["status"] = "non-finite score (loss overflow or zero direct loss)"
-        return row
-    row.update(scores)
-    return row
-
-
-def _exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
-def scores_table(ids: list[str], pairs: list[EncodedPair],
-                 losses: list[tuple[float | None, float | None]]) -> pa.Table:
-    """The IFD table (IFD_COLUMNS, one row per record, input order)."""
-    rows = [score_row(rid, p, *lc) for rid, p, lc in zip(ids, pairs, losses)]
-    return pa.Table.from_pylist(rows, schema=IFD_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -187,13 +109,16 @@ class IFDScorer:
     def __init__(self, model: str = DEFAULT_MODEL, *, template: str = IFDParams.template,
                  compat: str | None = IFDParams.compat, max_length: int = IFDParams.max_length,
                  dtype: str = IFDParams.dtype, batch_tokens: int = IFDParams.batch_tokens,
-                 device: str | None = None, pack: bool = True) -> None:
+                 device: str | None = None, pack: bool = True,
+                 turns: str = IFDParams.turns) -> None:
         """Load ``model`` (``default`` = SmolLM2-135M-Instruct, or a local HF folder) in
         ``dtype`` (fp32|bf16) on ``device`` (default: CUDA if available, else CPU).
 
         On CPU a Llama-style model runs packed (:mod:`car_engine.models.llama`: no padding,
         fused layers; 1.3-1.6x the padded transformers forward); ``pack=False``, other models
-        and GPUs run the transformers forward on padded batches."""
+        and GPUs run the transformers forward on padded batches. ``turns``: ``all`` scores
+        every turn of a conversation (:mod:`car_engine.ifd_turns`, SPEC §5; the table gains
+        its TURN_COLUMNS), ``first`` the first turn only; a compat preset scores the first."""
         from car_engine.models.llama import PackedCausalLM, supports
         from car_engine.models.registry import load_causal_lm
 
@@ -203,6 +128,8 @@ class IFDScorer:
         if batch_tokens < 1:
             raise UsageError(f"batch_tokens must be positive, got {batch_tokens}")
         self.template, self.compat = resolve_preset(template, compat), compat
+        check_turns(turns)
+        self.turns = "first" if compat is not None else turns
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
         warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
@@ -263,7 +190,12 @@ class IFDScorer:
                       torch.tensor(cols, device=self.device)]
 
     def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
-        """IFD_COLUMNS for every record, in input order, keyed by ``id``."""
+        """IFD_COLUMNS for every record, in input order, keyed by ``id`` (with ``turns``
+        ``all``: conversations turn by turn, and TURN_COLUMNS too)."""
+        if self.turns == "all":
+            from car_engine.ifd_turns import score_turns
+
+            return score_turns(self, records, progress=progress)
         pairs = self.encode(records)
         sequences = []
         for i, pair in enumerate(pairs):

@@ -35,6 +35,10 @@ _VICUNA = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant "
     "gives helpful, detailed, and polite answers to the user's questions. USER: {user} ASSISTANT:"
 )
+# What opens a conversation under each text template when it has no system message (the
+# single-turn prompts above start with it; SPEC §5).
+ALPACA_HEADER = _ALPACA[: _ALPACA.index("### Instruction:")]
+VICUNA_HEADER = _VICUNA[: _VICUNA.index(" USER:")]
 # Cherry LLM's "wiz" prompt (WizardLM data): the instruction, the input after "\nInput:" when
 # there is one, then the response header.
 RESPONSE_HEADER = "### Response:"

@@ -244,6 +244,10 @@ def build_report(run_dir: str | Path) -> Path:
     length_png, length_table = _answer_lengths(run_dir, scores, selected,
                                                run_dir / "answer_lengths.png")
     plots.append(("Answer lengths", length_png))
+    from car_engine.report_turns import turns_section
+
+    turn_plots, turns_html = turns_section(run_dir, scores, selected, _save)
+    plots.extend(turn_plots)
     # what the method ranks by (pre-experience: the instruction perplexity)
     rank_col = next(c for c in ("iqs", "ifd_ppl", "instruction_ppl") if c in cols)
     dup_plots, dup_html = _duplicates(summary, run_dir)
@@ -277,6 +281,7 @@ margin:8px}}img{{max-width:520px}}</style></head><body>
 <h2>Answer lengths</h2>{length_table}
 <h2>Plots</h2>{figures}
 {"<h2>Duplicate groups</h2>" + dup_html if dup_html else ""}
+{"<h2>Conversations</h2>" + turns_html if turns_html else ""}
 <h2>Examples</h2>{_examples(run_dir, scores, rank_col)}
 </body></html>"""
     out = run_dir / "report.html"

@@ -49,9 +49,15 @@ class IQSWorker(Worker):
         self.scorer = IQSScorer.load(params.model, runtime=params.runtime,
                                      precision=params.precision, batch_size=params.batch_size,
                                      device=params.device)
+        self.turns, self.aggregate = params.turns, params.turn_aggregate
 
     def __call__(self, records: pa.Table) -> pa.Table:
-        return self.scorer.score(records, progress=False)
+        if self.turns == "first":
+            return self.scorer.score(records, progress=False)
+        from car_engine.turn_scores import iqs_turns
+
+        return iqs_turns(records, lambda texts: self.scorer.score_texts(texts, progress=False),
+                         turns=self.turns, how=self.aggregate)
 
     def describe(self) -> str:
         """Runtime, device and precision the shards ran on."""
@@ -82,7 +88,8 @@ class IFDWorker(Worker):
 
         self.scorer = IFDScorer(params.model, template=params.template, compat=params.compat,
                                 max_length=params.max_length, dtype=params.dtype,
-                                batch_tokens=params.batch_tokens, device=params.device)
+                                batch_tokens=params.batch_tokens, device=params.device,
+                                turns=params.turns)
 
     def __call__(self, records: pa.Table) -> pa.Table:
         return self.scorer.score(records, progress=False)
@@ -125,6 +132,7 @@ class EmbedWorker(Worker):
 
         self.embedder = Embedder(params.model, batch_size=params.batch_size, dtype=params.dtype,
                                  compile=params.compile, device=params.device)
+        self.turns = params.turns
 
     def describe(self) -> str:
         """Device and precision the shards ran on."""
@@ -135,9 +143,10 @@ class EmbedWorker(Worker):
         return f"torch {describe_device(embedder.device)} {embedder.dtype} ({body} forward)"
 
     def __call__(self, records: pa.Table) -> np.ndarray:
-        from car_engine.corpus import pair_texts
+        from car_engine.turn_scores import embed_turns
 
-        return self.embedder.embed(pair_texts(records), progress=False)
+        return embed_turns(records, lambda texts: self.embedder.embed(texts, progress=False),
+                           turns=self.turns)
 
     @classmethod
     def model_files(cls, params: EmbedParams) -> list[Path]:

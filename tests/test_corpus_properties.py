@@ -100,6 +100,11 @@ def good_items(draw) -> Entry:
             max_size=2))
         item = {"conversations": [{"from": "human", "value": instruction},
                                   {"from": "gpt", "value": output}, *later]}
+        for turn in later:  # SPEC §5: replies right after it join the first reply with "\n"
+            if turn["from"] == "human":  # (a later system message is not scored)
+                break
+            if turn["from"] == "gpt":
+                output += "\n" + turn["value"]
     else:
         system = [{"role": "system", "content": draw(text)}] if draw(
             st.booleans()) else []

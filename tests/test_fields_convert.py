@@ -9,10 +9,10 @@ import pytest
 from corpus_files import write_items
 
 from car_engine.cli import main
-from car_engine.config import parse_fields
 from car_engine.corpus import load_corpus
 from car_engine.corpus.convert import ConversionError, convert
 from car_engine.errors import UsageError
+from car_engine.field_spec import parse_fields
 
 DOLLY = {"instruction": "Who wrote Hamlet?", "context": "A play of 1600.",
          "response": "Shakespeare.", "category": "open_qa"}

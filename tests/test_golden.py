@@ -26,7 +26,8 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 # The golden outputs were recorded with the IQS model shipped before issue #21; it is kept
 # in tests/data/iqs_v1 so this test still pins the pipeline (not the model) exactly.
 OLD_IQS = ["--iqs-model", str(Path(__file__).parent / "data" / "iqs_v1")]
-COMMON = ["--quiet", "--no-report", *OLD_IQS]
+# Recorded before conversations were scored turn by turn: --turns first is that behaviour.
+COMMON = ["--quiet", "--no-report", "--turns", "first", *OLD_IQS]
 CAR = ["--limit", "160", "--shard-size", "60", "--n1", "12", "--n2", "1"]
 SMALL = ["--limit", "30", "--shard-size", "12"]
 

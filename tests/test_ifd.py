@@ -22,6 +22,7 @@ from car_engine.ifd import (
     prompt_text,
     score_ifd,
 )
+from car_engine.ifd_turns import TURN_COLUMNS
 from car_engine.reference.ifd import reference_scores
 
 pytestmark = pytest.mark.slow  # real model: a few seconds per test
@@ -56,7 +57,7 @@ def records(sharegpt_records) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def scorer() -> IFDScorer:
-    return IFDScorer("default", max_length=MAX_LENGTH)
+    return IFDScorer("default", max_length=MAX_LENGTH, turns="first")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_fp32_matches_batch1_hf_reference(scorer, records, scored, packed):
     # forward that GPUs and other architectures run
     assert scorer.packed is not None
     if not packed:
-        scored = IFDScorer("default", max_length=MAX_LENGTH, pack=False).score(
+        scored = IFDScorer("default", max_length=MAX_LENGTH, pack=False, turns="first").score(
             records, progress=False)
     want = reference_scores(scorer.model, records, scorer.encode(records))
     assert scored.column_names == IFD_COLUMNS
@@ -142,7 +143,7 @@ def test_prompt_templates():
 
 
 def test_chat_template_does_not_double_bos(scorer, records):
-    scorer_chat = IFDScorer("default", template="chat", max_length=MAX_LENGTH)
+    scorer_chat = IFDScorer("default", template="chat", max_length=MAX_LENGTH, turns="first")
     pair = scorer_chat.encode(records.slice(0, 1))[0]
     bos = scorer.tokenizer.bos_token_id
     assert pair.cond_ids[0] == bos and pair.cond_ids[1] != bos
@@ -178,7 +179,7 @@ def test_scores_do_not_depend_on_batch_composition(scorer, records, scored):
 
 
 def test_bf16_stays_close_to_fp32(records, scored):
-    bf16 = IFDScorer("default", dtype="bf16", max_length=MAX_LENGTH).score(records,
+    bf16 = IFDScorer("default", dtype="bf16", max_length=MAX_LENGTH, turns="first").score(records,
                                                                           progress=False)
     assert bf16["status"].to_pylist() == scored["status"].to_pylist()
     for g, w in zip(bf16.to_pylist(), scored.to_pylist()):
@@ -199,7 +200,7 @@ def test_score_ifd_from_a_corpus_path_and_the_cli(tmp_path, records):
                      "--limit", "2", "--no-progress"])
     assert code == 0
     written = pq.read_table(out)
-    assert written.column_names == IFD_COLUMNS
+    assert written.column_names == IFD_COLUMNS + TURN_COLUMNS  # --turns all, the default
     assert written["id"].to_pylist() == [r["id"] for r in rows[:2]]
     assert written["loss_cond"].to_pylist() == pytest.approx(table["loss_cond"].to_pylist()[:2],
                                                              abs=1e-5)

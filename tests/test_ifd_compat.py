@@ -60,7 +60,7 @@ def records(sharegpt_records) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def base() -> IFDScorer:
-    return IFDScorer("default", max_length=64)
+    return IFDScorer("default", max_length=64, turns="first")
 
 
 def _scorer(base: IFDScorer, compat: str, template: str, max_length: int, bos: bool

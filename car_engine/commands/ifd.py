@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help=options.CORPUS_HELP)
     p.add_argument("--out", required=True, help="scores file (.parquet or .jsonl)")
     options.add_ifd_flags(p, own=True)
+    options.add_turn_flags(p, aggregate=False)
     p.add_argument("--no-pack", action="store_true",
                    help="run the transformers forward on padded batches (on CPU a Llama-style "
                    "model otherwise runs packed, without padding: faster, same scores)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = IFDScorer(args.ifd_model, template=args.template, compat=args.compat,
                        max_length=args.max_length, dtype=args.ifd_dtype,
                        batch_tokens=args.batch_tokens, device=args.device,
-                       pack=not args.no_pack)
+                       pack=not args.no_pack, turns=args.turns)
     table = scorer.score(corpus.records, progress=not args.quiet)
     write_table(args.out, table)
     scored = pc.sum(pc.equal(table["status"], OK)).as_py() or 0

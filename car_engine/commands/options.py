@@ -29,6 +29,8 @@ from car_engine.config import (
     OUTPUT_FORMATS,
     SEMDEDUP_EPS,
     STRATEGIES,
+    TURN_AGGREGATES,
+    TURNS,
     ClusterParams,
     EmbedParams,
     IFDParams,
@@ -264,18 +266,41 @@ def iqs_params(args: argparse.Namespace) -> IQSParams:
     """The IQSParams the flags describe."""
     return IQSParams(model=args.iqs_model, runtime=args.iqs_runtime,
                      precision=args.iqs_precision, batch_size=args.iqs_batch_size,
-                     device=device_of(args))
+                     device=device_of(args), **turn_params(args, aggregate=True))
 
 
 def ifd_params(args: argparse.Namespace) -> IFDParams:
     """The IFDParams the flags describe."""
     return IFDParams(model=args.ifd_model, template=args.template, compat=args.compat,
                      max_length=args.max_length, dtype=args.ifd_dtype,
-                     batch_tokens=args.batch_tokens, device=device_of(args))
+                     batch_tokens=args.batch_tokens, device=device_of(args),
+                     **turn_params(args))
 
 
 def embed_params(args: argparse.Namespace) -> EmbedParams:
     """The EmbedParams the flags describe."""
     return EmbedParams(model=args.embed_model, dtype=args.embed_dtype,
                        batch_size=args.embed_batch_size, compile=args.embed_compile,
-                       device=device_of(args))
+                       device=device_of(args), **turn_params(args))
+
+
+def add_turn_flags(group: Group, *, aggregate: bool = True) -> None:
+    """--turns and (for IQS) --turn-aggregate: how conversations are scored (SPEC §5)."""
+    group.add_argument("--turns", choices=TURNS, default=IFDParams.turns,
+                       help="conversations: score every turn against its history (all) or the "
+                       f"first turn only, as before (first); default {IFDParams.turns}; "
+                       "single-turn items score the same either way")
+    if aggregate:
+        group.add_argument("--turn-aggregate", choices=TURN_AGGREGATES,
+                           default=IQSParams.turn_aggregate,
+                           help="a conversation's IQS from its turns' (default "
+                           f"{IQSParams.turn_aggregate})")
+
+
+def turn_params(args: argparse.Namespace, *, aggregate: bool = False) -> dict[str, str]:
+    """The turn fields of a stage's params (defaults on a subcommand without the flags)."""
+    out = {"turns": getattr(args, "turns", None) or IFDParams.turns}
+    if aggregate:
+        out["turn_aggregate"] = (getattr(args, "turn_aggregate", None)
+                                 or IQSParams.turn_aggregate)
+    return out

@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     options.add_iqs_flags(models)
     options.add_embed_flags(models)
     options.add_ifd_flags(models)
+    options.add_turn_flags(models)
     p.set_defaults(func=main)
 
 

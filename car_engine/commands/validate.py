@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from car_engine.commands import options
-from car_engine.config import check_limit, parse_fields
+from car_engine.config import check_limit
 from car_engine.corpus import Rejection, read_corpus
+from car_engine.field_spec import parse_fields
 from car_engine.io import write_jsonl
 
 

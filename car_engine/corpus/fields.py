@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from car_engine.config import parse_fields
 from car_engine.corpus.records import BadItem
+from car_engine.field_spec import parse_fields
 
 ALPACA = {"instruction": "instruction", "input": "input", "output": "output"}
 # Recognised schemas, tried in this order on an item with no 'output' (an Alpaca item has one).

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from car_engine.corpus.conversations import no_turn_reason, parse
 from car_engine.errors import CorpusError
 
 RECORD_SCHEMA = pa.schema(
@@ -133,10 +134,14 @@ def _turns(item: dict, key: str, role_key: str, text_key: str) -> list[dict[str,
 
 
 def _first_pair(turns: list[dict[str, str]], key: str) -> tuple[str, str]:
-    for a, b in zip(turns, turns[1:], strict=False):
-        if a["role"] == "user" and b["role"] == "assistant":
-            return a["content"], b["content"]
-    raise BadItem(f"'{key}' has no user turn followed by an assistant turn")
+    """The first scored turn (SPEC §5, :mod:`car_engine.corpus.conversations`); an item with
+    none is rejected with that reason."""
+    conversation = parse(turns)
+    reason = no_turn_reason(conversation, key)
+    if reason is not None:
+        raise BadItem(reason)
+    first = conversation.turns[conversation.scored[0]]
+    return first.user, first.reply
 
 
 def _record_id(item: dict, position: int) -> str:

@@ -38,14 +38,18 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     the instruction perplexity and the k-means cluster of the instruction vectors)."""
     table = records_columns(read, ["id", "position", "content_hash"])
     if iqs is not None:
-        table = attach(table, concat_shards(iqs), ["iqs"], "iqs stage", required=True)
+        iqs_table = concat_shards(iqs)  # with --turns all, also the per-turn scores
+        table = attach(table, iqs_table, [c for c in ("iqs", "turn_iqs")
+                                          if c in iqs_table.column_names], "iqs stage",
+                       required=True)
     if ifd is not None:
-        from car_engine.ifd import IFD_COLUMNS  # torch loads only for a run that scores IFD
-
         # The IFD scorer's columns as scores.parquet names them ("status" is "ifd_status").
-        named = ["ifd_status" if c == "status" else c for c in IFD_COLUMNS]
-        ifd_table = concat_shards(ifd).rename_columns(named)
-        table = attach(table, ifd_table, named[1:], "ifd stage", required=True)
+        # With --turns all the table also has the per-turn columns (ifd_turns.TURN_COLUMNS).
+        ifd_table = concat_shards(ifd)
+        named = ["ifd_status" if c == "status" else c for c in ifd_table.column_names]
+        ifd_table = ifd_table.rename_columns(named)
+        table = attach(table, ifd_table, [c for c in named if c != "id"], "ifd stage",
+                       required=True)
     if pre is not None:
         table = _with_pre_clusters(table, concat_shards(pre), cfg or RunConfig())
     if clusters is not None:
