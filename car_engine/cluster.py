@@ -351,7 +351,8 @@ def cluster(vectors: np.ndarray, *, k: int | None = ClusterParams.k,
             pca_var: float = ClusterParams.pca_var, pca_dim: int | None = ClusterParams.pca_dim,
             seed: int = ClusterParams.seed, progress: bool = True,
             n_init: int = KMEANS_RESTARTS, max_points_per_centroid: int = 256,
-            device: str | None = ClusterParams.device) -> ClusterResult:
+            device: str | None = ClusterParams.device,
+            refine_rounds: int = KMEANS_REFINE_ROUNDS) -> ClusterResult:
     """PCA then k-means over ``vectors`` [n, d] (an array or a memmapped ``.npy``).
 
     ``k`` defaults to int(sqrt(n / 2)); PCA keeps ``pca_dim`` components, else the fewest
@@ -373,7 +374,7 @@ def cluster(vectors: np.ndarray, *, k: int | None = ClusterParams.k,
     points = pca.transform(vectors)
     centroids = kmeans(points, k, seed=seed, n_init=n_init,
                        max_points_per_centroid=max_points_per_centroid, progress=progress,
-                       gpu=gpu)
+                       gpu=gpu, refine_rounds=refine_rounds)
     labels, distances = assign(points, centroids, progress=progress and n > BATCH, gpu=gpu)
     where = "cpu" if gpu is None else ("all GPUs" if gpu == ALL_GPUS else f"cuda:{gpu}")
     runtime = f"faiss {where}" + ("" if on_torch is None else f", PCA + seeding torch {on_torch}")

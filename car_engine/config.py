@@ -151,6 +151,8 @@ class ClusterParams:
     pca_dim: int | None = None
     seed: int = 42
     device: str = DEFAULT_DEVICE  # where FAISS (and the PCA and k-means++ seeding) run
+    n_init: int = KMEANS_RESTARTS
+    refine_rounds: int = KMEANS_REFINE_ROUNDS
 
     def check(self) -> None:
         """Refuse what no clustering can use; --k against the records is :func:`check_k`."""
@@ -159,6 +161,8 @@ class ClusterParams:
         if not 0 < self.pca_var <= 1:
             raise UsageError(f"--pca-var must be in (0, 1], got {self.pca_var}")
         _check_at_least("--pca-dim", self.pca_dim, 1)
+        _check_at_least("--n-init", self.n_init, 1)
+        _check_at_least("--refine-rounds", self.refine_rounds, 0)
         if not 0 <= self.seed <= SEED_MAX:
             raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {self.seed}")
 
@@ -240,6 +244,8 @@ class RunConfig:
     pca_var: float = ClusterParams.pca_var
     pca_dim: int | None = ClusterParams.pca_dim
     seed: int = ClusterParams.seed
+    n_init: int = ClusterParams.n_init
+    refine_rounds: int = ClusterParams.refine_rounds
     iqs: IQSParams = field(default_factory=IQSParams)
     ifd: IFDParams = field(default_factory=IFDParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
@@ -324,7 +330,8 @@ class RunConfig:
     def cluster(self) -> ClusterParams:
         """The clustering part of the run."""
         return ClusterParams(k=self.k, pca_var=self.pca_var, pca_dim=self.pca_dim, seed=self.seed,
-                             device=self.device)
+                             device=self.device, n_init=self.n_init,
+                             refine_rounds=self.refine_rounds)
 
 
 def parse_device(device: str | None) -> tuple[str, int | None]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
-from car_engine.config import KMEANS_RESTARTS, ClusterParams, check_table_out
-from car_engine.errors import CorpusError, UsageError
+from car_engine.config import ClusterParams, check_table_out
+from car_engine.errors import CorpusError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,9 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("embeddings", help="embeddings file (.npy, e.g. from `car-engine embed`)")
     p.add_argument("--out", required=True, help="clusters file (.parquet or .jsonl)")
     options.add_cluster_flags(p)
-    p.add_argument("--n-init", type=int, default=KMEANS_RESTARTS,
-                   help="k-means++ restarts; the best is run to convergence "
-                   f"(default {KMEANS_RESTARTS})")
     options.add_device(p)
     p.set_defaults(func=run)
 
@@ -69,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_table_out(args.out)
     ClusterParams(k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim, seed=args.seed,
-                  device=args.device).check()
-    if args.n_init < 1:
-        raise UsageError(f"--n-init must be >= 1, got {args.n_init}")
+                  device=args.device, n_init=args.n_init,
+                  refine_rounds=args.refine_rounds).check()
     vectors = _load(args.embeddings)  # --k against the vectors: cluster() checks it first
     ids = read_ids(args.embeddings)
     if ids is None:
@@ -80,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise CorpusError(f"{ids_path(args.embeddings)}: {len(ids)} ids for "
                           f"{vectors.shape[0]} vectors")
     result = cluster(vectors, k=args.k, pca_var=args.pca_var, pca_dim=args.pca_dim,
-                     seed=args.seed, n_init=args.n_init, progress=sys.stderr.isatty(),
-                     device=args.device)
+                     seed=args.seed, n_init=args.n_init, refine_rounds=args.refine_rounds,
+                     progress=sys.stderr.isatty(), device=args.device)
     write_table(args.out, pa.table({"id": pa.array(ids, pa.string()),
                                     "cluster": result.labels, "distance": result.distances}))
     print(f"wrote {len(ids)} rows to {args.out}: k = {result.k}, PCA {vectors.shape[1]} -> "

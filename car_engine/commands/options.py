@@ -151,7 +151,7 @@ def add_duplicate_flags(group: Group, *, semantic: bool = True) -> None:
 
 
 def add_cluster_flags(group: Group) -> None:
-    """--k, --pca-var, --pca-dim, --seed."""
+    """--k, --pca-var, --pca-dim, --seed, --n-init, --refine-rounds."""
     group.add_argument("--k", type=int, default=ClusterParams.k,
                        help="number of clusters (default int(sqrt(n/2)))")
     group.add_argument("--pca-var", type=float, default=ClusterParams.pca_var,
@@ -161,6 +161,12 @@ def add_cluster_flags(group: Group) -> None:
                        help="keep exactly this many components instead")
     group.add_argument("--seed", type=int, default=ClusterParams.seed,
                        help=f"random seed (default {ClusterParams.seed})")
+    group.add_argument("--n-init", type=int, default=ClusterParams.n_init,
+                       help="k-means++ restarts; the best is run to convergence "
+                       f"(default {ClusterParams.n_init})")
+    group.add_argument("--refine-rounds", type=int, default=ClusterParams.refine_rounds,
+                       help="split/merge rounds after k-means converges, each kept only if "
+                       f"it lowers the inertia (default {ClusterParams.refine_rounds}; 0: none)")
 
 
 def add_pre_flags(group: Group) -> None:

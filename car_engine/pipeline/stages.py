@@ -149,7 +149,8 @@ def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig
         del vectors
     vectors = np.load(stage.file("embeddings.npy"), mmap_mode="r")
     result = cluster(np.asarray(vectors), k=cfg.k, pca_var=cfg.pca_var, pca_dim=cfg.pca_dim,
-                     seed=cfg.seed, progress=progress, device=cfg.device)
+                     seed=cfg.seed, progress=progress, device=cfg.device, n_init=cfg.n_init,
+                     refine_rounds=cfg.refine_rounds)
     table = pa.table({"cluster": pa.array(result.labels, pa.int64()),
                       "distance": pa.array(result.distances, pa.float32())})
     write_parquet(stage.file("clusters.parquet"), table)
