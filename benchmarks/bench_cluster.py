@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
@@ -36,7 +35,15 @@ from car_engine.reference.cluster import reference_cluster
 from car_engine.reference.embed import reference_embed, reference_encoder
 
 from . import cluster_checks
-from .common import format_table, gemm_gflops, peak_rss_mb, row, take_turns, transformer_gflop
+from .common import (
+    bench_parser,
+    gemm_gflops,
+    peak_rss_mb,
+    print_rows,
+    row,
+    take_turns,
+    transformer_gflop,
+)
 
 REAL_N = 20_000
 FULL_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length: the engine's default
@@ -237,10 +244,8 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
 
 def main() -> None:
     """Command line: run the benchmark and print its table."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, no 1M synthetic run")
-    parser.add_argument("--n", type=int, default=None, help="real embeddings to cluster")
+    parser = bench_parser(__doc__, quick_help="small sizes, no 1M synthetic run",
+                          n_help="real embeddings to cluster")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the 1M synthetic run")
     parser.add_argument("--build-cache", action="store_true",
                         help="only make the cached real embeddings (slow, once)")
@@ -249,8 +254,9 @@ def main() -> None:
         default_n, max_tokens = cluster_data(args.quick)
         real_embeddings(args.n or default_n, max_tokens=max_tokens)
         return
-    rows = run(quick=args.quick, n=args.n, synthetic=False if args.no_synthetic else None)
-    print(format_table(rows))
+    started = time.perf_counter()
+    print_rows(run(quick=args.quick, n=args.n, synthetic=False if args.no_synthetic else None),
+               started)
 
 
 if __name__ == "__main__":

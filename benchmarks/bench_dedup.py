@@ -17,7 +17,6 @@ group), and precision over a sample of reported pairs (exact Jaccard >= 0.7).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from car_engine import native
 from car_engine.config import NearDupParams
 from car_engine.reference import near_dup as ref
 
-from .common import format_table, peak_rss_mb, row
+from .common import bench_parser, peak_rss_mb, print_rows, row
 
 P = NearDupParams()
 GREETINGS = ("Sure! ", "Certainly. ", "Of course! Here you go: ", "Great question. ")
@@ -300,9 +299,9 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20k records instead of 100k")
-    parser.add_argument("--n", type=int, help="number of records")
+    """Command line: run the benchmark and print its table (or one probe's JSON)."""
+    parser = bench_parser(__doc__, quick_help="20k records instead of 100k",
+                          n_help="number of records")
     parser.add_argument("--engine-only", action="store_true",
                         help="time the engine alone on --n records (the 1M memory run)")
     parser.add_argument("--semdedup-only", action="store_true",
@@ -310,6 +309,7 @@ def main() -> None:
     parser.add_argument("--semdedup-memory", action="store_true",
                         help="peak RSS SemDeDup adds: --n (20k) vectors in 1 cluster vs 150")
     args = parser.parse_args()
+    started = time.perf_counter()
     if args.semdedup_memory:
         n = args.n or 20_000
         print(json.dumps({f"{n} rows, {c} clusters: added peak RSS MB": memory_probe(n, c)
@@ -317,9 +317,9 @@ def main() -> None:
     elif args.engine_only:
         print(json.dumps(million(args.n or 1_000_000)))
     elif args.semdedup_only:
-        print(format_table(semantic_rows(args.quick, args.n or 100_000)))
+        print_rows(semantic_rows(args.quick, args.n or 100_000), started)
     else:
-        print(format_table(run(quick=args.quick, n=args.n)))
+        print_rows(run(quick=args.quick, n=args.n), started)
 
 
 if __name__ == "__main__":

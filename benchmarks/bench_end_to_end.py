@@ -15,7 +15,6 @@ side, the report and the score cache counted), on the same real ShareGPT pairs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 from car_engine.corpus import load_corpus
 
-from .common import format_table, row
+from .common import bench_main, row
 
 CAR_N, CAR_QUICK_N, CAR_TARGET = 600, 40, 4.0
 IFD_N, IFD_QUICK_N, IFD_MAX_LENGTH = 48, 8, 512
@@ -114,12 +113,8 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
 def main() -> None:
     """Command line: run the benchmark and print its table."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="40 (car) and 8 (ifd) pairs")
-    parser.add_argument("--n", type=int, default=None, help="pairs of both corpora")
-    args = parser.parse_args()
-    print(format_table(run(quick=args.quick, n=args.n)))
+    bench_main(__doc__, run, quick_help="40 (car) and 8 (ifd) pairs",
+               n_help="pairs of both corpora")
 
 
 if __name__ == "__main__":

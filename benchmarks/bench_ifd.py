@@ -6,7 +6,6 @@ on the same real ShareGPT pairs with the default model, in one process.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -19,11 +18,12 @@ import torch
 from car_engine.config import IFD_DTYPES
 from car_engine.corpus import load_corpus
 from car_engine.devices import TORCH_DTYPES
-from car_engine.ifd import OK, IFDScorer
+from car_engine.ifd import IFDScorer
+from car_engine.ifd_prompts import OK
 from car_engine.reference.ifd import reference_scores
 
 from . import bench_ifd_compat, bench_ifd_turns
-from .common import format_table, gemm_gflops, machine, row, take_turns, transformer_gflop
+from .common import bench_main, gemm_gflops, row, take_turns, transformer_gflop
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
 CHUNK_PAIRS = 8
@@ -104,8 +104,10 @@ def _ifd(table) -> np.ndarray:
 
 def run(quick: bool = False, n: int | None = None) -> list[dict]:
     """Engine fp32 and bf16 vs the batch-1 HF reference on the same pairs, the three taking
-    turns on chunks of pairs; loss memory at two sizes."""
-    n = n or (16 if quick else 64)
+    turns on chunks of pairs; loss memory at two sizes; then the compat, pre-experience and
+    turn rows, each at its own default size unless ``n`` is given (turns: ``n // 4``
+    conversations, about as many turn pairs as ``n`` pairs)."""
+    requested, n = n, n or (16 if quick else 64)
     max_length = 128 if quick else 512
     records = load_corpus("builtin:sharegpt", limit=n).records
     fp32 = IFDScorer("default", max_length=max_length, dtype="fp32")
@@ -157,20 +159,15 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
                         "loss extra MB minus smallest size's", p["engine_mb"] - base,
                         p["engine_mb"] - base < 64, loss_extra_mb=round(p["engine_mb"], 1),
                         materialised_logits_extra_mb=round(p["reference_mb"], 1)))
-    rows += bench_ifd_compat.run(quick=quick, n=n)  # compat modes, pre-experience
-    return rows + bench_ifd_turns.run(quick=quick)  # conversations turn by turn (SPEC §5)
+    rows += bench_ifd_compat.run(quick=quick, n=requested)  # compat modes, pre-experience
+    conversations = requested and max(1, requested // 4)
+    return rows + bench_ifd_turns.run(quick=quick, n=conversations)  # turn by turn (SPEC §5)
 
 
 def main() -> None:
-    """Print the comparison as a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 pairs at max length 128")
-    parser.add_argument("--n", type=int, help="number of pairs (default 64)")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n)
-    print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
-    print(format_table(rows))
+    """Command line: run the benchmark and print its table."""
+    bench_main(__doc__, run, quick_help="16 pairs at max length 128",
+               n_help="number of pairs (default 64)")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,20 @@ ifd`, which bench_ifd.run appends).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from car_engine.config import IFD_COMPAT_SELECTION
 from car_engine.corpus import load_corpus
-from car_engine.ifd import OK, IFDScorer
+from car_engine.ifd import IFDScorer
+from car_engine.ifd_prompts import OK
 from car_engine.pre_experience import instruction_ids, instruction_pass
 from car_engine.reference.ifd_compat import reference_compat_scores
 from car_engine.reference.pre_experience import reference_instruction_pass
 
-from .common import format_table, machine, row, take_turns
+from .common import bench_parser, print_rows, row, take_turns
 
 TARGETS = {"ifd-pre-experience": 3.0}
 VS_DEFAULT = 0.9  # compat within 10% of the default mode's speed
@@ -108,18 +107,15 @@ def run(quick: bool = False, n: int | None = None, only: tuple[str, ...] = ROWS,
 
 
 def main() -> None:
-    """Print the comparison as a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 pairs at max length 128")
-    parser.add_argument("--n", type=int, help="number of pairs (default 96)")
+    """Command line: run the benchmark and print its table."""
+    parser = bench_parser(__doc__, quick_help="16 pairs at max length 128",
+                          n_help="number of pairs (default 96)")
     parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run (of {ROWS})")
     parser.add_argument("--max-length", type=int, help="IFD max length (default 512)")
     args = parser.parse_args()
-    start = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n, only=tuple(args.only.split(",")),
-               max_length=args.max_length)
-    print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
-    print(format_table(rows))
+    started = time.perf_counter()
+    print_rows(run(quick=args.quick, n=args.n, only=tuple(args.only.split(",")),
+                   max_length=args.max_length), started)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from car_engine.config import EmbedParams, IQSParams
 from car_engine.corpus import load_corpus
@@ -29,7 +26,7 @@ from car_engine.reference.ifd_turns import reference_turns
 from car_engine.turn_scores import turn_texts
 from car_engine.workers import EmbedWorker, IQSWorker
 
-from .common import format_table, machine, row, take_turns
+from .common import bench_main, row, take_turns
 
 TARGETS = {"ifd-turns-fp32": 4.0, "iqs-turns": 1 / 1.2, "embed-turns": 1 / 1.2}
 
@@ -138,15 +135,9 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    """Print the comparison as a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few conversations, length 256")
-    parser.add_argument("--n", type=int, help="number of conversations")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    rows = run(quick=args.quick, n=args.n)
-    print(f"# {machine()}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
-    print(format_table(rows))
+    """Command line: run the benchmark and print its table."""
+    bench_main(__doc__, run, quick_help="a few conversations, length 256",
+               n_help="number of conversations")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ kind's share in the row. Skipped, with a note, when the validation split is abse
 
 from __future__ import annotations
 
-import argparse
+import time
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from car_engine.iqs.robustness import KINDS, corrupt, default_valid_csv, win_sha
 from car_engine.iqs.score import load_any, spearman
 from car_engine.reference.iqs import reference_scores
 
-from .common import format_table, machine, row, take_turns
+from .common import bench_parser, print_rows, row, take_turns
 
 DEFAULT_N = 1000
 QUICK_N = 120  # with --quick: two turns of 60, about 40 s on this machine
@@ -112,15 +112,13 @@ def robustness_row(iqs, tokenizer, scorer: IQSScorer, limit: int | None) -> dict
 
 
 def main() -> None:
-    """Command line: print the rows as a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_N} pairs")
-    parser.add_argument("--n", type=int, default=None, help=f"pairs (default {DEFAULT_N})")
+    """Command line: run the benchmark and print its table."""
+    parser = bench_parser(__doc__, quick_help=f"{QUICK_N} pairs",
+                          n_help=f"pairs (default {DEFAULT_N})")
     parser.add_argument("--model", default="default")
     args = parser.parse_args()
-    rows = run(quick=args.quick, n=args.n, model=args.model)
-    print(f"machine: {machine()}")
-    print(format_table(rows))
+    started = time.perf_counter()
+    print_rows(run(quick=args.quick, n=args.n, model=args.model), started)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ should not grow), and CaR selection of a 1,000,000-record corpus given scores an
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import peak_rss_mb
+from .common import bench_parser, peak_rss_mb
 
 _READ_STAGE = """
 import resource, sys
@@ -85,10 +84,9 @@ def run(quick: bool = False, n: int | None = None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--n", type=int, help="records for the selection run")
-    args = parser.parse_args()
+    """Command line: run the benchmark and print its measurements as JSON."""
+    args = bench_parser(__doc__, quick_help="a small corpus",
+                        n_help="records for the selection run").parse_args()
     print(json.dumps(run(quick=args.quick, n=args.n), indent=1))
 
 

@@ -12,7 +12,6 @@ ratio if nothing but scoring took time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 
 from car_engine.corpus import load_corpus
 
-from .common import format_table, row
+from .common import bench_main, row
 
 # method -> (full N, quick N, extra flags): IFD runs two causal-LM passes, so fewer pairs
 METHODS = {"car": (500, 40, ["--n2", "1"]), "ifd": (96, 16, ["--max-length", "256"])}
@@ -88,12 +87,8 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
 def main() -> None:
     """Command line: run the benchmark and print its table."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="40 (car) and 16 (ifd) pairs")
-    parser.add_argument("--n", type=int, default=None, help="pairs in the first corpus")
-    args = parser.parse_args()
-    print(format_table(run(quick=args.quick, n=args.n)))
+    bench_main(__doc__, run, quick_help="40 (car) and 16 (ifd) pairs",
+               n_help="pairs in the first corpus")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from car_engine import native
 from car_engine.reference import select as ref
 
-from .common import best_time, format_table, row
+from .common import bench_main, best_time, row
 
 TARGETS = {"select-topk": 10.0, "select-topk-per-cluster": 20.0, "select-dedup": 3.0}
 
@@ -58,11 +56,8 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1M elements instead of 10M")
-    parser.add_argument("--n", type=int, help="number of elements")
-    args = parser.parse_args()
-    print(format_table(run(quick=args.quick, n=args.n)))
+    """Command line: run the benchmark and print its table."""
+    bench_main(__doc__, run, quick_help="1M elements instead of 10M", n_help="number of elements")
 
 
 if __name__ == "__main__":

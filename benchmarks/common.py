@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import resource
 import time
@@ -115,5 +116,31 @@ def machine() -> str:
     """A one-line description of the machine the figures come from."""
     import os
 
+    import torch
+
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{platform.python_implementation()} {platform.python_version()}"
+           f"{platform.python_implementation()} {platform.python_version()}, " \
+           f"torch {torch.__version__}"
+
+
+def bench_parser(doc: str | None, *, quick_help: str, n_help: str) -> argparse.ArgumentParser:
+    """The flags every bench script takes (``--quick``, ``--n``); a script adds its own."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--n", type=int, default=None, help=n_help)
+    return parser
+
+
+def print_rows(rows: list[dict[str, Any]], started: float) -> None:
+    """Print where the figures come from, how long they took, and the rows as Markdown."""
+    print(f"# {machine()}, {time.perf_counter() - started:.0f} s")
+    print(format_table(rows))
+
+
+def bench_main(doc: str | None, run: Callable[..., list[dict[str, Any]]], *, quick_help: str,
+               n_help: str) -> None:
+    """Command line of a script whose ``run(quick, n)`` needs nothing else."""
+    args = bench_parser(doc, quick_help=quick_help, n_help=n_help).parse_args()
+    started = time.perf_counter()
+    print_rows(run(quick=args.quick, n=args.n), started)

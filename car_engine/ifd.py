@@ -26,7 +26,6 @@ from car_engine.config import (
     DEFAULT_MODEL,
     IFD_COMPAT_PROMPTS,
     IFD_DTYPES,
-    IFD_TEMPLATES,
     IFDParams,
     check_turns,
     resolve_precision,
@@ -35,35 +34,15 @@ from car_engine.corpus import RecordsLike, as_records, load_corpus
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.errors import ModelError, UsageError
 from car_engine.ifd_compat import encode_compat
-from car_engine.ifd_pairs import (
-    IFD_COLUMNS,
-    IFD_SCHEMA,
-    SCORE_COLUMNS,
-    encode_pairs,
-    score_row,
-    scores_table,
-)
-from car_engine.ifd_prompts import (
-    EMPTY_ANSWER,
-    OK,
-    PROMPT_TOO_LONG,
-    EncodedPair,
-    prompt_text,
-    start_token,
-)
-
-TEMPLATES = IFD_TEMPLATES
-__all__ = ["EMPTY_ANSWER", "IFD_COLUMNS", "IFD_SCHEMA", "OK", "PROMPT_TOO_LONG", "SCORE_COLUMNS",
-           "EncodedPair", "IFDScorer", "encode_pairs", "prompt_text", "score_ifd", "score_row",
-           "scores_table", "start_token"]
+from car_engine.ifd_pairs import encode_pairs, scores_table
+from car_engine.ifd_prompts import OK, EncodedPair, check_template, start_token
 
 
 def resolve_preset(template: str, compat: str | None) -> str:
     """The prompt template for a template and an optional compat preset (whose own prompts
     are config.IFD_COMPAT_PROMPTS; ``none``, the default, means the preset's first)."""
     if compat is None:
-        if template not in TEMPLATES:
-            raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
+        check_template(template)
         return template
     if compat not in IFD_COMPAT_PROMPTS:
         raise UsageError(f"unknown compat preset '{compat}': choose one of "

@@ -20,7 +20,6 @@ OK = "ok"
 EMPTY_ANSWER = "empty answer"
 PROMPT_TOO_LONG = "prompt leaves no room for the answer within max_length"
 
-TEMPLATES = IFD_TEMPLATES
 
 _ALPACA_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -62,7 +61,14 @@ def prompt_text(template: str, instruction: str, input: str, tokenizer: Any = No
             raise UsageError("template 'chat' needs a model whose tokenizer has a chat template")
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    raise UsageError(f"unknown template '{template}': choose one of {', '.join(TEMPLATES)}")
+    check_template(template)
+    raise AssertionError(template)  # check_template knows every template above
+
+
+def check_template(template: str) -> None:
+    """Refuse a template name that is not one of config.IFD_TEMPLATES, naming them."""
+    if template not in IFD_TEMPLATES:
+        raise UsageError(f"unknown template '{template}': choose one of {', '.join(IFD_TEMPLATES)}")
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ def test_tokens_are_those_of_the_whole_text(load, sharegpt_records):
 
 
 def test_ifd_pairs_of_long_texts_are_as_from_the_whole_text(sharegpt_records):
-    from car_engine.ifd import OK, PROMPT_TOO_LONG, encode_pairs
+    from car_engine.ifd_pairs import encode_pairs
+    from car_engine.ifd_prompts import OK, PROMPT_TOO_LONG
 
     tok = lm_tokenizer()
     texts = sharegpt_records["output"].to_pylist()
@@ -263,7 +264,7 @@ import resource, sys
 import pyarrow as pa
 from transformers import AutoTokenizer
 from car_engine.embed import Embedder
-from car_engine.ifd import encode_pairs
+from car_engine.ifd_pairs import encode_pairs
 from car_engine.iqs.score import IQSScorer
 from car_engine.models.registry import causal_lm_path
 

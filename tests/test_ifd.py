@@ -13,15 +13,9 @@ import pytest
 from car_engine import cli
 from car_engine.corpus import RECORD_SCHEMA
 from car_engine.errors import CorpusError, ModelError, UsageError
-from car_engine.ifd import (
-    EMPTY_ANSWER,
-    IFD_COLUMNS,
-    OK,
-    PROMPT_TOO_LONG,
-    IFDScorer,
-    prompt_text,
-    score_ifd,
-)
+from car_engine.ifd import IFDScorer, score_ifd
+from car_engine.ifd_pairs import IFD_COLUMNS
+from car_engine.ifd_prompts import EMPTY_ANSWER, OK, PROMPT_TOO_LONG, prompt_text
 from car_engine.ifd_turns import TURN_COLUMNS
 from car_engine.reference.ifd import reference_scores
 

@@ -14,7 +14,7 @@ from tokenizers import processors
 from car_engine.config import IFD_COMPAT_SELECTION
 from car_engine.corpus import RECORD_SCHEMA
 from car_engine.errors import UsageError
-from car_engine.ifd import OK, IFDScorer
+from car_engine.ifd import IFDScorer
 from car_engine.ifd_compat import (
     CHERRY_NO_ROOM,
     CHERRY_TOO_LONG,
@@ -22,7 +22,7 @@ from car_engine.ifd_compat import (
     NO_DIRECT_TOKEN,
     scored_span,
 )
-from car_engine.ifd_prompts import EMPTY_ANSWER
+from car_engine.ifd_prompts import EMPTY_ANSWER, OK
 from car_engine.reference.ifd_compat import reference_compat_scores
 from car_engine.select import ifd_rule, select_ifd
 

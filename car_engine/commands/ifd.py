@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     """Score the corpus and write the table atomically."""
     import pyarrow.compute as pc
 
-    from car_engine.ifd import OK, IFDScorer
+    from car_engine.ifd import IFDScorer
+    from car_engine.ifd_prompts import OK
     from car_engine.io import write_table
 
     check_table_out(args.out)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import torch
 
-from car_engine.ifd import OK, EncodedPair, scores_table
+from car_engine.ifd_pairs import scores_table
+from car_engine.ifd_prompts import OK, EncodedPair
 
 
 @torch.inference_mode()
