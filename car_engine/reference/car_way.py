@@ -14,11 +14,9 @@ output names the ids of the top-n1 picks and of the whole selection.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import time
-from pathlib import Path
+
+from car_engine.reference.way_cli import way_main
 
 
 def car_way(items: list[dict], n1: int, n2: int) -> dict:
@@ -46,18 +44,7 @@ def car_way(items: list[dict], n1: int, n2: int) -> dict:
 
 def main() -> None:
     """Command line: the CaR way over a JSONL corpus, its picks as JSON."""
-    start = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", type=Path)
-    parser.add_argument("--n1", type=int, required=True)
-    parser.add_argument("--n2", type=int, default=1)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    with open(args.corpus, encoding="utf-8") as f:
-        items = [json.loads(line) for line in f if line.strip()]
-    picks = car_way(items, args.n1, args.n2)
-    picks["seconds_in_process"] = time.perf_counter() - start
-    args.out.write_text(json.dumps(picks))
+    way_main(__doc__, car_way, {"n1": (int, None), "n2": (int, 1)})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ model load counted).
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
+from car_engine.reference.way_cli import way_main
 
 
 def superfiltering_way(items: list[dict], fraction: float, max_length: int) -> dict:
@@ -40,18 +37,7 @@ def superfiltering_way(items: list[dict], fraction: float, max_length: int) -> d
 
 def main() -> None:
     """Command line: Superfiltering's scoring and selection over a JSONL corpus."""
-    start = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", type=Path)
-    parser.add_argument("--fraction", type=float, required=True)
-    parser.add_argument("--max-length", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    with open(args.corpus, encoding="utf-8") as f:
-        items = [json.loads(line) for line in f if line.strip()]
-    picks = superfiltering_way(items, args.fraction, args.max_length)
-    picks["seconds_in_process"] = time.perf_counter() - start
-    args.out.write_text(json.dumps(picks))
+    way_main(__doc__, superfiltering_way, {"fraction": (float, None), "max_length": (int, None)})
 
 
 if __name__ == "__main__":
