@@ -23,19 +23,10 @@ from car_engine.ifd_prompts import OK
 from car_engine.reference.ifd import reference_scores
 
 from . import bench_ifd_compat, bench_ifd_turns
-from .common import bench_main, gemm_gflops, row, take_turns, transformer_gflop
+from .common import bench_main, gemm_gflops, model_gflop, row, take_turns
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
 CHUNK_PAIRS = 8
-
-
-def model_gflop(model, lengths: list[int], scored: list[int], *, full_logits: bool) -> float:
-    """Matmul work of the forwards: the body's linear layers and causal attention for every
-    position, plus the output projection over scored positions (or all, with full logits)."""
-    cfg = model.config
-    body = transformer_gflop(model.model, lengths, causal=True)
-    head = sum(length if full_logits else n for length, n in zip(lengths, scored))
-    return body + 2 * cfg.vocab_size * cfg.hidden_size * head / 1e9
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -22,11 +22,12 @@ from car_engine.config import EmbedParams, IQSParams
 from car_engine.corpus import load_corpus
 from car_engine.corpus.conversations import parse_json
 from car_engine.ifd import IFDScorer
+from car_engine.ifd_turns import encode_conversations
 from car_engine.reference.ifd_turns import reference_turns
 from car_engine.turn_scores import turn_texts
 from car_engine.workers import EmbedWorker, IQSWorker
 
-from .common import bench_main, row, take_turns
+from .common import bench_main, model_gflop, row, take_turns
 
 TARGETS = {"ifd-turns-fp32": 4.0, "iqs-turns": 1 / 1.2, "embed-turns": 1 / 1.2}
 
@@ -64,11 +65,38 @@ def _ifd_rows(quick: bool, n: int) -> list[dict]:
     turns = sum(e["turns_scored"] for e in eng)
     tokens = sum(n for e in eng for n in e["turn_n_tokens"] if n)
     delta = max(deltas) if deltas else float("nan")
+    ceiling = work_ratio(scorer, records)
+    speedup = seconds["reference"] / seconds["engine"]
     return [row("ifd-turns-fp32", turns, seconds["engine"], seconds["reference"],
                 "max |d turn loss| vs per-turn batch-1 reference", delta,
                 delta < 1e-4 and same_turns, unit="turns", conversations=records.num_rows,
                 max_length=max_length, answer_tokens=tokens,
+                work_ratio=round(ceiling, 2), speedup_of_work_ratio=round(speedup / ceiling, 2),
                 target_speedup=TARGETS["ifd-turns-fp32"])]
+
+
+def work_ratio(scorer: IFDScorer, records: pa.Table) -> float:
+    """The reference's matmul work over the engine's on these conversations: the speed-up
+    equal efficiency would give. Per scored turn the reference runs its whole history plus
+    the reply and the reply alone, each with logits at every position; the engine runs each
+    conversation once and each reply alone, with logits at answer positions only."""
+    chats = [parse_json(c) for c in records.column("turns").to_pylist()]
+    encoded = encode_conversations(scorer.tokenizer, chats, template=scorer.template,
+                                   max_length=scorer.max_length)
+    ref_len, ref_scored, eng_len, eng_scored = [], [], [], []
+    for enc in encoded:
+        if not enc.spans:
+            continue
+        eng_len.append(len(enc.cond_ids))
+        eng_scored.append(sum(n for _, n in enc.spans))
+        for (first, n), direct in zip(enc.spans, enc.direct):
+            ref_len += [first + n, len(direct)]
+            ref_scored += [n, n]
+            eng_len.append(len(direct))
+            eng_scored.append(n)
+    model = scorer.model
+    return model_gflop(model, ref_len, ref_scored, full_logits=True) / model_gflop(
+        model, eng_len, eng_scored, full_logits=False)
 
 
 def _singles(records: pa.Table) -> pa.Table:

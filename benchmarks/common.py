@@ -76,6 +76,15 @@ def transformer_gflop(body, lengths: list[int], *, causal: bool) -> float:
     return sum(2 * params * n + attention * n * n for n in lengths) / 1e9
 
 
+def model_gflop(model: Any, lengths: list[int], scored: list[int], *, full_logits: bool) -> float:
+    """Matmul work of the forwards: the body's linear layers and causal attention for every
+    position, plus the output projection over scored positions (or all, with full logits)."""
+    cfg = model.config
+    body = transformer_gflop(model.model, lengths, causal=True)
+    head = sum(length if full_logits else n for length, n in zip(lengths, scored))
+    return body + 2 * cfg.vocab_size * cfg.hidden_size * head / 1e9
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
