@@ -203,3 +203,37 @@ def test_an_item_with_no_scored_turn_is_rejected_naming_it(tmp_path):
     assert "no scored turn" in corpus.rejected[0].reason  # every reply is empty
     turns = json.loads(corpus.records.column("turns")[0].as_py())
     assert turns[0] == {"role": "system", "content": _text(1, 6)}  # the system message is kept
+
+
+def test_the_report_shows_turns_and_a_selected_conversations_per_turn_scores(tmp_path,
+                                                                             tiny_model_dir):
+    import math
+    import re
+
+    import pyarrow.parquet as pq
+
+    from car_engine.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "builtin:sharegpt", "--limit", "12", "--out", str(out), "--method", "ifd",
+                 "--ifd-model", str(tiny_model_dir), "--max-length", "128", "--ifd-frac", "0.5",
+                 "--quiet", "--no-score-cache"]) == 0
+    html = (out / "report.html").read_text()
+    assert "turns.png" in html and (out / "turns.png").stat().st_size > 5_000
+    scores = {r["id"]: r for r in pq.read_table(out / "scores.parquet").to_pylist()}
+    from car_engine.corpus import load_corpus
+    from car_engine.corpus.conversations import parse_json
+
+    chats = load_corpus("builtin:sharegpt", limit=12).records.column("turns").to_pylist()
+    counts = [len(parse_json(c).scored) for c in chats]  # scored turns, before max_length
+    assert re.search(rf"{len(scores)} conversations of {len(scores)} records; scored turns "
+                     rf"per conversation: median \d+, p90 \d+, max {max(counts)}\.", html)
+    # the example is a selected conversation, and its table holds that record's per-turn IFD
+    shown = re.search(r"Selected conversation (\S+): per-turn scores", html).group(1)
+    row = scores[shown]
+    assert row["selected"]
+    table = html[html.index(f"Selected conversation {shown}"):].split("</table>")[0]
+    cells = re.findall(r"<tr><td>(\d+)</td><td>.*?</td><td>([\d.]*)</td>", table, re.S)
+    want = [f"{math.exp(c - d):.4f}" if c is not None else ""
+            for c, d in zip(row["turn_loss_cond"], row["turn_loss_direct"])]
+    assert [v for _, v in cells] == want and len(cells) == len(want) >= 2
