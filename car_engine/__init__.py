@@ -5,7 +5,7 @@ The public Python API, one import away::
     import car_engine as ce
     result = ce.run("corpus.jsonl", "runs/x", ce.RunConfig(method="car", n1=1000))
     corpus = ce.load_corpus("corpus.jsonl")
-    iqs = ce.score_iqs(corpus.records)             # id, iqs
+    iqs = ce.score_iqs(corpus.records)             # id, iqs, turn_iqs
     ifd = ce.score_ifd(corpus.records)             # id, loss_cond, ..., ifd_ppl, status
     vectors = ce.embed_records(corpus.records)     # float32 [n, 384], unit rows
     clusters = ce.cluster_vectors(vectors)         # labels, distances, centroids, PCA

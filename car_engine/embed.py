@@ -28,15 +28,17 @@ from car_engine.config import (
     EMBED_MAX_SEQ_LENGTH,
     GPU_BATCH_TOKENS,
     EmbedParams,
+    check_turns,
     resolve_precision,
 )
-from car_engine.corpus import RecordsLike, as_records, pair_texts
+from car_engine.corpus import RecordsLike, as_records
 from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.embed_ids import ids_path, read_ids  # noqa: F401 (re-exported)
 from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import PackedBert, supports
 from car_engine.models.registry import DEFAULT, resolve_encoder
+from car_engine.turn_scores import embed_turns
 
 DTYPES = EMBED_DTYPES
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
@@ -195,31 +197,50 @@ def _checked_text(text: object, index: int) -> str:
     return text.strip()
 
 
-def embed_records(records: RecordsLike, out: str | Path | None = None, **kwargs: Any
-                  ) -> np.ndarray:
-    """Embed every record's pair text (SPEC §3) with an :class:`Embedder` built from ``kwargs``.
+RECORDS_PER_CHUNK = 4096  # records embedded (and pooled) at a time: the progress bar's step
+
+
+def embed_records(records: RecordsLike, out: str | Path | None = None, *,
+                  turns: str = EmbedParams.turns, **kwargs: Any) -> np.ndarray:
+    """One unit vector per record, in input order, with an :class:`Embedder` built from
+    ``kwargs`` (and ``progress``): its pair text's (SPEC §3), or with ``turns`` ``all`` a
+    conversation's mean over its turns renormalised (SPEC §5).
 
     With ``out``, vectors are written chunk by chunk into a ``.npy`` (plus the companion ids file,
     see :func:`ids_path`), both atomically, and the memory-mapped result is returned.
     """
     progress = kwargs.pop("progress", True)
+    check_turns(turns)
     records = as_records(records)
-    texts = pair_texts(records)
-    embedder = Embedder(**kwargs)
-    if out is None:
-        return embedder.embed(texts, progress=progress)
-    out = Path(out)
-    if out.suffix != ".npy":
+    if out is not None and Path(out).suffix != ".npy":
         raise UsageError(f"{out}: embeddings are written as .npy")
+    embedder = Embedder(**kwargs)
+    n = records.num_rows
+    if out is None:
+        vectors = np.empty((n, embedder.dim), dtype=np.float32)
+        _embed_into(embedder, records, vectors, turns=turns, progress=progress)
+        return vectors
     write_parquet(ids_path(out), pa.table({"id": records.column("id").cast(pa.string())}))
     with atomic_path(out) as tmp:
-        if not texts:  # numpy cannot memory-map a zero-length array
+        if not n:  # numpy cannot memory-map a zero-length array
             with open(tmp, "wb") as stream:
                 np.save(stream, np.empty((0, embedder.dim), dtype=np.float32))
         else:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                              shape=(len(texts), embedder.dim))
-            embedder.embed_into(texts, array, progress=progress)
+                                              shape=(n, embedder.dim))
+            _embed_into(embedder, records, array, turns=turns, progress=progress)
             array.flush()
             del array
-    return np.load(out, mmap_mode="r" if texts else None)
+    return np.load(out, mmap_mode="r" if n else None)
+
+
+def _embed_into(embedder: Embedder, records: pa.Table, out: np.ndarray, *, turns: str,
+                progress: bool) -> None:
+    """Fill ``out`` with the records' vectors, RECORDS_PER_CHUNK records at a time (a chunk's
+    texts, turns of all its conversations together, are one list for the length bucketing)."""
+    with tqdm(total=records.num_rows, unit="rec", desc="embed", disable=not progress) as bar:
+        for start in range(0, records.num_rows, RECORDS_PER_CHUNK):
+            chunk = records.slice(start, RECORDS_PER_CHUNK)
+            out[start:start + chunk.num_rows] = embed_turns(
+                chunk, lambda texts: embedder.embed(texts, progress=False), turns=turns)
+            bar.update(chunk.num_rows)

@@ -52,12 +52,8 @@ class IQSWorker(Worker):
         self.turns, self.aggregate = params.turns, params.turn_aggregate
 
     def __call__(self, records: pa.Table) -> pa.Table:
-        if self.turns == "first":
-            return self.scorer.score(records, progress=False)
-        from car_engine.turn_scores import iqs_turns
-
-        return iqs_turns(records, lambda texts: self.scorer.score_texts(texts, progress=False),
-                         turns=self.turns, how=self.aggregate)
+        return self.scorer.score(records, progress=False, turns=self.turns,
+                                 turn_aggregate=self.aggregate)
 
     def describe(self) -> str:
         """Runtime, device and precision the shards ran on."""

@@ -80,7 +80,9 @@ def test_compiled_bf16_keeps_cosine_and_compiles_once(embedder, sharegpt_records
 def test_embed_records_writes_npy_and_ids(sharegpt_records, tmp_path, embedder):
     records = sharegpt_records.slice(200, 6)
     out = tmp_path / "emb.npy"
-    vectors = embed_records(records, out, batch_size=4, progress=False)
+    # turns first: each record's pair text (the default, all, pools a conversation's turns:
+    # test_turn_scores)
+    vectors = embed_records(records, out, batch_size=4, progress=False, turns="first")
     assert isinstance(vectors, np.memmap) and vectors.shape == (6, 384)
     assert read_ids(out) == records.column("id").to_pylist()
     np.testing.assert_allclose(np.load(out), embedder.embed(pair_texts(records), progress=False),

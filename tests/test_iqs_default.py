@@ -46,7 +46,9 @@ def test_default_model_ranks_revisions_above_originals(default_model, expert_rev
 def test_score_api_keys_by_id_in_input_order(sharegpt_records):
     records = sharegpt_records.slice(0, 10)
     table = score_iqs(records, runtime="torch", progress=False)
-    assert table.column_names == ["id", "iqs"]
+    assert table.column_names == ["id", "iqs", "turn_iqs"]  # conversations, scored turn by turn
+    first = score_iqs(records, runtime="torch", progress=False, turns="first")
+    assert first.column_names == ["id", "iqs"]
     assert table.column("id").to_pylist() == records.column("id").to_pylist()
     assert np.isfinite(np.array(table.column("iqs"))).all()
 
@@ -83,7 +85,7 @@ def test_cli_score_and_eval(tmp_path, expert_revised_dir, capsys):
     assert main(["iqs", "score", "builtin:sharegpt", "--limit", "6", "--out", str(out),
                  "--runtime", "torch"]) == 0
     table = read_table(out)
-    assert table.column_names == ["id", "iqs"] and table.num_rows == 6
+    assert table.column_names == ["id", "iqs", "turn_iqs"] and table.num_rows == 6
 
     import csv
 

@@ -80,3 +80,39 @@ def test_embedding_is_the_renormalised_mean_of_the_turns(records):
     first = worker(records)
     np.testing.assert_allclose(first[3], vectors[3], atol=1e-6)  # a single turn: the same
     assert not np.allclose(first[0], vectors[0], atol=1e-3)
+
+
+def test_the_api_and_the_subcommands_score_turns_as_the_run_does(records, tmp_path):
+    import pyarrow.parquet as pq
+
+    from car_engine import embed_records, score_iqs
+    from car_engine.cli import main
+    from car_engine.embed import read_ids
+
+    for turns in ("all", "first"):
+        want_iqs = IQSWorker(IQSParams(turns=turns, turn_aggregate="min"))(records)
+        got = score_iqs(records, turns=turns, turn_aggregate="min", progress=False)
+        assert got.column_names == want_iqs.column_names
+        np.testing.assert_allclose(got["iqs"].to_numpy(), want_iqs["iqs"].to_numpy(), atol=1e-6)
+        want_vectors = EmbedWorker(EmbedParams(turns=turns))(records)
+        np.testing.assert_allclose(embed_records(records, turns=turns, progress=False),
+                                   want_vectors, atol=1e-6)
+    # the same through the command line, on the conversations as a messages file
+    corpus = tmp_path / "chats.jsonl"
+    corpus.write_text("".join(json.dumps({"id": r["id"], "messages": json.loads(r["turns"])})
+                              + "\n" for r in records.slice(0, 3).to_pylist()))
+    conversations = load_corpus(corpus).records
+    for turns in ("all", "first"):
+        out = tmp_path / f"iqs-{turns}.parquet"
+        assert main(["iqs", "score", str(corpus), "--out", str(out), "--turns", turns]) == 0
+        scores = pq.read_table(out)
+        want_iqs = IQSWorker(IQSParams(turns=turns))(conversations)
+        assert scores.column_names == want_iqs.column_names
+        np.testing.assert_allclose(scores["iqs"].to_numpy(), want_iqs["iqs"].to_numpy(),
+                                   atol=1e-6)
+        npy = tmp_path / f"emb-{turns}.npy"
+        assert main(["embed", str(corpus), "--out", str(npy), "--turns", turns]) == 0
+        np.testing.assert_allclose(np.load(npy), EmbedWorker(EmbedParams(turns=turns))(
+            conversations), atol=1e-6)
+        assert read_ids(npy) == conversations["id"].to_pylist()
+    assert not np.allclose(np.load(tmp_path / "emb-all.npy"), np.load(tmp_path / "emb-first.npy"))

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="embed every record's pair text (SPEC §3) into a .npy",
         description="Embed 'Instruction: ... Input: ... Response: ...' for every record with a "
         "sentence-transformers model (default all-MiniLM-L6-v2): float32 unit vectors, row i = "
-        "record i, written in chunks to EMB.npy, with the record ids in EMB.ids.parquet.",
+        "record i, written in chunks to EMB.npy, with the record ids in EMB.ids.parquet. A "
+        "conversation's vector is the mean of its turns' renormalised (--turns all) or its "
+        "first pair's (--turns first).",
     )
     p.add_argument("input", help="corpus (.json/.jsonl/.parquet, Alpaca/ShareGPT/chat) or "
                    "builtin:sharegpt")
@@ -27,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-length", type=int, default=EMBED_MAX_SEQ_LENGTH,
                    help="tokens per text, longer ones truncated "
                    f"(default {EMBED_MAX_SEQ_LENGTH}, the model's)")
+    options.add_turn_flags(p, aggregate=False)
     options.add_limit(p)
     p.set_defaults(func=run)
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     vectors = embed_records(corpus.records, args.out, model=args.embed_model,
                             batch_size=args.embed_batch_size, dtype=args.embed_dtype,
                             device=args.device, max_seq_length=args.max_seq_length,
-                            compile=args.embed_compile,
+                            compile=args.embed_compile, turns=args.turns,
                             progress=sys.stderr.isatty())
     print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {args.out} "
           f"(ids: {ids_path(args.out)}; rejected items: {len(corpus.rejected)})")

@@ -86,9 +86,10 @@ def register(subparsers) -> None:
     export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     export.set_defaults(func=run_export)
 
-    score = sub.add_parser("score", help="score a corpus: writes id, iqs")
+    score = sub.add_parser("score", help="score a corpus: writes id, iqs (and turn_iqs)")
     score.add_argument("input", metavar="INPUT", help="corpus file or builtin:sharegpt")
     score.add_argument("--out", required=True, metavar="SCORES", help=".parquet or .jsonl")
+    options.add_turn_flags(score)
     options.add_limit(score)
     _add_runtime_args(score)
     score.set_defaults(func=run_score)
@@ -193,7 +194,8 @@ def run_score(args: argparse.Namespace) -> int:
     corpus = options.read_records(args.input, args.limit)
     for rejection in corpus.rejected[:5]:
         print(f"skipped: {rejection.message()}", file=sys.stderr)
-    scores = _scorer(args).score(corpus.records)
+    scores = _scorer(args).score(corpus.records, turns=args.turns,
+                                 turn_aggregate=args.turn_aggregate)
     write_table(args.out, scores)
     print(f"{scores.num_rows} records scored -> {args.out} "
           f"({len(corpus.rejected)} rejected items)")

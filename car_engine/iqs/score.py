@@ -25,9 +25,10 @@ from car_engine.config import (
     IQS_RUNTIMES,
     IQS_TORCH_PRECISIONS,
     IQSParams,
+    check_turns,
     resolve_precision,
 )
-from car_engine.corpus import RecordsLike, as_records, pair_texts
+from car_engine.corpus import RecordsLike, as_records
 from car_engine.devices import torch_device, torch_dtype
 from car_engine.errors import ModelError, UsageError
 from car_engine.iqs.checkpoint import load_comet_checkpoint
@@ -35,6 +36,7 @@ from car_engine.iqs.model import IQSModel
 from car_engine.iqs.onnx import OrtRunner, ensure_export, expects_gpu
 from car_engine.iqs.store import WEIGHTS_FILE, load_model, resolve_model_dir
 from car_engine.models.registry import DEFAULT
+from car_engine.turn_scores import iqs_turns
 
 RUNTIMES = IQS_RUNTIMES
 # Pairs per batch when not given. On CPU small batches win: ONNX Runtime scored 120 ShareGPT
@@ -155,15 +157,19 @@ class IQSScorer:
                 bar.update(len(idx))
         return scores
 
-    def score(self, records: pa.Table, *, progress: bool = True) -> pa.Table:
-        """IQS of every record (SPEC §1 text): columns ``id`` (string) and ``iqs`` (float64),
-        one row per record, in input order."""
+    def score(self, records: pa.Table, *, progress: bool = True,
+              turns: str = IQSParams.turns,
+              turn_aggregate: str = IQSParams.turn_aggregate) -> pa.Table:
+        """IQS of every record, one row per record, in input order: columns ``id`` (string)
+        and ``iqs`` (float64) of the SPEC §1 text; with ``turns`` ``all`` (SPEC §5) a
+        conversation's IQS aggregates its turns' (``turn_aggregate``: mean|min|first), kept in
+        ``turn_iqs``; ``first`` scores the first pair only."""
         for column in ("id", "instruction", "input", "output"):
             if column not in records.column_names:
                 raise UsageError(f"records table has no '{column}' column")
-        scores = self.score_texts(pair_texts(records), progress=progress)
-        return pa.table({"id": records.column("id").cast(pa.string()),
-                         "iqs": pa.array(scores, type=pa.float64())})
+        check_turns(turns, turn_aggregate)
+        return iqs_turns(records, lambda texts: self.score_texts(texts, progress=progress),
+                         turns=turns, how=turn_aggregate)
 
     def describe(self) -> str:
         """Runtime, device and file in one line (for logs and reports)."""
@@ -197,8 +203,9 @@ def _tokenizer_of(model: str | os.PathLike) -> tuple[Any, int]:
 
 
 def score_iqs(records: RecordsLike, **kwargs: Any) -> pa.Table:
-    """IQS for a records table or a corpus path: ``id, iqs``. ``kwargs`` go to
-    :meth:`IQSScorer.load` (model, runtime, precision, device, batch_size) and ``progress``."""
-    progress = kwargs.pop("progress", True)
+    """IQS for a records table or a corpus path: ``id, iqs`` (and ``turn_iqs``, see
+    :meth:`IQSScorer.score`). ``kwargs`` go to :meth:`IQSScorer.load` (model, runtime,
+    precision, device, batch_size), except ``progress``, ``turns`` and ``turn_aggregate``."""
+    how = {k: kwargs.pop(k) for k in ("progress", "turns", "turn_aggregate") if k in kwargs}
     records = as_records(records)
-    return IQSScorer.load(**kwargs).score(records, progress=progress)
+    return IQSScorer.load(**kwargs).score(records, **how)
