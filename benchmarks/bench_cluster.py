@@ -36,6 +36,7 @@ from car_engine.reference.embed import reference_embed, reference_encoder
 
 from . import cluster_checks
 from .common import (
+    bench_dtypes,
     bench_parser,
     gemm_gflops,
     peak_rss_mb,
@@ -106,14 +107,16 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def bench_embed(n: int, chunk: int = 64) -> list[dict]:
+def bench_embed(n: int, chunk: int = 64, quick: bool = False) -> list[dict]:
     """Reference per-text encode vs the engine in fp32 and bf16 (packed, the CPU default), and
     bf16 through the padded transformers forward for comparison (no target), on the same ``n``
     texts; they take turns on chunks of ``chunk`` texts (see :func:`take_turns`)."""
     texts = sharegpt_texts(n)
     encoder = reference_encoder(minilm_path())
-    engines = {"fp32": Embedder(dtype="fp32"), "bf16": Embedder(dtype="bf16"),
-               "bf16-padded": Embedder(dtype="bf16", pack=False, batch_size=64)}
+    engines = {"fp32": Embedder(dtype="fp32")}
+    if "bf16" in bench_dtypes(quick):
+        engines.update({"bf16": Embedder(dtype="bf16"),
+                        "bf16-padded": Embedder(dtype="bf16", pack=False, batch_size=64)})
     runners = {"reference": lambda part: reference_embed(part, encoder)}
     runners.update({name: (lambda part, e=e: e.embed(part, progress=False))
                     for name, e in engines.items()})
@@ -125,7 +128,7 @@ def bench_embed(n: int, chunk: int = 64) -> list[dict]:
     fp32 = engines["fp32"]
     lengths = [len(ids) for ids in tokenize(fp32.tokenizer, texts, fp32.max_seq_length)]
     gflop = transformer_gflop(fp32.model, lengths, causal=False)
-    peak = {dtype: gemm_gflops(dtype) for dtype in ("fp32", "bf16")}
+    peak = {dtype: gemm_gflops(dtype) for dtype in {name.split("-")[0] for name in engines}}
     reference = np.concatenate(vectors.pop("reference"))
     common = {"reference_peak_fraction": round(gflop / seconds["reference"] / peak["fp32"], 3),
               "gemm_gflops_fp32": round(peak["fp32"], 1)}
@@ -233,7 +236,7 @@ def run(quick: bool = False, n: int | None = None, synthetic: bool | None = None
     default_n, max_tokens = cluster_data(quick)
     embed_n = (n or 64) if quick else max(64, (n or default_n) // 100)
     n = n or default_n
-    rows = bench_embed(embed_n)
+    rows = bench_embed(embed_n, quick=quick)
     rows += bench_cluster(n, max_tokens)
     # data the clustering was not tuned on (benchmarks/cluster_checks.py): whole processes
     rows += cluster_checks.run(quick, n if n is not None and n < CHECK_N_FLOOR else None)

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from car_engine.corpus import load_corpus
 
-from .common import bench_main, row
+from .common import bench_dtypes, bench_main, row
 
 CAR_N, CAR_QUICK_N, CAR_TARGET = 600, 40, 4.0
-IFD_N, IFD_QUICK_N, IFD_MAX_LENGTH = 48, 8, 512
+IFD_N, IFD_QUICK_N, IFD_MAX_LENGTH, IFD_QUICK_MAX_LENGTH = 48, 8, 512, 128
 IFD_TARGETS = {"fp32": 1.3, "bf16": 2.5}
 IFD_FRACTION = 0.25  # of 48 pairs: 12 picks, enough to compare two rankings
 
@@ -81,15 +81,17 @@ def car_row(folder: Path, n: int) -> dict:
                "CaR way (car_engine.reference.car_way)")
 
 
-def ifd_rows(folder: Path, n: int) -> list[dict]:
+def ifd_rows(folder: Path, n: int, quick: bool = False) -> list[dict]:
     """``run --method ifd`` at fp32 and bf16 vs Superfiltering's batch-1 way."""
     corpus = write_corpus(folder / "ifd.jsonl", n)
-    common = ["--max-length", str(IFD_MAX_LENGTH)]
+    max_length = IFD_QUICK_MAX_LENGTH if quick else IFD_MAX_LENGTH
+    common = ["--max-length", str(max_length)]
     ref_s, ref = _reference("superfiltering_way", corpus, folder / "ifd-ref.json",
                             [*common, "--fraction", str(IFD_FRACTION)])
     want = set(ref["selected"])
     rows = []
-    for dtype, target in IFD_TARGETS.items():
+    for dtype in bench_dtypes(quick, tuple(IFD_TARGETS)):
+        target = IFD_TARGETS[dtype]
         ours_s, picked = _engine(corpus, folder / f"ifd-{dtype}",
                                  ["--method", "ifd", "--ifd-dtype", dtype,
                                   "--ifd-frac", str(IFD_FRACTION), *common])
@@ -98,7 +100,7 @@ def ifd_rows(folder: Path, n: int) -> list[dict]:
                         "share of the reference's picks kept", kept, True,
                         target_speedup=target, picks=len(want),
                         what=f"whole processes: car-engine run --method ifd --ifd-dtype {dtype} "
-                        f"vs Superfiltering's batch-1 procedure (fp32), {IFD_MAX_LENGTH} tokens"))
+                        f"vs Superfiltering's batch-1 procedure (fp32), {max_length} tokens"))
     return rows
 
 
@@ -108,7 +110,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
         folder = Path(tmp)
         car_n = n or (CAR_QUICK_N if quick else CAR_N)
         ifd_n = n or (IFD_QUICK_N if quick else IFD_N)
-        return [car_row(folder, car_n), *ifd_rows(folder, ifd_n)]
+        return [car_row(folder, car_n), *ifd_rows(folder, ifd_n, quick)]
 
 
 def main() -> None:

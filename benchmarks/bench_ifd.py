@@ -23,7 +23,7 @@ from car_engine.ifd_prompts import OK
 from car_engine.reference.ifd import reference_scores
 
 from . import bench_ifd_compat, bench_ifd_turns
-from .common import bench_main, gemm_gflops, model_gflop, row, take_turns
+from .common import bench_dtypes, bench_main, gemm_gflops, model_gflop, row, take_turns
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
 CHUNK_PAIRS = 8
@@ -101,46 +101,45 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
     requested, n = n, n or (16 if quick else 64)
     max_length = 128 if quick else 512
     records = load_corpus("builtin:sharegpt", limit=n).records
-    fp32 = IFDScorer("default", max_length=max_length, dtype="fp32")
-    bf16 = IFDScorer("default", max_length=max_length, dtype="bf16")
+    dtypes = bench_dtypes(quick, IFD_DTYPES)
+    engines = {d: IFDScorer("default", max_length=max_length, dtype=d) for d in dtypes}
+    fp32 = engines["fp32"]
     pairs = fp32.encode(records)
     ok = [p for p in pairs if p.status == OK]
     cond_len = [len(p.cond_ids) for p in ok] + [len(p.direct_ids) for p in ok]
     scored_n = [p.n_answer for p in ok] * 2
     tokens = sum(cond_len)
 
-    runners = {
-        "reference": lambda part: reference_scores(fp32.model, part, fp32.encode(part)),
-        "fp32": lambda part: fp32.score(part, progress=False),
-        "bf16": lambda part: bf16.score(part, progress=False),
-    }
+    runners = {"reference": lambda part: reference_scores(fp32.model, part, fp32.encode(part))}
+    runners.update({d: (lambda part, e=e: e.score(part, progress=False))
+                    for d, e in engines.items()})
     for fn in runners.values():  # first forwards pay one-off setup (oneDNN, thread pool)
         fn(records.slice(0, 1))
-    # A chunk is one engine batch or so; taking turns spreads outside load over all three.
+    # A chunk is one engine batch or so; taking turns spreads outside load over all of them.
     seconds, parts = take_turns(runners, records, CHUNK_PAIRS)
-    ref, eng, bf = (pa.concat_tables(parts[name]) for name in ("reference", "fp32", "bf16"))
-    ref_s, eng_s, bf_s = (seconds[name] for name in ("reference", "fp32", "bf16"))
+    ifd = {name: _ifd(pa.concat_tables(got)) for name, got in parts.items()}
+    ref_s = seconds["reference"]
     model = fp32.model
     body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
     full = model_gflop(model, cond_len, scored_n, full_logits=True)
-    peak = {d: gemm_gflops(d) for d in IFD_DTYPES}
+    peak = {d: gemm_gflops(d) for d in dtypes}
     mask = np.array([p.status == OK for p in pairs])
-    delta = float(np.nanmax(np.abs(_ifd(eng)[mask] - _ifd(ref)[mask])))
-    rho = spearman(_ifd(eng)[mask], _ifd(bf)[mask])
+    delta = float(np.nanmax(np.abs(ifd["fp32"][mask] - ifd["reference"][mask])))
     common = {"max_length": max_length, "tokens": tokens, "reference_tokens_per_s":
               round(tokens / ref_s, 1), "reference_gemm_fraction": round(full / ref_s / peak[
                   "fp32"], 3), "gemm_gflops_fp32": round(peak["fp32"], 1)}
-    rows = [
-        row("ifd-fp32", len(records), eng_s, ref_s, "max |d ifd_ppl| vs reference", delta,
-            delta < 1e-4, engine_tokens_per_s=round(tokens / eng_s, 1),
-            engine_gemm_fraction=round(body_only / eng_s / peak["fp32"], 3),
-            target_speedup=TARGETS["ifd-fp32"], **common),
-        row("ifd-bf16", len(records), bf_s, ref_s, "Spearman(ifd_ppl) vs fp32 engine", rho,
-            rho >= 0.99, engine_tokens_per_s=round(tokens / bf_s, 1),
-            engine_gemm_fraction=round(body_only / bf_s / peak["bf16"], 3),
-            gemm_gflops_bf16=round(peak["bf16"], 1), target_speedup=TARGETS["ifd-bf16"],
-            **common),
-    ]
+
+    def speed(d: str) -> dict:
+        return {"engine_tokens_per_s": round(tokens / seconds[d], 1), "engine_gemm_fraction":
+                round(body_only / seconds[d] / peak[d], 3), "target_speedup": TARGETS[f"ifd-{d}"]}
+
+    rows = [row("ifd-fp32", len(records), seconds["fp32"], ref_s, "max |d ifd_ppl| vs reference",
+                delta, delta < 1e-4, **speed("fp32"), **common)]
+    if "bf16" in dtypes:
+        rho = spearman(ifd["fp32"][mask], ifd["bf16"][mask])
+        rows.append(row("ifd-bf16", len(records), seconds["bf16"], ref_s,
+                        "Spearman(ifd_ppl) vs fp32 engine", rho, rho >= 0.99, **speed("bf16"),
+                        gemm_gflops_bf16=round(peak["bf16"], 1), **common))
     sizes = (256, 1024) if quick else (2048, 8192)
     probes = {s: loss_probe(s) for s in sizes}
     base = probes[sizes[0]]["engine_mb"]

@@ -65,6 +65,21 @@ def gemm_gflops(dtype: str, size: int = 2048) -> float:
 EMULATED_GFLOPS = 10.0  # below this at 512, a dtype has no native kernel on this CPU
 
 
+def bench_dtypes(quick: bool, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> tuple[str, ...]:
+    """The dtypes a CPU benchmark measures: all of them, except that a quick (smoke) run
+    leaves out bf16 on a CPU that only emulates it (no AVX512-BF16/AMX: ~4x slower than fp32
+    and minutes per row, measuring the emulation, not the engine); a full run keeps it."""
+    import sys
+
+    from car_engine.devices import cpu_has_native_bf16
+
+    if not quick or "bf16" not in dtypes or cpu_has_native_bf16():
+        return dtypes
+    print("bench: quick run on a CPU without native bf16: bf16 rows left out",
+          file=sys.stderr, flush=True)
+    return tuple(d for d in dtypes if d != "bf16")
+
+
 def transformer_gflop(body, lengths: list[int], *, causal: bool) -> float:
     """Matmul work (GFLOP) of a transformer stack ``body`` (a torch module with a ``config``)
     over sequences of ``lengths``: its linear layers (embedding tables excluded) at every
