@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_guard [--quick] [--n N] [--max-length L] [--work DIR]
 
+(`car-engine bench --stage ifd` runs it too, in a full run only: bench_ifd adds its rows.)
+
 The first ``n`` usable first-turn pairs of builtin:sharegpt, then the same pairs plus 10%
 planted noise (car_engine.quality_guard.plant_noise: the robustness suite's random words at
 1x and 2-3x the answer's length, loops, another instruction's answer). Each corpus goes
@@ -104,11 +106,11 @@ def run(quick: bool = False, n: int | None = None, max_length: int | None = None
     # cost: unguarded = the IFD run; guarded = that plus the guarded run's IQS stage
     ifd_s, guard_s = u["seconds"], u["seconds"] + g["seconds"]
     return [
-        row("guard-planted", records, guard_s, ifd_s,
+        row("ifd-guard-planted", records, guard_s, ifd_s,
             check=f"planted share of the selection, guarded (unguarded {100 * share_u:.1f}%: "
             f"{u['planted']}/{u['selected']}; {m['planted']} planted in {records})",
             check_value=share_g, check_ok=share_g <= 0.01, unguarded_planted=u["planted"]),
-        row("guard-clean", m["pairs"], guard_s * m["pairs"] / records,
+        row("ifd-guard-clean", m["pairs"], guard_s * m["pairs"] / records,
             ifd_s * m["pairs"] / records,
             check=f"share of the unguarded selection kept ({cg['below_floor']} of "
             f"{m['pairs']} below the floor)", check_value=kept, check_ok=kept >= 0.95),

@@ -12,8 +12,8 @@ records that look like noise, on signals the run already has or gets cheaply:
 
 Each bound was calibrated once (:func:`calibrate`) on the IQS robustness suite's texts
 (car_engine/iqs/robustness.py: the validation split's expert-revised answers and their
-corrupted copies), never on the benchmark corpus: a bound that 99% of the good answers pass
-(:data:`GOOD_KEPT`). The figures are in benchmarks/RESULTS.md ("IFD quality guard").
+corrupted copies), never on the benchmark corpus: a bound that most good answers pass
+(:data:`GOOD_KEPT`, 98%). The figures are in benchmarks/RESULTS.md ("IFD quality guard").
 :func:`plant_noise` makes the benchmark's planted noise with the suite's own corruptions.
 """
 
@@ -29,11 +29,16 @@ from car_engine.corpus.records import pair_text
 from car_engine.iqs.pairs import Pairs
 from car_engine.iqs.robustness import corrupt, split_pair_text
 
-# Calibrated bounds (see the module docstring and benchmarks/RESULTS.md); None: not used.
-IQS_FLOOR: float | None = None
-DIRECT_LOSS_FLOOR: float | None = None
-DIRECT_LOSS_CEILING: float | None = None
-GOOD_KEPT = 0.99  # the share of validation good answers each bound lets through
+# Calibrated bounds: `python -m benchmarks.guard_calibrate --limit 60 --max-length 128` (the
+# first 60 validation pairs and their corruptions; shipped IQS model, SmolLM2, template none).
+# 98% of the good answers pass each: a 99% bound of 60 values is their maximum, one outlier
+# (a direct loss of 7.85, above most random-word answers). Stopped, of each kind: the IQS floor
+# 10% random words, 15% cuts (the shipped model is fooled by the rest, RESULTS.md "IQS
+# robustness"); the loss floor 78% of loops; the ceiling 100% of random words (1x and 2-3x).
+IQS_FLOOR: float | None = 0.2241
+DIRECT_LOSS_FLOOR: float | None = 1.3776
+DIRECT_LOSS_CEILING: float | None = 5.2627
+GOOD_KEPT = 0.98  # the share of validation good answers each bound lets through
 # The noise the benchmark plants (robustness kinds): random words at 1x and 2-3x the answer's
 # length, a loop of its first sentence, another instruction's answer.
 NOISE_KINDS = ("random-same", "random-long", "loop", "off-topic")

@@ -12,6 +12,7 @@ import pytest
 from car_engine.cli import main
 from car_engine.config import IFDParams, RunConfig
 from car_engine.quality_guard import (
+    IQS_FLOOR,
     NOISE_KINDS,
     Floors,
     below_floor,
@@ -20,6 +21,10 @@ from car_engine.quality_guard import (
     plant_noise,
 )
 from car_engine.select import WHY_FLOOR, WHY_IFD, select_car_ifd, select_ifd
+
+# 30 records (3 planted: random words at 1x and 2-3x, a loop; off-topic, the guard's known
+# gap, is the bench's), 6 picks
+TEST_PAIRS, TEST_FRAC = 27, 0.2
 
 
 def test_below_floor_checks_every_bound_and_never_a_missing_value():
@@ -112,3 +117,38 @@ def test_plant_noise_adds_the_robustness_corruptions_under_their_own_instruction
         if kind == "loop":
             assert noise["output"].count("Answer") >= 2
     assert plant_noise(records, 0.1, seed=3) == (items, planted)  # deterministic
+
+
+@pytest.mark.slow  # the default IQS model and SmolLM2 on a few dozen real pairs
+def test_guarded_ifd_run_picks_no_planted_noise_and_keeps_the_clean_selection(tmp_path):
+    """Both targets of #22 at test size (benchmarks/bench_guard.py measures them at 444
+    records): real ShareGPT pairs plus 10% planted noise through `run --method ifd` (guarded,
+    the default); the unguarded and the clean-only selections are the same rule (select_ifd)
+    over that run's own scores."""
+    from benchmarks.bench_guard import pairs_items
+
+    clean = pairs_items(TEST_PAIRS)
+    items, planted = plant_noise(pa.Table.from_pylist(clean), 0.1)
+    corpus = tmp_path / "planted.jsonl"
+    corpus.write_text("".join(json.dumps(i) + "\n" for i in items))
+    out = tmp_path / "run"
+    assert main(["run", str(corpus), "--out", str(out), "--method", "ifd", "--ifd-frac",
+                 str(TEST_FRAC), "--max-length", "64", "--quiet", "--no-report",
+                 "--no-score-cache"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quality_guard"]["on"] and summary["quality_guard"]["iqs_floor"] == IQS_FLOOR
+    rows = pq.read_table(out / "scores.parquet").to_pylist()
+    selected = {r["id"] for r in rows if r["selected"]}
+    floored = np.array([r["why"] == WHY_FLOOR for r in rows])
+    assert summary["counts"]["below_quality_floor"] == floored.sum() > 0
+    assert not selected & set(planted)  # guarded: no planted item (target <= 1%)
+    ifd = np.array([np.nan if r["ifd_ppl"] is None else r["ifd_ppl"] for r in rows])
+    noise = np.array([r["id"] in set(planted) for r in rows])
+    picked = select_ifd(ifd, fraction=TEST_FRAC, base=len(rows)).order
+    unguarded_planted = int(noise[picked].sum())
+    # the clean corpus alone, guarded and not: the guarded one keeps >= 95% of the other
+    clean_rows = np.flatnonzero(~noise)
+    plain = set(clean_rows[select_ifd(ifd[~noise], fraction=TEST_FRAC).order])
+    guarded = set(clean_rows[select_ifd(ifd[~noise], fraction=TEST_FRAC,
+                                        guard=floored[~noise]).order])
+    assert len(plain & guarded) >= 0.95 * len(plain), (plain, guarded, unguarded_planted)
