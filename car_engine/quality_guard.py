@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from car_engine.config import RunConfig
+from car_engine.config import DEFAULT_MODEL, IFDParams, RunConfig
 from car_engine.corpus.records import pair_text
 from car_engine.iqs.pairs import Pairs
 from car_engine.iqs.robustness import corrupt, split_pair_text
@@ -51,6 +51,11 @@ def guard_on(cfg: RunConfig) -> bool:
     return cfg.quality_guard and cfg.uses_ifd and cfg.ifd.compat is None
 
 
+def needs_iqs(cfg: RunConfig) -> bool:
+    """Whether a run scores IQS: CaR ranks by it, and the guard's IQS floor reads it."""
+    return cfg.uses_car or (guard_on(cfg) and floors_for(cfg).iqs is not None)
+
+
 @dataclass(frozen=True)
 class Floors:
     """The guard's bounds: a record is noise when any bound that is set says so."""
@@ -63,6 +68,15 @@ class Floors:
         """The bounds as summary.json reports them."""
         return {"iqs_floor": self.iqs, "direct_loss_floor": self.direct_floor,
                 "direct_loss_ceiling": self.direct_ceiling}
+
+
+def floors_for(cfg: RunConfig) -> Floors:
+    """The bounds that apply to a run: each was calibrated on the shipped models (the IQS
+    floor on the default IQS model; the direct-loss bounds on the default causal LM with
+    template ``none``), so another model leaves its bounds out (None)."""
+    iqs = IQS_FLOOR if cfg.iqs.model == DEFAULT_MODEL else None
+    lm = cfg.ifd.model == DEFAULT_MODEL and cfg.ifd.template == IFDParams.template
+    return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None)
 
 
 def below_floor(floors: Floors, iqs: np.ndarray | None = None,

@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from car_engine.cli import main
-from car_engine.config import IFDParams, RunConfig
+from car_engine.config import IFDParams, IQSParams, RunConfig
 from car_engine.quality_guard import (
     IQS_FLOOR,
     NOISE_KINDS,
     Floors,
     below_floor,
     calibrate,
+    floors_for,
     guard_on,
     plant_noise,
 )
@@ -81,6 +82,14 @@ def test_guard_is_on_for_ifd_methods_unless_compat_or_turned_off():
     assert not guard_on(RunConfig(method="ifd", quality_guard=False))
     for preset in ("superfiltering", "cherry"):
         assert not guard_on(RunConfig(method="ifd", ifd=IFDParams(compat=preset)))
+
+
+def test_bounds_apply_only_to_the_models_they_were_calibrated_on():
+    assert floors_for(RunConfig(method="ifd")) == Floors()
+    other_lm = floors_for(RunConfig(method="ifd", ifd=IFDParams(model="some/folder")))
+    assert other_lm == Floors(IQS_FLOOR, None, None)
+    other_iqs = floors_for(RunConfig(method="ifd", iqs=IQSParams(model="x")))
+    assert other_iqs.iqs is None and other_iqs.direct_ceiling is not None
 
 
 def test_no_quality_guard_flag_reaches_the_config():
@@ -151,4 +160,5 @@ def test_guarded_ifd_run_picks_no_planted_noise_and_keeps_the_clean_selection(tm
     plain = set(clean_rows[select_ifd(ifd[~noise], fraction=TEST_FRAC).order])
     guarded = set(clean_rows[select_ifd(ifd[~noise], fraction=TEST_FRAC,
                                         guard=floored[~noise]).order])
+    assert unguarded_planted >= 1  # measured: 2 of the 6 unguarded picks are planted
     assert len(plain & guarded) >= 0.95 * len(plain), (plain, guarded, unguarded_planted)

@@ -32,7 +32,7 @@ from car_engine.errors import CorpusError
 from car_engine.pipeline.duplicates import signature_stage
 from car_engine.pipeline.outputs import write_outputs
 from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
-from car_engine.quality_guard import guard_on
+from car_engine.quality_guard import needs_iqs
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
 from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker, PreWorker
 
@@ -84,7 +84,7 @@ def run(
     """
     cfg = config or RunConfig()
     cfg.check()
-    if guard_on(cfg):
+    if needs_iqs(cfg):
         cfg.iqs.check()  # the guard runs the IQS stage for --method ifd too
     run_dir = Path(out_dir)
     cache = cache_folder(run_dir, score_cache)
@@ -103,7 +103,7 @@ def run(
         try:
             # the quality guard (#22) needs the IQS for --method ifd too
             iqs = (shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
-                   if cfg.uses_car or guard_on(cfg) else None)
+                   if needs_iqs(cfg) else None)
             ifd = (shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_ifd else None)
             clusters, embed = None, None

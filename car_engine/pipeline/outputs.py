@@ -18,7 +18,7 @@ from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
 from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.selected import selected_items
 from car_engine.pipeline.stages import concat_shards, records_columns
-from car_engine.quality_guard import Floors, below_floor, guard_on
+from car_engine.quality_guard import below_floor, floors_for, guard_on
 from car_engine.rundir import StageDir, take_records
 from car_engine.score_tables import attach
 from car_engine.select import (
@@ -77,10 +77,12 @@ def quality_guard(table: pa.Table, cfg: RunConfig) -> np.ndarray | None:
     """The rows the IFD quality guard drops (car_engine/quality_guard.py), None when off."""
     if not guard_on(cfg):
         return None
-    return below_floor(Floors(), _column(table, "iqs"), _column(table, "loss_direct"))
+    return below_floor(floors_for(cfg), _column(table, "iqs"), _column(table, "loss_direct"))
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
+def _column(table: pa.Table, name: str) -> np.ndarray | None:
+    if name not in table.column_names:  # no IQS stage: no IQS floor applies (floors_for)
+        return None
     return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
@@ -166,7 +168,7 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:  # the embedding stage is seen through the clusters made from it
         ran["embed"] = clusters.info.get("embed_runtimes", [])
     summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}
-    summary["quality_guard"] = {"on": guard_on(cfg), **Floors().as_dict()}
+    summary["quality_guard"] = {"on": guard_on(cfg), **floors_for(cfg).as_dict()}
     if score_cache is not None:
         summary["score_cache"] = score_cache
     if read.info.get("field_names"):
