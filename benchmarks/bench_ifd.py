@@ -22,7 +22,7 @@ from car_engine.ifd import IFDScorer
 from car_engine.ifd_prompts import OK
 from car_engine.reference.ifd import reference_scores
 
-from . import bench_ifd_compat, bench_ifd_turns
+from . import bench_guard, bench_ifd_compat, bench_ifd_turns
 from .common import bench_dtypes, bench_main, gemm_gflops, model_gflop, row, take_turns
 
 TARGETS = {"ifd-fp32": 1.1, "ifd-bf16": 2.5}
@@ -151,7 +151,9 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
                         materialised_logits_extra_mb=round(p["reference_mb"], 1)))
     rows += bench_ifd_compat.run(quick=quick, n=requested)  # compat modes, pre-experience
     conversations = requested and max(1, requested // 4)
-    return rows + bench_ifd_turns.run(quick=quick, n=conversations)  # turn by turn (SPEC §5)
+    rows += bench_ifd_turns.run(quick=quick, n=conversations)  # turn by turn (SPEC §5)
+    # the quality guard (#22): four whole runs on 444 records, too long for a quick run
+    return rows if quick else rows + bench_guard.run()
 
 
 def main() -> None:

@@ -211,9 +211,8 @@ class NearDupParams:
     seed: int = 42
 
 
-# Near and semantic duplicates (SPEC §9). Both are off by default: measured on
-# builtin:sharegpt (benchmarks/RESULTS.md, "Near and semantic duplicates"), and turning either
-# on would change the golden outputs.
+# Near and semantic duplicates (SPEC §9), off by default: measured on builtin:sharegpt
+# (benchmarks/RESULTS.md, "Near and semantic duplicates"); either would change golden outputs.
 NEAR_DUP_THRESHOLD = 0.8
 SEMDEDUP_EPS: float | None = None  # e.g. 0.05: cosine >= 0.95 inside a k-means cluster
 
@@ -258,6 +257,7 @@ class RunConfig:
     exact: bool = False  # fp32 on every stage and device (--exact), whatever auto would pick
     fields: str | None = None  # --fields instruction=KEY,input=KEY,output=KEY
     output_format: str = OUTPUT_FORMAT
+    quality_guard: bool = True  # ifd, car+ifd: noise dropped first (quality_guard.py; no compat)
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work; with ``exact``, pin

@@ -249,7 +249,9 @@ def build_report(run_dir: str | Path) -> Path:
     turn_plots, turns_html = turns_section(run_dir, scores, selected, _save)
     plots.extend(turn_plots)
     # what the method ranks by (pre-experience: the instruction perplexity)
-    rank_col = next(c for c in ("iqs", "ifd_ppl", "instruction_ppl") if c in cols)
+    # (an ifd run has the IQS too when its quality guard ran: IFD still ranks)
+    ranks = ("ifd_ppl",) if summary["method"] == "ifd" else ()
+    rank_col = next(c for c in (*ranks, "iqs", "ifd_ppl", "instruction_ppl") if c in cols)
     dup_plots, dup_html = _duplicates(summary, run_dir)
     plots.extend(dup_plots)
     rows = "".join(f"<tr><td>{html.escape(k.replace('_', ' '))}</td><td>{v}</td></tr>"

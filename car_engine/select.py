@@ -44,6 +44,7 @@ WHY_MISALIGNED = "not selected: IFD >= 1 (the instruction does not help the answ
 WHY_MISALIGNED_STRICT = "not selected: IFD > 1 (the instruction does not help the answer)"
 WHY_NEAR = "not selected: near duplicate of {}"  # the id of its group's kept member
 WHY_SEMANTIC = "not selected: semantic duplicate of {}"
+WHY_FLOOR = "not selected: below the quality floor"  # the IFD quality guard (#22)
 
 
 @dataclass
@@ -138,10 +139,12 @@ def select_ifd(
     count: int | None = None,
     keep_equal_one: bool = SelectParams.keep_equal_one,
     base: int | None = None,
+    guard: np.ndarray | None = None,
 ) -> Selection:
     """IFD selection (SPEC §2): drop IFD >= 1 (or > 1 with ``keep_equal_one``) and rows without
     a score (NaN), then keep the highest IFD: ``count`` rows, or ``fraction`` of ``base`` (the
-    whole input, rejected records included, when the caller passes it; else these rows)."""
+    whole input, rejected records included, when the caller passes it; else these rows).
+    ``guard`` (a bool per row, car_engine.quality_guard) marks rows dropped as noise first."""
     if (fraction is None) == (count is None):
         raise UsageError("give exactly one of fraction or count")
     if fraction is not None and not 0 <= fraction <= 1:
@@ -158,16 +161,29 @@ def select_ifd(
     misaligned = misaligned_rows(ifd, keep_equal_one)
     why[unscored] = WHY_UNSCORED
     why[misaligned] = misaligned_why(keep_equal_one)
-    order = native.topk(np.where(misaligned, np.nan, ifd), count)
+    floored = _floored(guard, n, ~unscored & ~misaligned)
+    why[floored] = WHY_FLOOR
+    order = native.topk(np.where(misaligned | floored, np.nan, ifd), count)
     why[order] = WHY_IFD
     counts = {
         "total": n,
         "scored": int((~unscored).sum()),
         "misaligned": int(misaligned.sum()),
+        **({} if guard is None else {"below_quality_floor": int(floored.sum())}),
         "target": count,
         "selected": int(order.size),
     }
     return Selection(order, ["ifd"] * order.size, why, counts)
+
+
+def _floored(guard: np.ndarray | None, n: int, candidates: np.ndarray) -> np.ndarray:
+    """The candidate rows the quality guard drops (none without a guard)."""
+    if guard is None:
+        return np.zeros(n, dtype=bool)
+    guard = np.asarray(guard, dtype=bool)
+    if guard.shape != (n,):
+        raise ValueError(f"a quality guard of {guard.shape[0]} rows for {n} rows")
+    return guard & candidates
 
 
 def misaligned_rows(ifd: np.ndarray, keep_equal_one: bool = SelectParams.keep_equal_one
@@ -200,16 +216,23 @@ def select_car_ifd(
     labels: np.ndarray,
     *,
     keep_equal_one: bool = SelectParams.keep_equal_one,
+    guard: np.ndarray | None = None,
     **car: Any,
 ) -> Selection:
     """CaR after IFD (``car+ifd``): rows with IFD >= 1 (> 1 with ``keep_equal_one``) are
-    dropped first; the score then ranks what is left and CaR selects as usual (``car`` takes
-    :func:`select_car`'s keywords). Rows IFD could not score (NaN) stay eligible."""
+    dropped first, then the rows ``guard`` marks as noise (car_engine.quality_guard); the score
+    then ranks what is left and CaR selects as usual (``car`` takes :func:`select_car`'s
+    keywords). Rows IFD could not score (NaN) stay eligible."""
+    scores = np.asarray(scores, dtype=np.float64)
     misaligned = misaligned_rows(np.asarray(ifd, dtype=np.float64), keep_equal_one)
-    scores = np.where(misaligned, np.nan, np.asarray(scores, dtype=np.float64))
+    floored = _floored(guard, scores.shape[0], ~misaligned & ~np.isnan(scores))
+    scores = np.where(misaligned | floored, np.nan, scores)
     selection = select_car(scores, labels, **car)
     selection.why[misaligned] = misaligned_why(keep_equal_one)
+    selection.why[floored] = WHY_FLOOR
     selection.counts["dropped_by_ifd"] = int(misaligned.sum())
+    if guard is not None:
+        selection.counts["below_quality_floor"] = int(floored.sum())
     return selection
 
 

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "pre-experience (Cherry LLM's first step: k-means on instruction vectors, "
                    "a few records of middle perplexity per cluster)")
     options.add_selection_flags(p)
+    p.add_argument("--no-quality-guard", action="store_false", dest="quality_guard",
+                   default=RunConfig.quality_guard,
+                   help="ifd, car+ifd: rank by IFD alone, as the paper does (by default records "
+                   "the quality guard calls noise are dropped first; a --compat preset implies "
+                   "this flag)")
     options.add_limit(p)
     p.add_argument("--strict", action="store_true", help="stop at the first bad item")
     options.add_fields(p)
@@ -71,7 +76,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         device=options.device_of(args), near_dup=args.near_dup,
         near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
         near=NearDupParams(seed=args.seed), exact=args.exact, fields=args.fields,
-        output_format=args.output_format,
+        output_format=args.output_format, quality_guard=args.quality_guard,
     )
     cfg.check()
     return cfg

@@ -8,7 +8,9 @@ run that fails never leaves outputs that describe something else.
 
 Methods (the rules live in car_engine.select):
 - ``car``: IQS ranks; the top n1 plus the top n2 of every embedding cluster (SPEC §4).
-- ``ifd``: drop IFD >= 1, keep the top ``ifd_frac`` of the input by IFD (SPEC §2).
+- ``ifd``: drop IFD >= 1, keep the top ``ifd_frac`` of the input by IFD (SPEC §2); unless
+  ``--no-quality-guard`` (or a ``--compat`` preset), records the quality guard calls noise
+  are dropped first (car_engine/quality_guard.py; the IQS stage runs too), also in car+ifd.
 - ``car+ifd``: CaR where records with IFD >= 1 are dropped first (their instruction does not
   help the model predict the answer); IQS then ranks what is left. Records IFD could not
   score (e.g. no room for the answer) stay eligible on IQS alone.
@@ -30,6 +32,7 @@ from car_engine.errors import CorpusError
 from car_engine.pipeline.duplicates import signature_stage
 from car_engine.pipeline.outputs import write_outputs
 from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
+from car_engine.quality_guard import needs_iqs
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
 from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker, PreWorker
 
@@ -81,6 +84,8 @@ def run(
     """
     cfg = config or RunConfig()
     cfg.check()
+    if needs_iqs(cfg):
+        cfg.iqs.check()  # the guard runs the IQS stage for --method ifd too
     run_dir = Path(out_dir)
     cache = cache_folder(run_dir, score_cache)
     with run_lock(run_dir):
@@ -96,8 +101,9 @@ def run(
         minhash = signature_stage(read, run_dir, cfg, progress) if cfg.near_dup else None
         runner = get_backend(backend, workers=workers, progress=progress)
         try:
+            # the quality guard (#22) needs the IQS for --method ifd too
             iqs = (shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
-                   if cfg.uses_car else None)
+                   if needs_iqs(cfg) else None)
             ifd = (shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_ifd else None)
             clusters, embed = None, None

@@ -18,6 +18,7 @@ from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
 from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.selected import selected_items
 from car_engine.pipeline.stages import concat_shards, records_columns
+from car_engine.quality_guard import below_floor, floors_for, guard_on
 from car_engine.rundir import StageDir, take_records
 from car_engine.score_tables import attach
 from car_engine.select import (
@@ -72,6 +73,19 @@ def _with_pre_clusters(table: pa.Table, pre: pa.Table, cfg: RunConfig) -> pa.Tab
     return table.append_column("cluster", pa.array(labels, pa.int64()))
 
 
+def quality_guard(table: pa.Table, cfg: RunConfig) -> np.ndarray | None:
+    """The rows the IFD quality guard drops (car_engine/quality_guard.py), None when off."""
+    if not guard_on(cfg):
+        return None
+    return below_floor(floors_for(cfg), _column(table, "iqs"), _column(table, "loss_direct"))
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray | None:
+    if name not in table.column_names:  # no IQS stage: no IQS floor applies (floors_for)
+        return None
+    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
            items: int, duplicates: Duplicates | None = None) -> Selection:
     """The run's method over the scores table (every rule lives in car_engine.select);
@@ -84,9 +98,10 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
         return select_pre_experience(ppl, table["cluster"].to_numpy(),
                                      per_cluster=cfg.pre.per_cluster, low=cfg.pre.low,
                                      high=cfg.pre.high)
+    guard = quality_guard(table, cfg)
     if not cfg.uses_car:
         return select_ifd(scored_ifd(table, column, "ifd_status"), fraction=cfg.ifd_frac,
-                          base=items, keep_equal_one=keep_equal_one)
+                          base=items, keep_equal_one=keep_equal_one, guard=guard)
     car: dict[str, Any] = dict(
         n1=cfg.n1, n2=cfg.n2, strategy=cfg.strategy,
         hashes=table["content_hash"].to_numpy() if cfg.dedup else None,
@@ -100,7 +115,8 @@ def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
     labels = table["cluster"].to_numpy()
     if cfg.uses_ifd:
         ifd = table[column].to_numpy(zero_copy_only=False).astype(float)
-        return select_car_ifd(iqs, ifd, labels, keep_equal_one=keep_equal_one, **car)
+        return select_car_ifd(iqs, ifd, labels, keep_equal_one=keep_equal_one, guard=guard,
+                              **car)
     return select_car(iqs, labels, **car)
 
 
@@ -152,6 +168,7 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if clusters is not None:  # the embedding stage is seen through the clusters made from it
         ran["embed"] = clusters.info.get("embed_runtimes", [])
     summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}
+    summary["quality_guard"] = {"on": guard_on(cfg), **floors_for(cfg).as_dict()}
     if score_cache is not None:
         summary["score_cache"] = score_cache
     if read.info.get("field_names"):

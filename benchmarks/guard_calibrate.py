@@ -1,0 +1,92 @@
+"""Calibrate the IFD quality guard's bounds once (issue #22), on the IQS robustness suite.
+
+    python -m benchmarks.guard_calibrate [--limit N] [--max-length 256] [--out scores.parquet]
+
+The validation split's expert-revised answers are the good texts; their corrupted copies
+(car_engine/iqs/robustness.py, the suite's seed) the bad ones. Scores every text with the
+shipped IQS model and the IFD scorer (its direct pass gives the answer-alone loss), then prints
+each bound that GOOD_KEPT of the good answers pass and the share of each corruption it stops.
+The printed bounds are what car_engine/quality_guard.py ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from car_engine.io import write_parquet
+from car_engine.iqs.pairs import read_pairs
+from car_engine.iqs.robustness import KINDS, corrupt, default_valid_csv, split_pair_text
+from car_engine.quality_guard import NOISE_KINDS, calibrate
+
+
+def _records(texts: list[str]) -> pa.Table:
+    """Records (id, instruction, input, output) parsed back from pair texts."""
+    rows = {"id": [], "instruction": [], "input": [], "output": []}
+    for i, text in enumerate(texts):
+        prompt, answer = split_pair_text(text)
+        body = prompt.removeprefix("Instruction: ").removesuffix(" Response: ")
+        instruction, _, inp = body.partition(" Input: ")
+        for key, value in (("id", str(i)), ("instruction", instruction), ("input", inp),
+                           ("output", answer)):
+            rows[key].append(value)
+    return pa.table(rows)
+
+
+def scores(limit: int | None, max_length: int) -> pa.Table:
+    """kind ('good' or a corruption), IQS and the IFD columns of every suite text."""
+    from car_engine.ifd import IFDScorer
+    from car_engine.iqs import IQSScorer
+
+    pairs = read_pairs(default_valid_csv())
+    corruptions = corrupt(pairs, limit=limit)
+    good = sorted({c.pair for c in corruptions})
+    texts = [pairs.texts[2 * k + 1] for k in good] + [c.bad for c in corruptions]
+    kinds = ["good"] * len(good) + [c.kind for c in corruptions]
+    iqs = IQSScorer.load().score_texts(texts)
+    print(json.dumps(report(pa.table({"kind": kinds, "iqs": iqs, "loss_direct": np.full(
+        len(texts), np.nan)}), ("iqs_floor",))), flush=True)  # the IQS floor before IFD runs
+    # IFD only for the kinds the direct-pass bounds are for (it is the costly part)
+    want = [i for i, k in enumerate(kinds) if k == "good" or k in NOISE_KINDS]
+    ifd = IFDScorer(max_length=max_length).score(_records([texts[i] for i in want]))
+    loss = np.full(len(texts), np.nan)
+    loss[want] = np.asarray(ifd.column("loss_direct").to_pylist(), dtype=np.float64)
+    ifd_ppl = np.full(len(texts), np.nan)
+    ifd_ppl[want] = np.asarray(ifd.column("ifd_ppl").to_pylist(), dtype=np.float64)
+    return pa.table({"kind": kinds, "iqs": iqs, "loss_direct": loss, "ifd_ppl": ifd_ppl})
+
+
+BOUNDS = (("iqs_floor", "iqs", False), ("direct_loss_floor", "loss_direct", False),
+          ("direct_loss_ceiling", "loss_direct", True))
+
+
+def report(table: pa.Table, names: tuple[str, ...] = tuple(b[0] for b in BOUNDS)) -> dict:
+    """Each bound (of ``names``) and the share of every corruption kind it stops."""
+    kinds = np.array(table.column("kind").to_pylist())
+    out = {}
+    for name, column, upper in (b for b in BOUNDS if b[0] in names):
+        values = np.asarray(table.column(column).to_pylist(), dtype=np.float64)
+        bound = calibrate(values[kinds == "good"], values[kinds != "good"], upper=upper)
+        per_kind = {k: calibrate(values[kinds == "good"], values[kinds == k],
+                                 upper=upper)["bad_stopped"] for k in KINDS if (kinds == k).any()}
+        out[name] = {**bound, "stopped_by_kind": per_kind}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    table = scores(args.limit, args.max_length)
+    if args.out:
+        write_parquet(args.out, table)
+    print(json.dumps(report(table), indent=1))
+
+
+if __name__ == "__main__":
+    main()

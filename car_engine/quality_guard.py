@@ -1,0 +1,149 @@
+"""The quality guard in front of IFD selection (issue #22).
+
+IFD keeps the highest IFD below 1, and noise sits just below 1: when the answer is random
+words, a loop or another instruction's answer, the instruction barely helps the model predict
+it, so the conditioned and direct losses are close. Before the IFD ranking the guard drops
+records that look like noise, on signals the run already has or gets cheaply:
+
+- the IQS score below :data:`IQS_FLOOR` (the IQS stage runs for ``--method ifd`` too);
+- the direct-pass loss (the answer alone, from IFD's second pass) above
+  :data:`DIRECT_LOSS_CEILING` (random words are hard to predict even without a prompt) or
+  below :data:`DIRECT_LOSS_FLOOR` (a loop predicts itself).
+
+Each bound was calibrated once (:func:`calibrate`) on the IQS robustness suite's texts
+(car_engine/iqs/robustness.py: the validation split's expert-revised answers and their
+corrupted copies), never on the benchmark corpus: a bound that most good answers pass
+(:data:`GOOD_KEPT`, 98%). The figures are in benchmarks/RESULTS.md ("IFD quality guard").
+:func:`plant_noise` makes the benchmark's planted noise with the suite's own corruptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from car_engine.config import DEFAULT_MODEL, IFDParams, RunConfig
+from car_engine.corpus.records import pair_text
+from car_engine.iqs.pairs import Pairs
+from car_engine.iqs.robustness import corrupt, split_pair_text
+
+# Calibrated bounds: `python -m benchmarks.guard_calibrate --limit 60 --max-length 128` (the
+# first 60 validation pairs and their corruptions; shipped IQS model, SmolLM2, template none).
+# 98% of the good answers pass each: a 99% bound of 60 values is their maximum, one outlier
+# (a direct loss of 7.85, above most random-word answers). Stopped, of each kind: the IQS floor
+# 10% random words, 15% cuts (the shipped model is fooled by the rest, RESULTS.md "IQS
+# robustness"); the loss floor 78% of loops; the ceiling 100% of random words (1x and 2-3x).
+IQS_FLOOR: float | None = 0.2241
+DIRECT_LOSS_FLOOR: float | None = 1.3776
+DIRECT_LOSS_CEILING: float | None = 5.2627
+GOOD_KEPT = 0.98  # the share of validation good answers each bound lets through
+# The noise the benchmark plants (robustness kinds): random words at 1x and 2-3x the answer's
+# length, a loop of its first sentence, another instruction's answer.
+NOISE_KINDS = ("random-same", "random-long", "loop", "off-topic")
+NOISE_SEED = 22
+
+
+def guard_on(cfg: RunConfig) -> bool:
+    """Whether a run guards its IFD ranking: ``--method ifd`` or ``car+ifd`` unless
+    ``--no-quality-guard``; never with a ``--compat`` preset (it reproduces a script exactly)."""
+    return cfg.quality_guard and cfg.uses_ifd and cfg.ifd.compat is None
+
+
+def needs_iqs(cfg: RunConfig) -> bool:
+    """Whether a run scores IQS: CaR ranks by it, and the guard's IQS floor reads it."""
+    return cfg.uses_car or (guard_on(cfg) and floors_for(cfg).iqs is not None)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The guard's bounds: a record is noise when any bound that is set says so."""
+
+    iqs: float | None = IQS_FLOOR
+    direct_floor: float | None = DIRECT_LOSS_FLOOR
+    direct_ceiling: float | None = DIRECT_LOSS_CEILING
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The bounds as summary.json reports them."""
+        return {"iqs_floor": self.iqs, "direct_loss_floor": self.direct_floor,
+                "direct_loss_ceiling": self.direct_ceiling}
+
+
+def floors_for(cfg: RunConfig) -> Floors:
+    """The bounds that apply to a run: each was calibrated on the shipped models (the IQS
+    floor on the default IQS model; the direct-loss bounds on the default causal LM with
+    template ``none``), so another model leaves its bounds out (None)."""
+    iqs = IQS_FLOOR if cfg.iqs.model == DEFAULT_MODEL else None
+    lm = cfg.ifd.model == DEFAULT_MODEL and cfg.ifd.template == IFDParams.template
+    return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None)
+
+
+def below_floor(floors: Floors, iqs: np.ndarray | None = None,
+                loss_direct: np.ndarray | None = None) -> np.ndarray:
+    """Rows the guard drops: IQS under the floor, or a direct-pass loss outside its bounds.
+    A missing value (NaN: no score) never trips a bound (IFD already leaves such rows out)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct) if a is not None]
+    if not arrays:
+        raise ValueError("the quality guard needs the IQS or the direct-pass losses")
+    out = np.zeros(arrays[0].shape[0], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        if iqs is not None and floors.iqs is not None:
+            out |= np.asarray(iqs, dtype=np.float64) < floors.iqs
+        if loss_direct is not None:
+            loss = np.asarray(loss_direct, dtype=np.float64)
+            if floors.direct_floor is not None:
+                out |= loss < floors.direct_floor
+            if floors.direct_ceiling is not None:
+                out |= loss > floors.direct_ceiling
+    return out
+
+
+def calibrate(good: np.ndarray, bad: np.ndarray, *, upper: bool = False,
+              kept: float = GOOD_KEPT) -> dict[str, float]:
+    """A bound that ``kept`` of the ``good`` values pass (a floor; with ``upper`` a ceiling),
+    and the share of ``bad`` values it stops."""
+    good = np.asarray(good, dtype=np.float64)
+    bad = np.asarray(bad, dtype=np.float64)
+    good, bad = good[np.isfinite(good)], bad[np.isfinite(bad)]
+    # "lower"/"higher": a value of the data, so at least ``kept`` pass (a bound passes its
+    # equal: below_floor trips on strictly beyond)
+    bound = float(np.quantile(good, kept if upper else 1 - kept,
+                              method="higher" if upper else "lower"))
+    stopped = (bad > bound) if upper else (bad < bound)
+    return {"bound": bound, "bad_stopped": float(stopped.mean()) if bad.size else 0.0,
+            "good": int(good.size), "bad": int(bad.size)}
+
+
+def record_pairs(records: pa.Table) -> Pairs:
+    """The records as a robustness Pairs (each pair text twice: original = revised)."""
+    cols = [records.column(c).to_pylist() for c in ("instruction", "input", "output")]
+    texts = [pair_text(i, x, o) for i, x, o in zip(*cols, strict=True)]
+    return Pairs([t for text in texts for t in (text, text)], "records")
+
+
+def plant_noise(records: pa.Table, share: float = 0.1, *, seed: int = NOISE_SEED,
+                kinds: tuple[str, ...] = NOISE_KINDS) -> tuple[list[dict], list[str]]:
+    """Items (id, instruction, input, output) of ``records`` plus planted noise making up
+    ``share`` of the result: corrupted copies of random records' answers (the robustness
+    suite's :func:`~car_engine.iqs.robustness.corrupt`, kinds taken in turn), each under its
+    own record's instruction, with id ``<id>~<kind>``. Returns (items, the planted ids)."""
+    n = records.num_rows
+    planted = int(round(share * n / (1 - share)))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(n, size=min(planted, n), replace=False)
+    corruptions = {(c.kind, c.pair): c for c in corrupt(record_pairs(records), seed, kinds)}
+    ids = records.column("id").to_pylist()
+    cols = {c: records.column(c).to_pylist() for c in ("instruction", "input", "output")}
+    items = [{"id": ids[r], **{c: cols[c][r] for c in cols}} for r in range(n)]
+    noise_ids = []
+    for j, row in enumerate(chosen):
+        kind = kinds[j % len(kinds)]
+        bad = corruptions.get((kind, int(row)))
+        if bad is None:  # the kind skipped this answer (no words)
+            continue
+        noise_id = f"{ids[row]}~{kind}"
+        items.append({"id": noise_id, "instruction": cols["instruction"][row],
+                      "input": cols["input"][row], "output": split_pair_text(bad.bad)[1]})
+        noise_ids.append(noise_id)
+    return items, noise_ids
