@@ -20,7 +20,7 @@ from car_engine.pipeline.selected import selected_items
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.quality_guard import below_floor, floors_for, guard_on
 from car_engine.rundir import StageDir, take_records
-from car_engine.score_tables import attach
+from car_engine.score_tables import attach, float_column
 from car_engine.select import (
     Selection,
     ifd_rule,
@@ -77,13 +77,10 @@ def quality_guard(table: pa.Table, cfg: RunConfig) -> np.ndarray | None:
     """The rows the IFD quality guard drops (car_engine/quality_guard.py), None when off."""
     if not guard_on(cfg):
         return None
-    return below_floor(floors_for(cfg), _column(table, "iqs"), _column(table, "loss_direct"))
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray | None:
-    if name not in table.column_names:  # no IQS stage: no IQS floor applies (floors_for)
-        return None
-    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+    # no IQS stage: no IQS column, and no IQS floor applies (floors_for)
+    iqs, loss = (float_column(table, c, "scores") if c in table.column_names else None
+                 for c in ("iqs", "loss_direct"))
+    return below_floor(floors_for(cfg), iqs, loss)
 
 
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
