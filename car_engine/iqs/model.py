@@ -255,8 +255,14 @@ class IQSModel(nn.Module):
         response = self.response_mask(input_ids, attention_mask)
         return self.score_pools(segment_pools(mixed, attention_mask, response))
 
+    def score_states(self, states: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores from every hidden state ``[layers, batch, tokens, hidden]`` (what an encoder
+        forward run elsewhere, e.g. the one-pass encoder, hands over)."""
+        # Mix first, pool second: the order of the reference (same result, less memory).
+        return self.score_mixed(self.layer_mix(states), input_ids, attention_mask)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unbounded quality scores, higher is better."""
         states = self.hidden_states(input_ids, attention_mask)
-        # Mix first, pool second: the order of the reference (same result, less memory).
-        return self.score_mixed(self.layer_mix(states), input_ids, attention_mask)
+        return self.score_states(states, input_ids, attention_mask)
