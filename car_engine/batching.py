@@ -124,12 +124,14 @@ def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndar
 
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad per-text hidden states ``[tokens, hidden]`` into ``[batch, tokens, hidden]``
-    plus the matching attention mask."""
-    width = max(s.shape[0] for s in states)
-    out = states[0].new_zeros((len(states), width, states[0].shape[1]), dtype=torch.float32)
+    """Right-pad per-text hidden states ``[..., tokens, hidden]`` (one text's, or its every
+    layer's) into float32 ``[..., batch, tokens, hidden]`` plus the matching attention mask."""
+    width = max(s.shape[-2] for s in states)
+    first = states[0]
+    out = first.new_zeros((*first.shape[:-2], len(states), width, first.shape[-1]),
+                          dtype=torch.float32)
     mask = torch.zeros((len(states), width), dtype=torch.int64)
     for row, s in enumerate(states):
-        out[row, :s.shape[0]] = s
-        mask[row, :s.shape[0]] = 1
+        out[..., row, :s.shape[-2], :] = s
+        mask[row, :s.shape[-2]] = 1
     return out, mask

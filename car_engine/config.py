@@ -2,7 +2,8 @@
 
 Plain dataclasses and tuples, importing nothing heavy: the pipeline, the stages, the Python
 API and the CLI all read their defaults and choices from here (the CLI builds its flags from
-these fields), so a default is changed in exactly one place.
+these fields), so a default is changed in exactly one place. The duplicates' settings (SPEC §9)
+sit beside it in dedup_params.py, which imports only the error classes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from car_engine.dedup_params import NEAR_DUP_THRESHOLD, SEMDEDUP_EPS, NearDupParams, check_dedup
 from car_engine.errors import UsageError
 from car_engine.field_spec import parse_fields
 
@@ -67,6 +69,7 @@ INPUT_DIR = "input"  # where `run` keeps in-memory data it was given, inside RUN
 # Conversations (SPEC §5): score every turn, or the first only (the behaviour before #16), and
 # how a conversation's IQS comes from its turns'.
 TURNS = ("all", "first")
+DEFAULT_TURNS = "all"  # every stage's (IQS, IFD, embeddings): one default for all three
 TURN_AGGREGATES = ("mean", "min", "first")
 
 
@@ -79,7 +82,7 @@ class IQSParams:
     precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: IQS_BATCH for the device
     device: str = DEFAULT_DEVICE
-    turns: str = "all"
+    turns: str = DEFAULT_TURNS
     turn_aggregate: str = "mean"
 
     def check(self) -> None:
@@ -105,7 +108,7 @@ class IFDParams:
     dtype: str = AUTO  # fp32 on CPU, bf16 on GPU (DEVICE_PRECISION)
     batch_tokens: int = 8192
     device: str = DEFAULT_DEVICE
-    turns: str = "all"  # a compat preset scores the first turn (its script scores pairs)
+    turns: str = DEFAULT_TURNS  # a compat preset scores the first turn (its script scores pairs)
 
     def check(self) -> None:
         """Refuse, before the causal LM loads, a template, preset or size it cannot take."""
@@ -132,7 +135,7 @@ class EmbedParams:
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
-    turns: str = "all"
+    turns: str = DEFAULT_TURNS
 
     def check(self) -> None:
         """Refuse, before the encoder loads, a dtype or batch size it cannot take."""
@@ -140,6 +143,16 @@ class EmbedParams:
         check_turns(self.turns)
         _check_choice("--embed-dtype", self.dtype, (AUTO, *EMBED_DTYPES))
         _check_at_least("--embed-batch-size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class EncodeParams:
+    """One encoder pass for IQS and embeddings (SPEC §10): the IQS model whose head reads the
+    embedder's hidden states, and the embedder (its precision, batch and device serve both)."""
+
+    iqs_model: str = DEFAULT_MODEL
+    embed: EmbedParams = field(default_factory=EmbedParams)
+    turn_aggregate: str = IQSParams.turn_aggregate
 
 
 @dataclass(frozen=True)
@@ -199,33 +212,6 @@ class PreParams:
 
 
 @dataclass
-class NearDupParams:
-    """MinHash signatures for near duplicates (SPEC §9): NeMo Curator's 20 bands x 13 rows
-    (260 permutations; the LSH S-curve crosses 1/2 at Jaccard ~0.79) over word 5-grams. The
-    signature stage's fingerprint is these, so a rerun with another threshold reuses it."""
-
-    num_perm: int = 260
-    bands: int = 20
-    rows: int = 13
-    ngram: int = 5
-    seed: int = 42
-
-
-# Near and semantic duplicates (SPEC §9), off by default: measured on builtin:sharegpt
-# (benchmarks/RESULTS.md, "Near and semantic duplicates"); either would change golden outputs.
-NEAR_DUP_THRESHOLD = 0.8
-SEMDEDUP_EPS: float | None = None  # e.g. 0.05: cosine >= 0.95 inside a k-means cluster
-
-
-def check_dedup(near_dup_threshold: float, semdedup_eps: float | None) -> None:
-    """Refuse a Jaccard threshold outside (0, 1] or an eps outside (0, 1) (usage errors)."""
-    if not 0 < near_dup_threshold <= 1:
-        raise UsageError(f"--near-dup-threshold must be in (0, 1], got {near_dup_threshold}")
-    if semdedup_eps is not None and not 0 < semdedup_eps < 1:
-        raise UsageError(f"--semdedup-eps must be in (0, 1), got {semdedup_eps}")
-
-
-@dataclass
 class RunConfig:
     """Everything that decides a run's output (the CLI maps its flags onto these)."""
 
@@ -258,6 +244,10 @@ class RunConfig:
     fields: str | None = None  # --fields instruction=KEY,input=KEY,output=KEY
     output_format: str = OUTPUT_FORMAT
     quality_guard: bool = True  # ifd, car+ifd: noise dropped first (quality_guard.py; no compat)
+    # car, car+ifd: IQS and embeddings from one encoder forward when the IQS backbone is the
+    # embedding model (car_engine/one_pass.py); False (--two-pass) scores IQS in a pass of
+    # its own at the IQS model's max length
+    one_pass: bool = True
 
     def check(self) -> None:
         """Refuse, before any model loads, every value that cannot work; with ``exact``, pin
@@ -325,6 +315,12 @@ class RunConfig:
         return SelectParams(n1=self.n1, n2=self.n2, strategy=self.strategy,
                             ifd_frac=self.ifd_frac, keep_equal_one=self.keep_equal_one,
                             dedup=self.dedup)
+
+    @property
+    def encode(self) -> EncodeParams:
+        """The one-pass encoder's part of the run (the IQS model, the embedder's settings)."""
+        return EncodeParams(iqs_model=self.iqs.model, embed=self.embed,
+                            turn_aggregate=self.iqs.turn_aggregate)
 
     @property
     def cluster(self) -> ClusterParams:

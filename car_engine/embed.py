@@ -12,6 +12,7 @@ matches ``SentenceTransformer(folder).encode`` to float rounding.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,12 @@ def _module_paths(folder: Path) -> tuple[Path, Path | None]:
     if "Transformer" not in by_type:
         raise ModelError(f"{modules_file}: no sentence_transformers Transformer module")
     return by_type["Transformer"], by_type.get("Pooling")
+
+
+def transformer_folder(model: str | os.PathLike) -> Path:
+    """The folder of a sentence encoder's transformer (weights and tokenizer): ``default``, a
+    sentence-transformers folder or a plain transformers one."""
+    return _module_paths(resolve_encoder(model))[0]
 
 
 def _pooling_mode(pooling_folder: Path | None) -> str:
@@ -148,24 +155,42 @@ class Embedder:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.dim = int(self.model.config.hidden_size)
 
-    def _batches(self, token_ids: list[list[int]]) -> Iterator[np.ndarray]:
+    def states(self, token_ids: list[list[int]], rows: np.ndarray, *, every_layer: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of the texts ``token_ids[rows]``, padded: the last layer's
+        ``[len(rows), tokens, hidden]`` (float32 when packed), or with ``every_layer``
+        ``[layers, len(rows), tokens, hidden]``; and the attention mask on the same device."""
+        if self.packed is not None:
+            return pad_states(self.packed([token_ids[i] for i in rows], every_layer=every_layer))
+        ids, mask = (torch.from_numpy(a).to(self.device)
+                     for a in pad_batch(token_ids, rows, self.pad_id))
+        if self.compiled and len(rows) == 1:  # a 1-row batch would make torch.compile
+            ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # specialise and recompile
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=every_layer)
+        if every_layer:
+            return torch.stack(out.hidden_states)[:, :len(rows)], mask[:len(rows)]
+        return out.last_hidden_state[:len(rows)], mask[:len(rows)]
+
+    def vectors(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit float32 sentence vectors ``[batch, d]`` from last hidden states (the model's
+        pooling, then L2 normalisation)."""
+        return torch.nn.functional.normalize(pool(hidden, mask, self.pooling), p=2, dim=1)
+
+    def _forward(self, token_ids: list[list[int]], rows: np.ndarray) -> torch.Tensor:
+        """Unit vectors [len(rows), d] of the texts ``token_ids[rows]``."""
+        return self.vectors(*self.states(token_ids, rows))
+
+    def token_ids(self, texts: Sequence[str], offset: int = 0) -> list[list[int]]:
+        """Token ids of ``texts`` (stripped, cut at ``max_seq_length``), naming the item
+        (``offset`` + its index) that is not a string."""
+        return tokenize(self.tokenizer, [_checked_text(t, offset + i) for i, t in
+                                         enumerate(texts)], self.max_seq_length)
+
+    def batches(self, token_ids: list[list[int]]) -> Iterator[np.ndarray]:
         """Row indices of each batch: packed batches of a token budget, or padded ones."""
         if self.packed is not None:
             return token_batches(token_ids, self.batch_size * self.max_seq_length)
         return length_batches(token_ids, self.batch_size, max_tokens=self.max_tokens)
-
-    def _forward(self, token_ids: list[list[int]], rows: np.ndarray) -> torch.Tensor:
-        """Unit vectors [len(rows), d] of the texts ``token_ids[rows]``."""
-        if self.packed is not None:
-            hidden, mask = pad_states(self.packed([token_ids[i] for i in rows]))
-        else:
-            ids, mask = (torch.from_numpy(a).to(self.device)
-                         for a in pad_batch(token_ids, rows, self.pad_id))
-            if self.compiled and len(rows) == 1:  # a 1-row batch would make torch.compile
-                ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)  # specialise and recompile
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        vectors = pool(hidden, mask, self.pooling)  # pooled in float32
-        return torch.nn.functional.normalize(vectors, p=2, dim=1)[:len(rows)]
 
     def embed_into(self, texts: Sequence[str], out: np.ndarray, *, progress: bool = True) -> None:
         """Write the vector of ``texts[i]`` into ``out[i]`` (an array or a ``.npy`` memmap),
@@ -175,10 +200,8 @@ class Embedder:
         bar = tqdm(total=len(texts), desc="embed", unit="text", disable=not progress)
         with torch.inference_mode(), bar:
             for start in range(0, len(texts), CHUNK_TEXTS):
-                chunk = [_checked_text(t, start + i)
-                         for i, t in enumerate(texts[start:start + CHUNK_TEXTS])]
-                token_ids = tokenize(self.tokenizer, chunk, self.max_seq_length)
-                for rows in self._batches(token_ids):
+                token_ids = self.token_ids(texts[start:start + CHUNK_TEXTS], start)
+                for rows in self.batches(token_ids):
                     out[start + rows] = self._forward(token_ids, rows).cpu().numpy()
                     bar.update(len(rows))
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from car_engine import native
-from car_engine.config import NearDupParams
 from car_engine.corpus import pair_text
+from car_engine.dedup_params import NearDupParams
 from car_engine.errors import CorpusError
 
 RECORD_FIELDS = ("instruction", "input", "output")

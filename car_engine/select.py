@@ -18,12 +18,11 @@ import pyarrow.compute as pc
 from car_engine import native
 from car_engine.config import (
     IFD_COMPAT_SELECTION,
-    NEAR_DUP_THRESHOLD,
     STRATEGIES,
     SelectParams,
-    check_dedup,
 )
 from car_engine.dedup import collapse_groups, content_hashes, survivors
+from car_engine.dedup_params import NEAR_DUP_THRESHOLD, check_dedup
 from car_engine.errors import CorpusError, UsageError
 from car_engine.score_tables import (
     check_finite,

@@ -61,7 +61,12 @@ def iqs_turns(records: pa.Table, score_texts: Callable[[list[str]], np.ndarray],
               turns: str, how: str) -> pa.Table:
     """The IQS table: ``id``, ``iqs`` and (``turns`` ``all``) ``turn_iqs``."""
     texts, slots = turn_texts(records, turns)
-    scores = score_texts(texts)
+    return iqs_table(records, slots, score_texts(texts), turns=turns, how=how)
+
+
+def iqs_table(records: pa.Table, slots: list[list[int | None]], scores: np.ndarray, *,
+              turns: str, how: str) -> pa.Table:
+    """The IQS table from the scores of :func:`turn_texts`' texts (``slots`` its second half)."""
     ids = records.column("id").cast(pa.string())
     if turns == "first":
         return pa.table({"id": ids, "iqs": pa.array(scores, pa.float64())})
@@ -77,10 +82,14 @@ def embed_turns(records: pa.Table, embed: Callable[[list[str]], np.ndarray], *,
     """float32 unit vectors, one per record: its text's, or the renormalised mean of its
     turns'."""
     texts, slots = turn_texts(records, turns)
-    vectors = embed(texts)
-    if len(texts) == records.num_rows and all(len(r) == 1 for r in slots):
+    return pool_turns(slots, embed(texts))
+
+
+def pool_turns(slots: list[list[int | None]], vectors: np.ndarray) -> np.ndarray:
+    """One unit vector per record from the vectors of :func:`turn_texts`' texts."""
+    if len(vectors) == len(slots) and all(len(r) == 1 for r in slots):
         return vectors  # one text per record, in order: nothing to pool
-    out = np.empty((records.num_rows, vectors.shape[1]), dtype=np.float32)
+    out = np.empty((len(slots), vectors.shape[1]), dtype=np.float32)
     for i, row in enumerate(slots):
         picked = [s for s in row if s is not None]
         if len(picked) == 1:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from car_engine.config import EmbedParams, IFDParams, IQSParams
+from car_engine.config import EmbedParams, EncodeParams, IFDParams, IQSParams
 
 
 class Worker:
@@ -149,6 +149,38 @@ class EmbedWorker(Worker):
         from car_engine.models.registry import resolve_encoder
 
         return model_folder_files(resolve_encoder(params.model))
+
+
+class EncodeWorker(Worker):
+    """IQS and embeddings of a shard from one encoder forward per text (SPEC §10): the IQS
+    table's columns plus ``embedding`` (a fixed-size list of float32, unit length)."""
+
+    stage = "encode"
+
+    def __init__(self, params: EncodeParams) -> None:
+        from car_engine.one_pass import OnePassEncoder
+
+        embed = params.embed
+        self.encoder = OnePassEncoder(params.iqs_model, model=embed.model,
+                                      batch_size=embed.batch_size, dtype=embed.dtype,
+                                      compile=embed.compile, device=embed.device)
+        self.turns, self.aggregate = embed.turns, params.turn_aggregate
+
+    def __call__(self, records: pa.Table) -> pa.Table:
+        table, vectors = self.encoder.encode(records, turns=self.turns,
+                                             turn_aggregate=self.aggregate, progress=False)
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+        return table.append_column("embedding",
+                                   pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
+
+    def describe(self) -> str:
+        """Device, precision and forward the shards ran on."""
+        return self.encoder.describe()
+
+    @classmethod
+    def model_files(cls, params: EncodeParams) -> list[Path]:
+        return [*IQSWorker.model_files(IQSParams(model=params.iqs_model)),
+                *EmbedWorker.model_files(params.embed)]
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".jinja", ".gguf")

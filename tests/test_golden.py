@@ -30,7 +30,9 @@ OLD_IQS = ["--iqs-model", str(Path(__file__).parent / "data" / "iqs_v1")]
 # And before k-means gained its split/merge refinement (#17; it lowers this slice's inertia
 # from 122.98 to 122.49): three restarts and no refinement were that k-means.
 OLD_KMEANS = ["--n-init", "3", "--refine-rounds", "0"]
-COMMON = ["--quiet", "--no-report", "--turns", "first", *OLD_IQS, *OLD_KMEANS]
+# And before IQS and embeddings shared one encoder pass (#17: IQS then reads 256 tokens, not
+# 512): --two-pass is that behaviour.
+COMMON = ["--quiet", "--no-report", "--turns", "first", "--two-pass", *OLD_IQS, *OLD_KMEANS]
 CAR = ["--limit", "160", "--shard-size", "60", "--n1", "12", "--n2", "1"]
 SMALL = ["--limit", "30", "--shard-size", "12"]
 # Recorded before the IFD quality guard (#22): it would add the IQS stage to the ifd run and

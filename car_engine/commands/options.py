@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from car_engine.config import (
     AUTO,
     DEFAULT_DEVICE,
+    DEFAULT_TURNS,
     DEVICES,
     EMBED_DTYPES,
     IFD_COMPAT,
@@ -24,10 +25,8 @@ from car_engine.config import (
     IQS_PRECISIONS,
     IQS_RUNTIMES,
     IQS_TORCH_PRECISIONS,
-    NEAR_DUP_THRESHOLD,
     OUTPUT_FORMAT,
     OUTPUT_FORMATS,
-    SEMDEDUP_EPS,
     STRATEGIES,
     TURN_AGGREGATES,
     TURNS,
@@ -35,10 +34,10 @@ from car_engine.config import (
     EmbedParams,
     IFDParams,
     IQSParams,
-    NearDupParams,
     PreParams,
     SelectParams,
 )
+from car_engine.dedup_params import NEAR_DUP_THRESHOLD, SEMDEDUP_EPS, NearDupParams
 from car_engine.errors import CorpusError
 
 if TYPE_CHECKING:
@@ -292,9 +291,9 @@ def embed_params(args: argparse.Namespace) -> EmbedParams:
 
 def add_turn_flags(group: Group, *, aggregate: bool = True) -> None:
     """--turns and (for IQS) --turn-aggregate: how conversations are scored (SPEC §5)."""
-    group.add_argument("--turns", choices=TURNS, default=IFDParams.turns,
+    group.add_argument("--turns", choices=TURNS, default=DEFAULT_TURNS,
                        help="conversations: score every turn against its history (all) or the "
-                       f"first turn only, as before (first); default {IFDParams.turns}; "
+                       f"first turn only, as before (first); default {DEFAULT_TURNS}; "
                        "single-turn items score the same either way")
     if aggregate:
         group.add_argument("--turn-aggregate", choices=TURN_AGGREGATES,
@@ -305,7 +304,7 @@ def add_turn_flags(group: Group, *, aggregate: bool = True) -> None:
 
 def turn_params(args: argparse.Namespace, *, aggregate: bool = False) -> dict[str, str]:
     """The turn fields of a stage's params (defaults on a subcommand without the flags)."""
-    out = {"turns": getattr(args, "turns", None) or IFDParams.turns}
+    out = {"turns": getattr(args, "turns", None) or DEFAULT_TURNS}
     if aggregate:
         out["turn_aggregate"] = (getattr(args, "turn_aggregate", None)
                                  or IQSParams.turn_aggregate)

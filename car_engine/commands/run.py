@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from car_engine.commands import options
-from car_engine.config import BACKENDS, METHODS, SCORE_CACHE, WORKERS, NearDupParams, RunConfig
+from car_engine.config import BACKENDS, METHODS, SCORE_CACHE, WORKERS, RunConfig
+from car_engine.dedup_params import NearDupParams
 from car_engine.errors import OutputError
 
 
@@ -44,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exact", action="store_true",
                    help="fp32 on every stage and device, whatever --device and auto would pick: "
                    "bit-for-bit the same output on every run of the same machine kind")
+    p.add_argument("--two-pass", action="store_false", dest="one_pass",
+                   default=RunConfig.one_pass,
+                   help="car, car+ifd: score IQS in an encoder pass of its own at the IQS "
+                   "model's max length (by default one forward per text gives both IQS and the "
+                   "embedding, at the embedding's 256 tokens, when the IQS backbone is the "
+                   "embedding model)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--score-cache", metavar="DIR",
@@ -77,6 +84,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
         near=NearDupParams(seed=args.seed), exact=args.exact, fields=args.fields,
         output_format=args.output_format, quality_guard=args.quality_guard,
+        one_pass=args.one_pass,
     )
     cfg.check()
     return cfg

@@ -6,7 +6,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 from car_engine.commands import options
-from car_engine.config import SEED_MAX, ClusterParams, check_dedup, check_table_out
+from car_engine.config import SEED_MAX, ClusterParams, check_table_out
+from car_engine.dedup_params import check_dedup
 from car_engine.errors import CorpusError, UsageError
 
 if TYPE_CHECKING:

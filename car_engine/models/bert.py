@@ -106,13 +106,17 @@ class PackedBert:
                               cast(layer.output.LayerNorm.bias)),
             })
 
-    def __call__(self, token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        """Last hidden states ``[len(ids), hidden]`` of every text. Texts of equal length
-        next to each other share their attention GEMMs, so pass them sorted by length."""
+    def __call__(self, token_ids: Sequence[Sequence[int]], *, every_layer: bool = False
+                 ) -> list[torch.Tensor]:
+        """Last hidden states ``[len(ids), hidden]`` of every text, or with ``every_layer``
+        ``[layers, len(ids), hidden]`` (the embeddings' output, then each block's: what an IQS
+        layer mix reads, SPEC §10). Texts of equal length next to each other share their
+        attention GEMMs, so pass them sorted by length."""
         ids, lengths = packed_ids(token_ids, self.max_positions)
         positions = torch.cat([torch.arange(n) for n in lengths])
         x = self.word[ids] + self.position[positions] + self.token_type
         x = self._norm(x, self.embed_norm)
+        states = [x]
         attend = self._attention_for(lengths, x)
         for layer in self.layers:
             context = attend(linear(x, layer["qkv_w"], layer["qkv_b"]))
@@ -121,6 +125,10 @@ class PackedBert:
             up = linear(x, layer["up_w"], layer["up_b"], gelu=True)
             x = self._norm(linear(up, layer["down_w"], layer["down_b"]).add_(x),
                            layer["down_norm"])
+            if every_layer:
+                states.append(x)
+        if every_layer:
+            return list(torch.stack(states).split(lengths, dim=1))
         return list(x.split(lengths))
 
     def _attention_for(self, lengths: list[int], x: torch.Tensor

@@ -21,6 +21,7 @@ Methods (the rules live in car_engine.select):
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,16 @@ from car_engine.corpus.inputs import RecordsLike, input_file
 from car_engine.errors import CorpusError
 from car_engine.pipeline.duplicates import signature_stage
 from car_engine.pipeline.outputs import write_outputs
-from car_engine.pipeline.stages import cluster_stage, read_params, read_stage, shard_stage
+from car_engine.pipeline.stages import (
+    cluster_stage,
+    read_params,
+    read_stage,
+    shard_stage,
+    split_encoded,
+)
 from car_engine.quality_guard import needs_iqs
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
-from car_engine.workers import EmbedWorker, IFDWorker, IQSWorker, PreWorker
+from car_engine.workers import EmbedWorker, EncodeWorker, IFDWorker, IQSWorker, PreWorker
 
 
 @dataclass
@@ -101,14 +108,18 @@ def run(
         minhash = signature_stage(read, run_dir, cfg, progress) if cfg.near_dup else None
         runner = get_backend(backend, workers=workers, progress=progress)
         try:
-            # the quality guard (#22) needs the IQS for --method ifd too
-            iqs = (shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
-                   if needs_iqs(cfg) else None)
+            iqs, embed = None, None
+            if one_pass(cfg, progress):
+                encode = shard_stage(EncodeWorker, cfg.encode, read, run_dir, runner, cache)
+                iqs, embed = split_encoded(encode, run_dir)
+            elif needs_iqs(cfg):  # the quality guard (#22) needs the IQS for --method ifd too
+                iqs = shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
             ifd = (shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_ifd else None)
-            clusters, embed = None, None
+            clusters = None
             if cfg.uses_car:
-                embed = shard_stage(EmbedWorker, cfg.embed, read, run_dir, runner, cache)
+                if embed is None:
+                    embed = shard_stage(EmbedWorker, cfg.embed, read, run_dir, runner, cache)
                 clusters = cluster_stage(embed, read, run_dir, cfg, progress)
             pre = (shard_stage(PreWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_pre else None)
@@ -125,6 +136,20 @@ def run(
 
             build_report(run_dir)
     return RunResult(run_dir, counts)
+
+
+def one_pass(cfg: RunConfig, progress: bool) -> bool:
+    """Whether the run takes IQS and embeddings from one encoder pass (SPEC §10): a CaR
+    method, ``one_pass`` on, and an IQS model whose backbone is the embedding model. When the
+    models allow it but a setting does not, the run says why it makes two passes."""
+    if not (cfg.uses_car and cfg.one_pass):
+        return False
+    from car_engine.one_pass import two_pass_reason
+
+    reason = two_pass_reason(cfg.iqs, cfg.embed)
+    if reason is not None and progress:
+        print(f"car-engine: IQS and embeddings in two encoder passes: {reason}", file=sys.stderr)
+    return reason is None
 
 
 def cache_folder(run_dir: Path, score_cache: str | os.PathLike | bool) -> Path | None:

@@ -20,7 +20,7 @@ from car_engine.backends import Backend, ShardJob
 from car_engine.config import RunConfig, params_dict
 from car_engine.corpus import FieldMap, read_corpus, say_mapping, source_files
 from car_engine.dedup import content_hashes
-from car_engine.io import atomic_path, write_jsonl, write_parquet
+from car_engine.io import atomic_path, write_jsonl, write_npy, write_parquet
 from car_engine.rundir import StageDir, file_digest, fingerprint
 from car_engine.score_cache import DIGESTS, keys_column, models_digest, record_keys
 from car_engine.workers import Worker
@@ -124,6 +124,35 @@ def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path
                         computed=sum(c.get("computed", n) for c, n in
                                      zip(counts, read.info["sizes"])))
     return stage
+
+
+def split_encoded(encode: StageDir, run_dir: Path) -> tuple[StageDir, StageDir]:
+    """The one-pass stage's shards as an ``iqs`` stage (parquet, its IQS columns) and an
+    ``embed`` stage (.npy), laid out as the two-pass stages are, so that everything after them
+    reads one layout. Each is derived from the encode stage's fingerprint alone."""
+    derived = []
+    for name, suffix in (("iqs", ".parquet"), ("embed", ".npy")):
+        stage = StageDir(run_dir, name, fingerprint(name, {"from": "encode"},
+                                                    [encode.fingerprint]))
+        derived.append(stage)
+        if stage.complete:
+            continue
+        outputs = []
+        for shard in encode.info["shards"]:
+            out = shard.replace("encode-", f"{name}-").replace(".parquet", suffix)
+            outputs.append(out)
+            if stage.is_done(out):
+                continue
+            table = pq.read_table(encode.file(shard))
+            if name == "iqs":
+                write_parquet(stage.file(out), table.drop_columns(["embedding"]))
+            else:
+                column = table.column("embedding").combine_chunks()
+                write_npy(stage.file(out), column.flatten().to_numpy()
+                          .reshape(len(column), column.type.list_size))
+            stage.mark_done(out)
+        stage.mark_complete(**{**encode.info, "shards": outputs})
+    return derived[0], derived[1]
 
 
 def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig,

@@ -1,0 +1,127 @@
+"""One encoder pass (SPEC §10): the IQS score and the sentence embedding of a text from a
+single forward, when the IQS model's backbone is the embedding model (the default: both are
+all-MiniLM-L6-v2 over the same pair text).
+
+The embedder runs its forward as it always does (packed on CPU, the transformers forward on a
+GPU) but keeps every hidden state: the IQS layer mix reads all of them
+(``IQSModel.score_states``) and the embedding mean-pools the last. Both therefore see the
+embedding's tokens (its 256), the length the IQS model is judged at (assets/iqs/MODEL.md).
+Against two passes this saves the whole IQS encoder forward, which ran at twice the length.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from car_engine.batching import pad_batch
+from car_engine.config import AUTO, DEFAULT_MODEL, EmbedParams, IQSParams, resolve_precision
+from car_engine.corpus import RecordsLike, as_records
+from car_engine.embed import CHUNK_TEXTS, Embedder, transformer_folder
+from car_engine.errors import ModelError
+from car_engine.iqs.model import IQSConfig
+from car_engine.iqs.store import CONFIG_FILE, load_model, resolve_model_dir
+from car_engine.models.registry import resolve_encoder
+from car_engine.turn_scores import iqs_table, pool_turns, turn_texts
+
+
+def two_pass_reason(iqs: IQSParams, embed: EmbedParams) -> str | None:
+    """None when one forward can give both the IQS and the embedding, else why not (read
+    from the model folders' configs: nothing is loaded)."""
+    if str(iqs.model).endswith(".ckpt"):
+        return "the IQS model is a COMET checkpoint with an encoder of its own"
+    config = IQSConfig.from_file(resolve_model_dir(iqs.model) / CONFIG_FILE)
+    if config.trained_encoder_layers or config.train_embeddings:
+        return "the IQS model fine-tuned its encoder"
+    if resolve_encoder(config.backbone).resolve() != transformer_folder(embed.model).resolve():
+        return "the IQS backbone is not the embedding model"
+    if iqs.device != embed.device:
+        return f"IQS and embeddings run on different devices ({iqs.device}, {embed.device})"
+    if iqs.precision != AUTO:
+        # One forward runs at the embedding's precision: an IQS precision of its own needs its
+        # own pass (an --exact run pins both to fp32). The stages are laid out before a worker
+        # resolves its device, so the two must agree on either.
+        for on_gpu in (False, True):
+            if resolve_precision("iqs", iqs.precision, on_gpu) != \
+                    resolve_precision("embed", embed.dtype, on_gpu):
+                return f"--iqs-precision {iqs.precision} differs from the embedding's"
+    return None
+
+
+class OnePassEncoder:
+    """An :class:`~car_engine.embed.Embedder` and the IQS head that reads its hidden states:
+    :meth:`encode` gives both a record's IQS and its unit embedding from one forward."""
+
+    def __init__(self, iqs_model: str | os.PathLike = DEFAULT_MODEL, **embed_options: Any
+                 ) -> None:
+        """Load the IQS model ``iqs_model`` (``default`` or a folder) and the embedder built
+        from ``embed_options`` (:class:`~car_engine.embed.Embedder`'s arguments); refuse a
+        pair whose IQS backbone is not the embedding model."""
+        reason = two_pass_reason(IQSParams(model=str(iqs_model)),
+                                 EmbedParams(model=embed_options.get("model", DEFAULT_MODEL)))
+        if reason is not None:
+            raise ModelError(f"{iqs_model}: no single encoder pass: {reason}")
+        self.embedder = Embedder(**embed_options)
+        model, _ = load_model(iqs_model)
+        model.encoder = torch.nn.Identity()  # the embedder's forward stands in for it
+        self.iqs = model.to(self.embedder.device).float().eval()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], *, progress: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """IQS scores (float64 ``[n]``) and unit vectors (float32 ``[n, d]``) of pair texts,
+        in input order."""
+        embedder = self.embedder
+        scores = np.empty(len(texts), dtype=np.float64)
+        vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
+        with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress) as bar:
+            for start in range(0, len(texts), CHUNK_TEXTS):
+                token_ids = embedder.token_ids(texts[start:start + CHUNK_TEXTS], start)
+                for rows in embedder.batches(token_ids):
+                    states, mask = embedder.states(token_ids, rows, every_layer=True)
+                    vectors[start + rows] = embedder.vectors(states[-1], mask).cpu().numpy()
+                    ids = torch.from_numpy(pad_batch(token_ids, rows, embedder.pad_id)[0])
+                    scores[start + rows] = self.iqs.score_states(
+                        states.float(), ids.to(mask.device), mask).double().cpu().numpy()
+                    bar.update(len(rows))
+        return scores, vectors
+
+    def encode(self, records: pa.Table, *, turns: str = IQSParams.turns,
+               turn_aggregate: str = IQSParams.turn_aggregate, progress: bool = True
+               ) -> tuple[pa.Table, np.ndarray]:
+        """The IQS table (``id``, ``iqs``, with ``turns`` ``all`` also ``turn_iqs``: see
+        :meth:`~car_engine.iqs.IQSScorer.score`) and one unit vector per record (a
+        conversation's: its turns' mean, renormalised), from one forward per text."""
+        texts, slots = turn_texts(records, turns)
+        scores, vectors = self.encode_texts(texts, progress=progress)
+        return (iqs_table(records, slots, scores, turns=turns, how=turn_aggregate),
+                pool_turns(slots, vectors))
+
+    def describe(self) -> str:
+        """Device, precision and forward the texts ran on."""
+        from car_engine.devices import describe_device
+
+        embedder = self.embedder
+        body = "packed" if embedder.packed is not None else "transformers"
+        return (f"one pass: torch {describe_device(embedder.device)} {embedder.dtype} "
+                f"({body} forward)")
+
+
+def encode_records(records: RecordsLike, *, iqs_model: str = DEFAULT_MODEL,
+                   turns: str = IQSParams.turns, turn_aggregate: str = IQSParams.turn_aggregate,
+                   progress: bool = True, **embed_options: Any) -> tuple[pa.Table, np.ndarray]:
+    """IQS and embeddings of a records table or corpus path from one encoder pass per text:
+    ``(id/iqs table, float32 [n, d] unit vectors)``. ``embed_options`` go to
+    :class:`~car_engine.embed.Embedder` (model, dtype, device, batch_size, ...)."""
+    encoder = OnePassEncoder(iqs_model, **embed_options)
+    return encoder.encode(as_records(records), turns=turns, turn_aggregate=turn_aggregate,
+                          progress=progress)
+
+
+__all__ = ["OnePassEncoder", "encode_records", "two_pass_reason"]
