@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from car_engine import native
-from car_engine.config import NearDupParams
+from car_engine.dedup_params import NearDupParams
 from car_engine.reference import near_dup as ref
 
 from .common import bench_parser, peak_rss_mb, print_rows, row

@@ -17,7 +17,8 @@ import pytest
 
 from car_engine import native
 from car_engine.cli import main
-from car_engine.config import NearDupParams, RunConfig
+from car_engine.config import RunConfig
+from car_engine.dedup_params import NearDupParams
 from car_engine.io import write_parquet
 from car_engine.near_dup import near_groups, signatures
 from car_engine.reference import near_dup as ref
