@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from car_engine.errors import CorpusError, ModelError, RunDirBusy, UsageError
     from car_engine.ifd import IFDScorer, score_ifd
     from car_engine.iqs import IQSScorer, score_iqs
+    from car_engine.one_pass import OnePassEncoder, encode_records
     from car_engine.pipeline import RunResult, run
     from car_engine.report import build_report
     from car_engine.select import Selection, select_car, select_car_ifd, select_ifd
@@ -85,6 +86,8 @@ _LAZY = {
     "score_ifd": "car_engine.ifd",
     "IQSScorer": "car_engine.iqs",
     "score_iqs": "car_engine.iqs",
+    "OnePassEncoder": "car_engine.one_pass",
+    "encode_records": "car_engine.one_pass",
     "RunResult": "car_engine.pipeline",
     "run": "car_engine.pipeline",
     "build_report": "car_engine.report",
@@ -99,8 +102,8 @@ __all__ = [
     "IFDParams", "IQSParams", "RunConfig", "SelectParams", "Corpus", "RecordsLike", "Rejection",
     "as_records", "load_corpus", "read_corpus", "records_from_items", "Embedder", "embed_records",
     "CorpusError", "ModelError", "RunDirBusy", "UsageError", "IFDScorer", "score_ifd",
-    "IQSScorer", "score_iqs", "RunResult", "run", "build_report", "Selection", "select_car",
-    "select_car_ifd", "select_ifd",
+    "IQSScorer", "score_iqs", "OnePassEncoder", "encode_records", "RunResult", "run",
+    "build_report", "Selection", "select_car", "select_car_ifd", "select_ifd",
 ]
 
 

@@ -1,0 +1,131 @@
+"""One encoder pass (SPEC §10) with the real default models on real ShareGPT records: the IQS
+score and the embedding of one forward equal the two passes' at the embedding's 256 tokens,
+for CaR's mean head and for the segments head, pairs and conversations alike; a run takes it
+by default and says when it cannot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from car_engine.config import EMBED_MAX_SEQ_LENGTH, EmbedParams, IQSParams, RunConfig
+from car_engine.corpus import load_corpus, pair_texts
+from car_engine.errors import ModelError
+from car_engine.iqs.score import IQSScorer, TorchRunner, load_any
+from car_engine.iqs.store import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_model,
+    new_model,
+    resolve_model_dir,
+    save_model,
+)
+from car_engine.one_pass import OnePassEncoder, encode_records, two_pass_reason
+from car_engine.pipeline import run
+
+pytestmark = pytest.mark.slow  # the real encoder
+
+
+@pytest.fixture(scope="module")
+def records() -> pa.Table:
+    """24 real records: pairs (some longer than 256 tokens, so cut there) and conversations."""
+    table = load_corpus("builtin:sharegpt", limit=60).records
+    texts = pair_texts(table)
+    long_rows = [i for i, t in enumerate(texts) if len(t) > 2500][:3]
+    rows = sorted({*range(12), *long_rows})
+    assert long_rows and table.take(rows).column("turns").null_count < len(rows)
+    return table.take(rows)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> OnePassEncoder:
+    return OnePassEncoder()
+
+
+def two_pass_scores(model_dir: str, texts: list[str]) -> np.ndarray:
+    """The eager IQS scorer (the reference) at the embedding's length."""
+    model, tokenizer = load_any(model_dir)
+    scorer = IQSScorer(TorchRunner(model, "cpu", "fp32"), tokenizer, EMBED_MAX_SEQ_LENGTH)
+    return scorer.score_texts(texts, progress=False)
+
+
+def test_records_get_the_iqs_table_and_the_vectors_of_two_passes(records, encoder):
+    table, vectors = encoder.encode(records, turns="all", progress=False)
+    assert any(len(t or []) > 1 for t in table.column("turn_iqs").to_pylist())  # turns
+    model, tokenizer = load_any("default")
+    reference = IQSScorer(TorchRunner(model, "cpu", "fp32"), tokenizer, EMBED_MAX_SEQ_LENGTH)
+    want = reference.score(records, progress=False, turns="all")
+    assert table.column("id").to_pylist() == want.column("id").to_pylist()
+    np.testing.assert_allclose(table.column("iqs").to_numpy(), want.column("iqs").to_numpy(),
+                               atol=1e-5, rtol=0)
+    for got, ref in zip(table.column("turn_iqs").to_pylist(),
+                        want.column("turn_iqs").to_pylist(), strict=True):
+        assert (got is None) == (ref is None)
+        if got is not None:
+            np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    from car_engine.embed import embed_records
+
+    np.testing.assert_allclose(vectors, embed_records(records, progress=False), atol=1e-6)
+
+
+def test_the_segments_head_reads_the_same_states(records, tmp_path):
+    torch.manual_seed(3)
+    model, _ = new_model("default", head_input="segments")
+    for p in model.head.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # a head with outputs that tell texts apart
+    folder = save_model(model, tmp_path / "segments")
+    texts = pair_texts(records)
+    scores, _ = OnePassEncoder(str(folder)).encode_texts(texts, progress=False)
+    reference = two_pass_scores(str(folder), texts)
+    assert np.std(reference) > 1e-3
+    np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
+
+
+def test_two_passes_when_the_models_or_settings_differ(tmp_path):
+    assert two_pass_reason(IQSParams(), EmbedParams()) is None
+    assert two_pass_reason(IQSParams(precision="fp32"), EmbedParams(dtype="fp32")) is None
+    assert "int8" in two_pass_reason(IQSParams(precision="int8"), EmbedParams())
+    assert "devices" in two_pass_reason(IQSParams(device="cpu"), EmbedParams(device="cuda"))
+    assert "checkpoint" in two_pass_reason(IQSParams(model="x/model.ckpt"), EmbedParams())
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    config = json.loads((resolve_model_dir("default") / CONFIG_FILE).read_text())
+    (tuned / CONFIG_FILE).write_text(json.dumps({**config, "trained_encoder_layers": [5]}))
+    (tuned / WEIGHTS_FILE).symlink_to(resolve_model_dir("default") / WEIGHTS_FILE)
+    assert "fine-tuned" in two_pass_reason(IQSParams(model=str(tuned)), EmbedParams())
+    other = tmp_path / "other-encoder"
+    load_model("default")[0].encoder.save_pretrained(other)
+    reason = two_pass_reason(IQSParams(), EmbedParams(model=str(other)))
+    assert reason is not None and "not the embedding model" in reason
+    with pytest.raises(ModelError, match="no single encoder pass"):
+        OnePassEncoder("default", model=str(other))
+
+
+def test_a_run_takes_one_pass_by_default_and_two_on_request(tmp_path):
+    cfg = {"n1": 3, "n2": 1, "shard_size": 6, "limit": 12}
+    one = run("builtin:sharegpt", tmp_path / "one", RunConfig(**cfg), progress=False,
+              report=False)
+    two = run("builtin:sharegpt", tmp_path / "two", RunConfig(**cfg, one_pass=False),
+              progress=False, report=False)
+    records = load_corpus("builtin:sharegpt", limit=12).records
+    stages = {d.name for d in (tmp_path / "one" / "stages").iterdir()}
+    assert {"encode", "iqs", "embed"} <= stages
+    assert not (tmp_path / "two" / "stages" / "encode").exists()
+    table, vectors = encode_records(records, progress=False)
+    scores = pq.read_table(one.scores_path)
+    # one batch of 12 here, shards of 6 in the run: other GEMM shapes, float rounding apart
+    np.testing.assert_allclose(scores.column("iqs").to_numpy(), table.column("iqs").to_numpy(),
+                               atol=1e-6, rtol=0)
+    summary = json.loads((one.run_dir / "summary.json").read_text())
+    assert summary["runtimes"]["iqs"][0].startswith("one pass")
+    # the embedding is the same forward either way: the clusters agree exactly
+    one_vectors = np.load(tmp_path / "one" / "stages" / "cluster" / "embeddings.npy")
+    two_vectors = np.load(tmp_path / "two" / "stages" / "cluster" / "embeddings.npy")
+    np.testing.assert_allclose(one_vectors, vectors, atol=1e-6)
+    np.testing.assert_array_equal(one_vectors, two_vectors)
+    assert pq.read_table(two.scores_path).column("cluster").equals(scores.column("cluster"))
