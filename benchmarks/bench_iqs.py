@@ -12,6 +12,9 @@ engine (ONNX Runtime fp32) and the reference (eager torch) score the same corrup
 the check is the worst kind's share of pairs won by the good answer (target >= 0.97), every
 kind's share in the row. Skipped, with a note, when the validation split is absent.
 
+The ``iqs-one-pass`` row is benchmarks/bench_one_pass.py: IQS and the embedding from one
+encoder forward against the CaR way's two passes.
+
     .venv/bin/python -m benchmarks.bench_iqs [--quick] [--n N] [--model default]
 """
 
@@ -79,7 +82,9 @@ def run(quick: bool = False, n: int | None = None, model: str = "default",
     # quick: the first 40 pairs, or n when it is smaller (a smoke run at --n 16)
     limit = min(QUICK_ROBUSTNESS_PAIRS, n) if quick else None
     robustness = robustness_row(iqs, tokenizer, scorers["fp32"], limit)
-    return rows + ([robustness] if robustness else [])
+    from .bench_one_pass import run as one_pass_rows  # the IQS of `run`'s default encode stage
+
+    return rows + ([robustness] if robustness else []) + one_pass_rows(quick=quick, n=n)
 
 
 def robustness_row(iqs, tokenizer, scorer: IQSScorer, limit: int | None) -> dict | None:
