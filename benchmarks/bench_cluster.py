@@ -166,8 +166,9 @@ def bench_cluster(n: int, max_tokens: int = FULL_TOKENS) -> list[dict]:
     # would flatter us; one thread each compares the algorithms, not the thread pools.
     with threadpool_limits(CLUSTER_THREADS):
         warm = vectors[:500]  # first calls load BLAS/OpenMP kernels: not what is compared
-        reference_cluster(warm, 10)
-        cluster(warm, k=10, progress=False)
+        warm_k = min(10, warm.shape[0])  # a smoke run (--n 8) has fewer than 10 points
+        reference_cluster(warm, warm_k)
+        cluster(warm, k=warm_k, progress=False)
         reference_s, reference_cpu, references = timed(
             lambda: [reference_cluster(vectors, k, seed=seed) for seed in CLUSTER_SEEDS])
         engine_s, engine_cpu, ours = timed(
