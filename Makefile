@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hp
 	$(VENV)/bin/car-engine prepare
 	touch $(STAMP)
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay with their
+# tests): on CI's 2 cores much of the suite is one-threaded (process start-up, imports, model
+# loads, parsing), so two files at once fill both. TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(VENV)/bin/car-engine run builtin:sharegpt --limit 2000 --n1 40 --out runs/demo

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from corpus_files import write_mixed_corpus
+from corpus_files import RUN_ARGS, write_mixed_corpus
 
 from car_engine.corpus import load_corpus
 
@@ -37,3 +37,15 @@ def corpus(tmp_path_factory, sharegpt_records) -> Path:
     bad lines and an exact duplicate mixed in (see corpus_files.write_mixed_corpus)."""
     return write_mixed_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl",
                               sharegpt_records)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, corpus) -> Path:
+    """One clean, solo, local `car-engine run` of ``corpus`` with corpus_files.RUN_ARGS: what
+    test_pipeline and test_rundir compare their runs with byte for byte (read-only: a test
+    that changes a run folder copies it first). One run for both modules, not one each."""
+    from car_engine.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    assert main(["run", str(corpus), "--out", str(out), *RUN_ARGS]) == 0
+    return out

@@ -51,6 +51,10 @@ def gzip_cut_short(data: bytes, keep: float = 0.6) -> bytes:
     return compressed[: int(len(compressed) * keep)]
 
 
+# `car-engine run` flags of the whole-run tests (test_pipeline, test_rundir) on that file: six
+# shards of 15; they all compare against one clean run (conftest's session `reference_run`).
+RUN_SHARD = 15
+RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(RUN_SHARD), "--quiet"]
 MIXED_GOOD = 90  # real pairs in write_mixed_corpus's file; it holds 3 more lines
 
 

@@ -7,23 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from corpus_files import MIXED_GOOD
+from corpus_files import MIXED_GOOD, RUN_ARGS
 
 from car_engine.cli import main
 
-SHARD = 15
-RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(SHARD), "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, corpus) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "reference"
-    assert main(["run", str(corpus), "--out", str(out), *RUN_ARGS]) == 0
-    return out
+# reference_run (conftest, session-scoped): one clean run of `corpus` with RUN_ARGS
 
 
 def test_every_record_is_accounted_for(reference_run, corpus):

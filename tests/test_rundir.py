@@ -20,22 +20,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from corpus_files import RUN_ARGS
 
 from car_engine.cli import main
 
-SHARD = 15
-RUN_ARGS = ["--n1", "5", "--n2", "1", "--shard-size", str(SHARD), "--quiet"]
 OUTPUTS = ("selected.jsonl", "scores.parquet", "rejected.jsonl")
 CLI = [sys.executable, "-m", "car_engine.cli"]
 RUN_TIMEOUT = 600  # seconds: far above a run here (~1 min; ~2 min on Ray), so never a hang
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, corpus) -> Path:
-    """One clean, solo, local run: what every case here must reproduce byte for byte."""
-    out = tmp_path_factory.mktemp("runs") / "reference"
-    assert main(run_args(corpus, out)) == 0
-    return out
+def reference(reference_run) -> Path:
+    """One clean, solo, local run (conftest's, shared with test_pipeline): what every case
+    here must reproduce byte for byte."""
+    return reference_run
 
 
 def run_args(corpus: Path, out: Path, *extra: str) -> list[str]:
