@@ -245,8 +245,8 @@ class RunConfig:
     output_format: str = OUTPUT_FORMAT
     quality_guard: bool = True  # ifd, car+ifd: noise dropped first (quality_guard.py; no compat)
     # car, car+ifd: IQS and embeddings from one encoder forward when the IQS backbone is the
-    # embedding model (car_engine/one_pass.py); False (--two-pass) scores IQS in a pass of
-    # its own at the IQS model's max length
+    # embedding model (car_engine/one_pass.py; same scores); False (--two-pass): IQS in a
+    # pass of its own on its runtime
     one_pass: bool = True
 
     def check(self) -> None:

@@ -4,9 +4,13 @@ all-MiniLM-L6-v2 over the same pair text).
 
 The embedder runs its forward as it always does (packed on CPU, the transformers forward on a
 GPU) but keeps every hidden state: the IQS layer mix reads all of them
-(``IQSModel.score_states``) and the embedding mean-pools the last. Both therefore see the
-embedding's tokens (its 256), the length the IQS model is judged at (assets/iqs/MODEL.md).
-Against two passes this saves the whole IQS encoder forward, which ran at twice the length.
+(``IQSModel.score_states``) and the embedding mean-pools the last. A text that fits the
+embedding's 256 tokens is then scored exactly as two passes would score it. A longer one is
+cut there for the embedding but not for IQS: the IQS model reads 512 tokens, and on long
+ShareGPT pairs reading only 256 changed a third of the top picks (Spearman 0.95,
+benchmarks/RESULTS.md), so such a text gets a second forward at 512 for its IQS. The saving is
+the IQS pass of every text that fits (91-95% of the expert-revision pairs; fewer in a corpus of
+long chats), and the scores and selection stay the two-pass path's.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from car_engine.batching import pad_batch
+from car_engine.batching import pad_batch, tokenize
 from car_engine.config import AUTO, DEFAULT_MODEL, EmbedParams, IQSParams, resolve_precision
 from car_engine.corpus import RecordsLike, as_records
 from car_engine.embed import CHUNK_TEXTS, Embedder, transformer_folder
@@ -70,27 +74,49 @@ class OnePassEncoder:
         self.embedder = Embedder(**embed_options)
         model, _ = load_model(iqs_model)
         model.encoder = torch.nn.Identity()  # the embedder's forward stands in for it
+        self.iqs_max_length = model.config.max_length
         self.iqs = model.to(self.embedder.device).float().eval()
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, progress: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
         """IQS scores (float64 ``[n]``) and unit vectors (float32 ``[n, d]``) of pair texts,
-        in input order."""
+        in input order. A text the embedding cuts at its length gets a second forward for
+        its IQS at the IQS model's own length, so every score is the two-pass path's."""
         embedder = self.embedder
         scores = np.empty(len(texts), dtype=np.float64)
         vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
         with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress) as bar:
             for start in range(0, len(texts), CHUNK_TEXTS):
-                token_ids = embedder.token_ids(texts[start:start + CHUNK_TEXTS], start)
+                chunk = texts[start:start + CHUNK_TEXTS]
+                token_ids = embedder.token_ids(chunk, start)
                 for rows in embedder.batches(token_ids):
                     states, mask = embedder.states(token_ids, rows, every_layer=True)
                     vectors[start + rows] = embedder.vectors(states[-1], mask).cpu().numpy()
-                    ids = torch.from_numpy(pad_batch(token_ids, rows, embedder.pad_id)[0])
-                    scores[start + rows] = self.iqs.score_states(
-                        states.float(), ids.to(mask.device), mask).double().cpu().numpy()
+                    scores[start + rows] = self._scores(states, token_ids, rows, mask)
                     bar.update(len(rows))
+                cut = np.flatnonzero([len(ids) >= embedder.max_seq_length for ids in token_ids])
+                if cut.size and self.iqs_max_length > embedder.max_seq_length:
+                    scores[start + cut] = self._iqs_at_own_length([chunk[i] for i in cut])
         return scores, vectors
+
+    def _scores(self, states: torch.Tensor, token_ids: list[list[int]], rows: np.ndarray,
+                mask: torch.Tensor) -> np.ndarray:
+        """The IQS head on a batch's stacked hidden states."""
+        ids = torch.from_numpy(pad_batch(token_ids, rows, self.embedder.pad_id)[0])
+        return self.iqs.score_states(states.float(), ids.to(mask.device), mask) \
+            .double().cpu().numpy()
+
+    def _iqs_at_own_length(self, texts: list[str]) -> np.ndarray:
+        """IQS of texts longer than the embedding's length, read at the IQS model's length
+        through the same encoder body (the embedding keeps its own, shorter read)."""
+        embedder = self.embedder
+        token_ids = tokenize(embedder.tokenizer, [t.strip() for t in texts], self.iqs_max_length)
+        out = np.empty(len(texts), dtype=np.float64)
+        for rows in embedder.batches(token_ids):
+            states, mask = embedder.states(token_ids, rows, every_layer=True)
+            out[rows] = self._scores(states, token_ids, rows, mask)
+        return out
 
     def encode(self, records: pa.Table, *, turns: str = IQSParams.turns,
                turn_aggregate: str = IQSParams.turn_aggregate, progress: bool = True

@@ -1,7 +1,7 @@
 """One encoder pass (SPEC §10) with the real default models on real ShareGPT records: the IQS
-score and the embedding of one forward equal the two passes' at the embedding's 256 tokens,
-for CaR's mean head and for the segments head, pairs and conversations alike; a run takes it
-by default and says when it cannot."""
+score and the embedding equal the two passes' (IQS at the model's 512 tokens, so texts longer
+than the embedding's 256 get their second forward), for CaR's mean head and for the segments
+head, pairs and conversations alike; a run takes it by default and says when it cannot."""
 
 from __future__ import annotations
 
@@ -47,19 +47,17 @@ def encoder() -> OnePassEncoder:
     return OnePassEncoder()
 
 
-def two_pass_scores(model_dir: str, texts: list[str]) -> np.ndarray:
-    """The eager IQS scorer (the reference) at the embedding's length."""
+def eager_scorer(model_dir: str) -> IQSScorer:
+    """The eager IQS scorer (the reference) at the model's own length."""
     model, tokenizer = load_any(model_dir)
-    scorer = IQSScorer(TorchRunner(model, "cpu", "fp32"), tokenizer, EMBED_MAX_SEQ_LENGTH)
-    return scorer.score_texts(texts, progress=False)
+    assert model.config.max_length > EMBED_MAX_SEQ_LENGTH  # the long texts' second forward
+    return IQSScorer(TorchRunner(model, "cpu", "fp32"), tokenizer, model.config.max_length)
 
 
 def test_records_get_the_iqs_table_and_the_vectors_of_two_passes(records, encoder):
     table, vectors = encoder.encode(records, turns="all", progress=False)
     assert any(len(t or []) > 1 for t in table.column("turn_iqs").to_pylist())  # turns
-    model, tokenizer = load_any("default")
-    reference = IQSScorer(TorchRunner(model, "cpu", "fp32"), tokenizer, EMBED_MAX_SEQ_LENGTH)
-    want = reference.score(records, progress=False, turns="all")
+    want = eager_scorer("default").score(records, progress=False, turns="all")
     assert table.column("id").to_pylist() == want.column("id").to_pylist()
     np.testing.assert_allclose(table.column("iqs").to_numpy(), want.column("iqs").to_numpy(),
                                atol=1e-5, rtol=0)
@@ -81,7 +79,7 @@ def test_the_segments_head_reads_the_same_states(records, tmp_path):
     folder = save_model(model, tmp_path / "segments")
     texts = pair_texts(records)
     scores, _ = OnePassEncoder(str(folder)).encode_texts(texts, progress=False)
-    reference = two_pass_scores(str(folder), texts)
+    reference = eager_scorer(str(folder)).score_texts(texts, progress=False)
     assert np.std(reference) > 1e-3
     np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
 

@@ -47,10 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "bit-for-bit the same output on every run of the same machine kind")
     p.add_argument("--two-pass", action="store_false", dest="one_pass",
                    default=RunConfig.one_pass,
-                   help="car, car+ifd: score IQS in an encoder pass of its own at the IQS "
-                   "model's max length (by default one forward per text gives both IQS and the "
-                   "embedding, at the embedding's 256 tokens, when the IQS backbone is the "
-                   "embedding model)")
+                   help="car, car+ifd: score IQS in an encoder pass of its own on ONNX Runtime "
+                   "(by default, when the IQS backbone is the embedding model, one forward per "
+                   "text gives both, plus an IQS forward at 512 tokens for a text longer than "
+                   "the embedding's 256; the scores are the same)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--score-cache", metavar="DIR",
