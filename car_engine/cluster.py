@@ -20,10 +20,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from car_engine.cluster_refine import refine
+from car_engine.cluster_refine import REFINE_TOL, refine
 from car_engine.config import (
     KMEANS_REFINE_ROUNDS,
-    KMEANS_REFINE_TOL,
     KMEANS_RESTARTS,
     ClusterParams,
     parse_device,
@@ -204,17 +203,10 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> n
 
 
 def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: int,
-          index: faiss.Index) -> tuple[np.ndarray, float]:
+          index: faiss.Index) -> tuple[np.ndarray, list[float]]:
     """``iterations`` FAISS Lloyd steps from ``centroids``; returns the new centroids and the
-    objective (sum of squared distances) of the last assignment."""
-    moved, objectives = _lloyd(points, centroids, iterations, seed=seed, index=index)
-    return moved, objectives[-1]
-
-
-def _lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: int,
-           index: faiss.Index) -> tuple[np.ndarray, list[float]]:
-    """:func:`lloyd`, with the objective of every iteration's assignment (the first one is
-    the objective of ``centroids`` themselves)."""
+    objective (sum of squared distances) of every iteration's assignment, the first being
+    that of ``centroids`` themselves."""
     n, d = points.shape
     k = centroids.shape[0]
     clus = faiss.Clustering(d, k)
@@ -257,12 +249,13 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
            n_init: int = KMEANS_RESTARTS, max_iter: int = 300,
            tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False,
            gpu: int | None = None, refine_rounds: int = KMEANS_REFINE_ROUNDS,
-           refine_tol: float = KMEANS_REFINE_TOL) -> np.ndarray:
+           refine_tol: float = REFINE_TOL) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
     run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
     all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
-    iterations, or ``max_iter`` iterations; then up to ``refine_rounds`` rounds of split/merge
-    swaps, each converged the same way and kept only if it lowers the objective."""
+    iterations, or ``max_iter`` iterations; before that, up to ``refine_rounds`` rounds of
+    split/merge swaps, each converged to ``refine_tol`` and kept only if it lowers the
+    objective."""
     d = points.shape[1]
     rng = np.random.default_rng(seed)
     points = _sample(points, k * max_points_per_centroid, rng)
@@ -281,7 +274,8 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
             start = cluster_torch.kmeans_plus_plus(init_points, k, rng, on_torch)
         else:
             start = kmeans_plus_plus(init_points, k, rng)
-        centroids, objective = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
+        centroids, objectives = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
+        objective = objectives[-1]
         bar.update(PROBE_ITER)
         if objective < best_objective:
             best, best_objective = centroids, objective
@@ -318,7 +312,7 @@ def _converge(points: np.ndarray, centroids: np.ndarray, *, max_iter: int, tol: 
     done = 0
     while done < max_iter:
         step = min(CHECK_EVERY, max_iter - done)
-        centroids, objectives = _lloyd(points, centroids, step, seed=seed, index=index)
+        centroids, objectives = lloyd(points, centroids, step, seed=seed, index=index)
         objective = objectives[-1]
         # The first block is judged on its own first assignment (the start's objective):
         # waiting for a second block made every convergence at least 2 * CHECK_EVERY steps,

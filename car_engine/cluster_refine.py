@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from car_engine.config import KMEANS_REFINE_STOP
-
 # (points, centroids) -> (converged centroids, objective)
 Converge = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 # centroids -> (squared distances [n, 2], labels [n, 2]) of every point's two nearest centroids
@@ -26,6 +24,11 @@ POWER_STEPS = 8  # power iterations for a cluster's principal direction
 SPLIT_STEPS = 3  # 2-means Lloyd steps after the principal-direction cut
 MOVES_PER_ROUND = 0.1  # at most this share of k centroids moved per round (at least one)
 MIN_GAIN = 1e-6  # a round must lower the objective by this fraction to be kept
+# A kept round lowering the objective by less than this fraction ends the search, and the
+# search's reconvergences stop below this relative gain over 5 Lloyd steps (the last solution
+# then converges to k-means' own 1e-4): benchmarks/RESULTS.md, "a cheaper refinement".
+STOP_GAIN = 1e-3
+REFINE_TOL = 1e-3
 
 
 def split_gain(members: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
@@ -104,7 +107,7 @@ def apply_swaps(centroids: np.ndarray, found: list[tuple[int, int]],
 
 def refine(points: np.ndarray, centroids: np.ndarray, objective: float, *, converge: Converge,
            nearest2: Nearest2, rng: np.random.Generator, rounds: int,
-           stop: float = KMEANS_REFINE_STOP) -> np.ndarray:
+           stop: float = STOP_GAIN) -> np.ndarray:
     """Up to ``rounds`` rounds of split/merge swaps on converged ``centroids`` (whose objective
     is ``objective``); a round whose result does not lower the objective is retried with only
     its best swap, and when that fails too the search stops. A kept round that lowers the

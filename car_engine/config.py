@@ -57,11 +57,6 @@ EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 1
 # split/merge rounds after k-means converges (car_engine/cluster_refine.py; 0: none)
 KMEANS_REFINE_ROUNDS = 8
-# Relative objective gain over 5 Lloyd steps below which the refinement's reconvergences stop
-# (the final one stops at 1e-4); a kept round gaining less than KMEANS_REFINE_STOP ends the
-# search (benchmarks/RESULTS.md, "Clustering: a cheaper refinement").
-KMEANS_REFINE_TOL = 1e-3
-KMEANS_REFINE_STOP = 1e-3
 WORKERS = 2  # Ray actors per scoring stage
 SCORE_CACHE = "score-cache"  # the score cache's folder inside RUN_DIR, unless one is named
 # Output records and field names (SPEC §6): selected.jsonl gives the items back as they came
