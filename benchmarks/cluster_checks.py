@@ -40,7 +40,7 @@ THREADS = 1  # both children alike (see CLUSTER_THREADS in bench_cluster)
 FULL = ([(name, 50_000, 0) for name in ("many-decaying", "near-isotropic", "unequal-decaying",
                                           "few-decaying", "many-isotropic")]
         + [("near-isotropic", 50_000, 1), ("unequal-decaying", 50_000, 1),
-           ("many-decaying", 100_000, 0)])
+           ("many-isotropic", 50_000, 1), ("many-decaying", 100_000, 0)])
 QUICK = [(name, 4_000, seed) for name in GENERATORS for seed in (0, 1)]
 
 _REFERENCE = """

@@ -20,7 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from car_engine.cluster_refine import refine
+from car_engine.cluster_refine import REFINE_TOL, refine
 from car_engine.config import (
     KMEANS_REFINE_ROUNDS,
     KMEANS_RESTARTS,
@@ -203,9 +203,10 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> n
 
 
 def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: int,
-          index: faiss.Index) -> tuple[np.ndarray, float]:
+          index: faiss.Index) -> tuple[np.ndarray, list[float]]:
     """``iterations`` FAISS Lloyd steps from ``centroids``; returns the new centroids and the
-    objective (sum of squared distances) of the last assignment."""
+    objective (sum of squared distances) of every iteration's assignment, the first being
+    that of ``centroids`` themselves."""
     n, d = points.shape
     k = centroids.shape[0]
     clus = faiss.Clustering(d, k)
@@ -216,10 +217,10 @@ def lloyd(points: np.ndarray, centroids: np.ndarray, iterations: int, *, seed: i
     faiss.copy_array_to_vector(np.ascontiguousarray(centroids).ravel(), clus.centroids)
     index.reset()
     clus.train(points, index)
-    stats = clus.iteration_stats
-    # faiss's stubs call this a list; it is a SWIG ClusteringIterationStatsVector (no len/[-1])
-    objective = stats.at(stats.size() - 1).obj  # type: ignore[attr-defined]
-    return faiss.vector_to_array(clus.centroids).reshape(k, d), float(objective)
+    # faiss's stubs call this a list; it is a SWIG ClusteringIterationStatsVector (no len/[i])
+    stats: Any = clus.iteration_stats
+    objectives = [float(stats.at(i).obj) for i in range(stats.size())]
+    return faiss.vector_to_array(clus.centroids).reshape(k, d), objectives
 
 
 def assign(points: np.ndarray, centroids: np.ndarray, *, progress: bool = False,
@@ -247,12 +248,14 @@ def _sample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
            n_init: int = KMEANS_RESTARTS, max_iter: int = 300,
            tol: float = 1e-4, max_points_per_centroid: int = 256, progress: bool = False,
-           gpu: int | None = None, refine_rounds: int = KMEANS_REFINE_ROUNDS) -> np.ndarray:
+           gpu: int | None = None, refine_rounds: int = KMEANS_REFINE_ROUNDS,
+           refine_tol: float = REFINE_TOL) -> np.ndarray:
     """Centroids [k, d] for float32 ``points``: ``n_init`` k-means++ starts with a short Lloyd
     run each on a sample of PROBE_POINTS_PER_CENTROID * k points, the best one then iterated on
     all points until the objective improves by less than ``tol`` (relative) over CHECK_EVERY
-    iterations, or ``max_iter`` iterations; then up to ``refine_rounds`` rounds of split/merge
-    swaps, each converged the same way and kept only if it lowers the objective."""
+    iterations, or ``max_iter`` iterations; before that, up to ``refine_rounds`` rounds of
+    split/merge swaps, each converged to ``refine_tol`` and kept only if it lowers the
+    objective."""
     d = points.shape[1]
     rng = np.random.default_rng(seed)
     points = _sample(points, k * max_points_per_centroid, rng)
@@ -271,23 +274,32 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = ClusterParams.seed,
             start = cluster_torch.kmeans_plus_plus(init_points, k, rng, on_torch)
         else:
             start = kmeans_plus_plus(init_points, k, rng)
-        centroids, objective = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
+        centroids, objectives = lloyd(probe_points, start, PROBE_ITER, seed=seed, index=index)
+        objective = objectives[-1]
         bar.update(PROBE_ITER)
         if objective < best_objective:
             best, best_objective = centroids, objective
     assert best is not None, "no k-means start had a finite objective (or n_init < 1)"
 
-    def converge(on: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float]:
+    def converge(on: np.ndarray, start: np.ndarray, tol: float = tol
+                 ) -> tuple[np.ndarray, float]:
         return _converge(on, start, max_iter=max_iter, tol=tol, seed=seed, index=index, bar=bar)
+
+    def search_converge(on: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float]:
+        return converge(on, start, max(tol, refine_tol))
 
     def nearest2(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         index.reset()
         index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index.search(points, min(2, k))
 
-    best, objective = converge(points, best)
-    best = refine(points, best, objective, converge=converge, nearest2=nearest2, rng=rng,
-                  rounds=refine_rounds)
+    if refine_rounds > 0 and k > 1:
+        # The search only has to rank swaps: it runs on loosely converged solutions, and the
+        # one it ends on is converged to ``tol`` after it.
+        best, objective = search_converge(points, best)
+        best = refine(points, best, objective, converge=search_converge, nearest2=nearest2,
+                      rng=rng, rounds=refine_rounds)
+    best, _ = converge(points, best)
     bar.close()
     return best
 
@@ -300,10 +312,14 @@ def _converge(points: np.ndarray, centroids: np.ndarray, *, max_iter: int, tol: 
     done = 0
     while done < max_iter:
         step = min(CHECK_EVERY, max_iter - done)
-        centroids, objective = lloyd(points, centroids, step, seed=seed, index=index)
+        centroids, objectives = lloyd(points, centroids, step, seed=seed, index=index)
+        objective = objectives[-1]
+        # The first block is judged on its own first assignment (the start's objective):
+        # waiting for a second block made every convergence at least 2 * CHECK_EVERY steps,
+        # which most of the refinement's reconvergences did not need.
+        improved = (objectives[0] if done == 0 else previous) - objective
         done += step
         bar.update(step)
-        improved = previous - objective
         previous = objective
         if improved <= tol * objective:
             break

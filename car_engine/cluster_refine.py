@@ -24,36 +24,45 @@ POWER_STEPS = 8  # power iterations for a cluster's principal direction
 SPLIT_STEPS = 3  # 2-means Lloyd steps after the principal-direction cut
 MOVES_PER_ROUND = 0.1  # at most this share of k centroids moved per round (at least one)
 MIN_GAIN = 1e-6  # a round must lower the objective by this fraction to be kept
+# A kept round lowering the objective by less than this fraction ends the search, and the
+# search's reconvergences stop below this relative gain over 5 Lloyd steps (the last solution
+# then converges to k-means' own 1e-4): benchmarks/RESULTS.md, "a cheaper refinement".
+STOP_GAIN = 1e-3
+REFINE_TOL = 1e-3
 
 
 def split_gain(members: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
     """(SSE of ``members`` minus the SSE of its best two-way split, the two centres [2, d]):
     cut along the principal direction at the mean, then SPLIT_STEPS 2-means steps."""
-    if members.shape[0] < 2:
-        return 0.0, np.repeat(members[:1], 2, axis=0)
+    n = members.shape[0]
     x = np.asarray(members, dtype=np.float32)
-    centred = x - x.mean(axis=0)
-    total = float((centred * centred).sum(dtype=np.float64))
+    unsplit = 0.0, np.repeat(x[:1], 2, axis=0)
+    if n < 2:
+        return unsplit
+    total = x.sum(axis=0, dtype=np.float64)
+    centred = x - (total / n).astype(np.float32)
     direction = np.asarray(rng.standard_normal(x.shape[1]), dtype=np.float32)
     for _ in range(POWER_STEPS):
-        direction = centred.T @ (centred @ direction)
+        direction = (centred @ direction) @ centred  # covariance times direction, no d x d
         norm = np.linalg.norm(direction)
         if norm == 0:
-            return 0.0, np.repeat(x[:1], 2, axis=0).astype(np.float32)
+            return unsplit
         direction /= norm
     side = centred @ direction > 0
-    centres = np.empty((2, x.shape[1]), dtype=np.float32)
-    for _ in range(SPLIT_STEPS):
-        if side.all() or not side.any():
-            return 0.0, np.repeat(x[:1], 2, axis=0).astype(np.float32)
-        centres[0], centres[1] = x[~side].mean(axis=0), x[side].mean(axis=0)
-        side = ((x - centres[1]) ** 2).sum(axis=1) < ((x - centres[0]) ** 2).sum(axis=1)
-    if side.all() or not side.any():
-        return 0.0, np.repeat(x[:1], 2, axis=0).astype(np.float32)
-    centres[0], centres[1] = x[~side].mean(axis=0), x[side].mean(axis=0)
-    split = float(((x[~side] - centres[0]) ** 2).sum(dtype=np.float64)
-                  + ((x[side] - centres[1]) ** 2).sum(dtype=np.float64))
-    return total - split, centres.astype(np.float32)
+    for step in range(SPLIT_STEPS + 1):
+        count = int(side.sum())
+        if count in (0, n):
+            return unsplit
+        ones = side.astype(np.float32) @ x  # sum over one side by a product, not a gather
+        centres = np.stack([(total - ones) / (n - count), ones / count])
+        if step == SPLIT_STEPS:
+            break
+        # nearer to centre 1 than to centre 0, as one product: x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
+        towards = (centres[1] - centres[0]).astype(np.float32)
+        side = x @ towards > 0.5 * float(centres[1] @ centres[1] - centres[0] @ centres[0])
+    # SSE(all) - SSE(two sides) = n0 n1 / n |c0 - c1|^2 for the sides' means: no cancellation
+    gap = centres[1] - centres[0]
+    return float((n - count) * count / n * (gap @ gap)), centres.astype(np.float32)
 
 
 def swaps(points: np.ndarray, centroids: np.ndarray, nearest: tuple[np.ndarray, np.ndarray],
@@ -97,10 +106,12 @@ def apply_swaps(centroids: np.ndarray, found: list[tuple[int, int]],
 
 
 def refine(points: np.ndarray, centroids: np.ndarray, objective: float, *, converge: Converge,
-           nearest2: Nearest2, rng: np.random.Generator, rounds: int) -> np.ndarray:
+           nearest2: Nearest2, rng: np.random.Generator, rounds: int,
+           stop: float = STOP_GAIN) -> np.ndarray:
     """Up to ``rounds`` rounds of split/merge swaps on converged ``centroids`` (whose objective
     is ``objective``); a round whose result does not lower the objective is retried with only
-    its best swap, and when that fails too the search stops."""
+    its best swap, and when that fails too the search stops. A kept round that lowers the
+    objective by less than ``stop`` (relative) ends the search: later rounds gain less still."""
     k = centroids.shape[0]
     if k < 2:
         return centroids
@@ -109,13 +120,14 @@ def refine(points: np.ndarray, centroids: np.ndarray, objective: float, *, conve
         found, halves = swaps(points, centroids, nearest2(centroids), rng)
         if not found:
             break
-        improved = False
+        go_on = False
         for allowed in dict.fromkeys((min(moves, len(found)), 1)):  # the paying swaps, the best
             moved, moved_objective = converge(points, apply_swaps(centroids, found[:allowed],
                                                                   halves))
             if moved_objective < (1 - MIN_GAIN) * objective:
-                centroids, objective, improved = moved, moved_objective, True
+                go_on = moved_objective < (1 - stop) * objective
+                centroids, objective = moved, moved_objective
                 break
-        if not improved:
+        if not go_on:
             break
     return centroids
