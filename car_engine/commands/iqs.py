@@ -60,6 +60,9 @@ def register(subparsers) -> None:
                        help="composite: weight of keeping each expert pair's gap")
     train.add_argument("--real-weight", type=float, default=1.0,
                        help="composite: weight of holding the penalties off real answers")
+    train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                       help="composite: keep a moving average of the penalty weights (per "
+                       "step, e.g. 0.99) and judge and save that")
     train.add_argument("--penalty-gate", type=float, default=0.1,
                        help="composite: penalty outputs below -GATE on real answers, above "
                        "+GATE for a corrupted copy's family")
@@ -158,7 +161,7 @@ def _train_composite(args: argparse.Namespace, hidden: list[int]) -> int:
         expert_weight=args.expert_weight, real_weight=args.real_weight,
         negative_weight=args.negative_weight, negatives=args.negatives or 3,
         hidden_sizes=hidden, dropout=args.dropout, train_length=args.train_length or 256,
-        seed=args.seed)
+        seed=args.seed, ema=args.ema)
     best = train_composite(args.train, args.valid, args.out, args.expert_model,
                            composite)["best"]
     shares = ", ".join(f"{k} {v:.3f}" for k, v in best["valid_robustness"].items())

@@ -101,6 +101,7 @@ class CompositeOptions:
     encode_batch_size: int = 32
     seed: int = 0
     limit: int = 0  # training pairs used (0: all)
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
 
 
 def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions) -> IQSModel:
@@ -188,6 +189,12 @@ def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tenso
     return loss
 
 
+@torch.no_grad()
+def _assign(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
 def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
                     out: str | os.PathLike, expert_model: str | os.PathLike,
                     options: CompositeOptions | None = None, progress: bool = True) -> dict:
@@ -209,9 +216,10 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         by_pair.setdefault(c.pair, []).append(j)
     families = torch.tensor([FAMILY_OF[c.kind] for c in sets.negatives], dtype=torch.int64)
     strict = torch.tensor([c.kind in NOT_AN_ANSWER for c in sets.negatives], dtype=torch.bool)
-    optimizer = torch.optim.AdamW([*model.penalty_mix.parameters(),
-                                   *model.penalty.parameters()],
-                                  lr=options.lr, weight_decay=options.weight_decay)
+    params = [*model.penalty_mix.parameters(), *model.penalty.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    # The penalty's validation false alarms swing from epoch to epoch; an average is steadier.
+    average = [p.detach().clone() for p in params]
     pairs = sets.feats["train"].pooled.shape[1] // 2
     history, best, best_state = [], None, None
     for epoch in tqdm(range(1, options.epochs + 1), desc="epochs", disable=not progress):
@@ -225,6 +233,12 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(chosen)
+            with torch.no_grad():
+                for a, p in zip(average, params):
+                    a.lerp_(p, 1.0 - options.ema)
+        live = [p.detach().clone() for p in params]
+        if options.ema:
+            _assign(params, average)
         row = {"epoch": epoch, "train_loss": total / pairs, **evaluate(model, sets, expert)}
         history.append(row)
         if progress:
@@ -234,6 +248,7 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
                        f"| {shares}")
         if best is None or row["criterion"] > best["criterion"]:
             best, best_state = row, copy.deepcopy(trained_state(model))
+        _assign(params, live)
     assert best is not None and best_state is not None  # epochs >= 1
     model.load_state_dict(best_state, strict=False)
     model.config.metrics = {"best_epoch": best["epoch"], "train_length": options.train_length,
