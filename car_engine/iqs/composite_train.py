@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,7 @@ def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def _assign(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+def _assign(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
     for p, v in zip(params, values):
         p.copy_(v)
 
