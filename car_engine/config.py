@@ -37,7 +37,7 @@ IFD_COMPAT_TEMPLATES = {name: prompts[0] for name, prompts in IFD_COMPAT_PROMPTS
 # How IFD selection reads a compat preset's scores (SPEC §7): its IFD column, and whether
 # exactly 1 is kept (Cherry's data_by_IFD.py drops only > 1; Superfiltering keeps < 1).
 IFD_COMPAT_SELECTION = {"superfiltering": ("ifd_ppl", False), "cherry": ("ifd_loss", True)}
-IQS_HEAD_INPUTS = ("mean", "segments")  # CaR's mean pool | + prompt/response pools (#21)
+IQS_HEAD_INPUTS = ("mean", "segments", "composite")  # CaR | + segment pools | expert - penalties
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson")  # what io.write_table can write
 SEED_MAX = 2**31 - 1  # FAISS takes the k-means seed as a C int
 # --device: auto (a GPU when every library of the stage can use one, else the CPU), cpu, cuda

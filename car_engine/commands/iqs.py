@@ -51,7 +51,21 @@ def register(subparsers) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--head-input", default="mean", choices=IQS_HEAD_INPUTS,
                        help="mean: CaR's mean pool; segments: also the prompt and response "
-                       "pools of the same forward (a relevance signal)")
+                       "pools of the same forward (a relevance signal); composite: "
+                       "--expert-model's score minus relu-gated penalties learned on "
+                       "corrupted copies (--hidden-sizes: the penalty widths)")
+    train.add_argument("--expert-model", metavar="DIR",
+                       help="composite: the mean-head model whose score is kept (frozen)")
+    train.add_argument("--expert-weight", type=float, default=3.0,
+                       help="composite: weight of keeping each expert pair's gap")
+    train.add_argument("--real-weight", type=float, default=1.0,
+                       help="composite: weight of holding the penalties off real answers")
+    train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                       help="composite: keep a moving average of the penalty weights (per "
+                       "step, e.g. 0.99) and judge and save that")
+    train.add_argument("--penalty-gate", type=float, default=0.1,
+                       help="composite: penalty outputs below -GATE on real answers, above "
+                       "+GATE for a corrupted copy's family")
     train.add_argument("--negatives", type=int, default=0, metavar="N",
                        help="corrupted copies per training pair (random words, loops, "
                        "off-topic answers, cuts, shuffles, swapped instructions) held below "
@@ -118,6 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--hidden-sizes {args.hidden_sizes!r}: comma-separated "
                          "integers") from None
+    if args.head_input == "composite":
+        return _train_composite(args, hidden)
     train_options = TrainOptions(
         epochs=args.epochs, train_blocks=0 if args.freeze_backbone else args.train_blocks,
         batch_pairs=args.batch_pairs, head_lr=args.head_lr, encoder_lr=args.encoder_lr,
@@ -130,6 +146,27 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"best epoch {best['epoch']}: valid pairwise accuracy {best['valid_accuracy']:.4f} "
           f"({best['valid_correct']}/{best['valid_pairs']}, ties {best['valid_ties']}) "
           f"-> {args.out}")
+    return 0
+
+
+def _train_composite(args: argparse.Namespace, hidden: list[int]) -> int:
+    from car_engine.errors import UsageError
+    from car_engine.iqs.composite_train import CompositeOptions, train_composite
+
+    if not args.expert_model:
+        raise UsageError("--head-input composite needs --expert-model DIR (a mean-head model)")
+    composite = CompositeOptions(
+        epochs=args.epochs, batch_pairs=args.batch_pairs, lr=args.head_lr,
+        weight_decay=args.weight_decay, margin=args.margin, gate=args.penalty_gate,
+        expert_weight=args.expert_weight, real_weight=args.real_weight,
+        negative_weight=args.negative_weight, negatives=args.negatives or 3,
+        hidden_sizes=hidden, dropout=args.dropout, train_length=args.train_length or 256,
+        seed=args.seed, ema=args.ema)
+    best = train_composite(args.train, args.valid, args.out, args.expert_model,
+                           composite)["best"]
+    shares = ", ".join(f"{k} {v:.3f}" for k, v in best["valid_robustness"].items())
+    print(f"best epoch {best['epoch']}: valid pairwise accuracy {best['valid_accuracy']:.4f}; "
+          f"suite {shares} -> {args.out}")
     return 0
 
 

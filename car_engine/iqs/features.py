@@ -1,10 +1,10 @@
 """Frozen-encoder features for IQS training, computed once and cached on disk.
 
 The bottom of the encoder stays frozen, so its work is done once: every text is encoded a
-single time and, per frozen layer, the mean over all tokens, the prompt, the response and the
-response's end (:func:`car_engine.iqs.model.segment_pools`) is cached, plus the token states that
-feed the first trained block, if any. Because pooling and the layer mix are linear, an epoch
-then only runs the trained top blocks, the mix and the head.
+single time and, per frozen layer, the mean over all tokens, the prompt, the response, the
+response's end and the order-sensitive pools (:func:`car_engine.iqs.model.order_pools`) are
+cached, plus the token states that feed the first trained block, if any. Because pooling and
+the layer mix are linear, an epoch then only runs the trained top blocks, the mix and the head.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, tokenize
 from car_engine.io import atomic_path
-from car_engine.iqs.model import POOLS, IQSModel, encoder_blocks, run_blocks, segment_pools
+from car_engine.iqs.model import ORDER_POOLS, IQSModel, encoder_blocks, order_pools, run_blocks
 from car_engine.models.registry import DEFAULT, cache_dir
 
-CACHE_VERSION = 3  # 3: prompt/response/end pools beside the mean; keyed by the texts' content
+CACHE_VERSION = 4  # 3: prompt/response/end pools; 4: + the order pools (model.order_pools)
 
 
 @dataclass
 class CachedFeatures:
     """Frozen-encoder outputs for a list of texts."""
 
-    pooled: torch.Tensor  # [every hidden state, texts, POOLS (segment_pools), hidden] fp32
+    pooled: torch.Tensor  # [every hidden state, texts, ORDER_POOLS (order_pools), hidden] fp32
     starts: torch.Tensor  # [texts] int64: first response token (= length when there is none)
     states: list[torch.Tensor] | None  # per text [tokens, hidden] fp16, fed to the first
     # trained block (None when the whole backbone is frozen)
@@ -55,7 +55,7 @@ def encode_frozen(model: IQSModel, token_ids: list[list[int]], boundary: int | N
     and, when ``boundary`` is given, hidden state ``boundary`` token by token."""
     model.eval()
     config = model.config
-    pooled = torch.zeros((config.num_layers, len(token_ids), POOLS, config.hidden_size))
+    pooled = torch.zeros((config.num_layers, len(token_ids), ORDER_POOLS, config.hidden_size))
     starts = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)
     states: list[torch.Tensor | None] | None = (None if boundary is None
                                                 else [None] * len(token_ids))
@@ -66,7 +66,7 @@ def encode_frozen(model: IQSModel, token_ids: list[list[int]], boundary: int | N
         response = (model.response_mask(ids, mask) if markers
                     else torch.zeros_like(mask, dtype=torch.bool))
         rows = torch.from_numpy(idx)
-        pooled[:, rows] = segment_pools(layers, mask, response)
+        pooled[:, rows] = order_pools(layers, mask, response)
         found = response.any(dim=1)
         starts[rows[found]] = response[found].to(torch.int64).argmax(dim=1)
         if states is not None:

@@ -3,13 +3,21 @@
 encoder (all hidden states) -> scalar layer mix (sparsemax or softmax, times gamma)
 -> mean pooling over non-padding tokens -> feed-forward head (Tanh, dropout) -> score.
 
-``head_input="segments"`` (the shipped model since issue #21) also pools the prompt
+``head_input="segments"`` (issue #21) also pools the prompt
 (instruction + input), the response and the response's last END_TOKENS tokens of the same
 forward on their own and gives the head ``[all, response, prompt * response,
 |prompt - response|, end]``: a relevance signal and a "did the answer finish" signal at no extra
 encoder cost. The response starts after the ``Response:`` marker's tokens (the first one
 after the ``Input:`` marker), found from the token ids inside the model, so every runtime
 (eager, ONNX) takes the same two inputs.
+
+``head_input="composite"`` (issue #21) keeps an expert model's mean head and layer mix as
+they are (copied in, frozen while training) and subtracts relu-gated penalties: a second
+(softmax) layer mix of the same hidden states, pooled the ``order_pools`` ways (the segments
+pools plus the response's start, halves and middle third, and [CLS]), into a feed-forward
+head with ``penalty_outputs`` outputs, ``score = expert - sum(relu(outputs))``. On a real
+answer every output is below 0, so the expert's ranking of real answers is kept exactly;
+an output above 0 flags a corruption family (nonsense, wrong topic, cut, reordered).
 
 Mean pooling and the layer mix are both linear, so ``pool(mix(h)) == mix(pool(h))``: the
 trainer uses that to cache pooled per-layer vectors of frozen layers (see ``train.py``).
@@ -33,6 +41,10 @@ LAYER_TRANSFORMS = ("sparsemax", "softmax")
 HEAD_INPUTS = IQS_HEAD_INPUTS
 END_TOKENS = 8  # the response's last tokens ([SEP] included) pooled as its ending
 POOLS = 4  # all tokens, prompt, response, the response's end
+ORDER_POOL_NAMES = ("all", "prompt", "response", "end", "start", "first-half", "second-half",
+                    "cls", "middle")
+ORDER_POOLS = len(ORDER_POOL_NAMES)  # what the feature cache holds (order_pools)
+PENALTY_WIDTH = ORDER_POOLS + 2  # penalty_features: hidden-sized blocks
 ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "GELU": nn.GELU, "Sigmoid": nn.Sigmoid}
 # Roberta-style encoders count positions from padding_idx + 1, so two positions are unusable.
 _POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -76,9 +88,9 @@ class LayerMix(nn.Module):
 
 
 def build_head(in_dim: int, hidden_sizes: list[int], activation: str,
-               dropout: float) -> nn.Sequential:
+               dropout: float, outputs: int = 1) -> nn.Sequential:
     """The COMET feed-forward estimator: (Linear, activation, Dropout) per hidden size, then a
-    Linear to one unbounded output. Module indices match COMET's ``estimator.ff``."""
+    Linear to ``outputs`` unbounded outputs. Module indices match COMET's ``estimator.ff``."""
     if activation not in ACTIVATIONS:
         raise ModelError(f"activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
     layers: list[nn.Module] = []
@@ -86,7 +98,7 @@ def build_head(in_dim: int, hidden_sizes: list[int], activation: str,
     for size in hidden_sizes:
         layers += [nn.Linear(width, size), ACTIVATIONS[activation](), nn.Dropout(dropout)]
         width = size
-    layers.append(nn.Linear(width, 1))
+    layers.append(nn.Linear(width, outputs))
     return nn.Sequential(*layers)
 
 
@@ -107,14 +119,14 @@ def encoder_blocks(encoder: nn.Module) -> nn.ModuleList:
 def run_blocks(blocks: Iterable[nn.Module], states: torch.Tensor, mask: torch.Tensor,
                response: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Run encoder ``blocks`` on hidden ``states`` (the trainer's cached lower layers) and
-    return each block's mean-pooled output (with a ``response`` mask: :func:`segment_pools`)."""
+    return each block's mean-pooled output (with a ``response`` mask: :func:`order_pools`)."""
     additive = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
     pooled = []
     for block in blocks:
         out = block(states, attention_mask=additive)
         states = out[0] if isinstance(out, tuple) else out
         pooled.append(masked_mean(states, mask) if response is None
-                      else segment_pools(states, mask, response))
+                      else order_pools(states, mask, response))
     return pooled
 
 
@@ -147,20 +159,55 @@ def segment_pools(states: torch.Tensor, mask: torch.Tensor, response: torch.Tens
                   ) -> torch.Tensor:
     """``[..., batch, POOLS, hidden]``: the mean over all tokens, the prompt's, the
     response's and that of the response's last END_TOKENS tokens."""
+    return torch.stack([masked_mean(states, m) for m in pool_masks(mask, response)], dim=-2)
+
+
+def order_pools(states: torch.Tensor, mask: torch.Tensor, response: torch.Tensor
+                ) -> torch.Tensor:
+    """``[..., batch, ORDER_POOLS, hidden]``: :func:`segment_pools` first, then the
+    order-sensitive pools the composite head reads (``ORDER_POOL_NAMES[POOLS:]``): the
+    response's first END_TOKENS tokens, its first and second half, the first token ([CLS])
+    and the response's middle third. Same-length masks of one forward, so still no extra
+    encoder cost and no data-dependent shapes."""
+    return torch.stack([masked_mean(states, m) for m in pool_masks(mask, response, True)],
+                       dim=-2)
+
+
+def pool_masks(mask: torch.Tensor, response: torch.Tensor, ordered: bool = False
+               ) -> list[torch.Tensor]:
+    """The ``[batch, tokens]`` masks behind :func:`segment_pools` (and, when ``ordered``,
+    :func:`order_pools`)."""
     mask = mask.bool()
     positions = torch.cumsum(torch.ones_like(mask, dtype=torch.int64), dim=1)
     length = mask.to(torch.int64).sum(dim=1, keepdim=True)
     end = response & (positions > length - END_TOKENS)
-    return torch.stack([masked_mean(states, mask), masked_mean(states, mask & ~response),
-                        masked_mean(states, response), masked_mean(states, end)], dim=-2)
+    masks = [mask, mask & ~response, response, end]
+    if ordered:
+        inside = torch.cumsum(response.to(torch.int64), dim=1)  # 1.. within the response
+        size = response.to(torch.int64).sum(dim=1, keepdim=True)
+        masks += [response & (inside <= END_TOKENS),
+                  response & (2 * inside <= size), response & (2 * inside > size),
+                  mask & (positions == 1),
+                  response & (3 * inside > size) & (3 * inside <= 2 * size)]
+    return masks
 
 
 def head_features(pools: torch.Tensor, head_input: str) -> torch.Tensor:
     """What the head reads from ``[batch, POOLS, hidden]`` pools (:func:`segment_pools`)."""
-    full, prompt, answer, end = pools.unbind(dim=-2)
-    if head_input == "mean":
+    full, prompt, answer, end = (pools[..., i, :] for i in range(POOLS))
+    if head_input in ("mean", "composite"):  # the composite's expert head is a mean head
         return full
     return torch.cat([full, answer, prompt * answer, (prompt - answer).abs(), end], dim=-1)
+
+
+def penalty_features(pools: torch.Tensor) -> torch.Tensor:
+    """What the composite's penalty heads read from ``[batch, ORDER_POOLS, hidden]`` pools
+    (:func:`order_pools`): the segments features, the response's start, both halves and
+    their difference, [CLS] and the middle third (PENALTY_WIDTH hidden-sized blocks)."""
+    full, prompt, answer, end, start, first, second, cls, middle = (
+        pools[..., i, :] for i in range(ORDER_POOLS))
+    return torch.cat([full, answer, prompt * answer, (prompt - answer).abs(), end, start,
+                      first, second, first - second, cls, middle], dim=-1)
 
 
 def encoder_max_length(config: Any, tokenizer: Any = None) -> int:
@@ -189,8 +236,11 @@ class IQSConfig:
     max_length: int = 512
     trained_encoder_layers: list[int] = field(default_factory=list)  # blocks stored with the head
     train_embeddings: bool = False
-    head_input: str = "mean"  # "mean" (CaR) or "segments" (see the module docstring)
+    head_input: str = "mean"  # "mean" (CaR), "segments" or "composite" (module docstring)
     segment_markers: list[list[int]] = field(default_factory=list)  # input, response ids
+    # composite only: the penalty heads' widths (empty: [H]) and how many gated outputs
+    penalty_hidden_sizes: list[int] = field(default_factory=list)
+    penalty_outputs: int = 0
     metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -219,11 +269,19 @@ class IQSModel(nn.Module):
             config.hidden_sizes = [2 * config.hidden_size, config.hidden_size]
         if config.head_input not in HEAD_INPUTS:
             raise ModelError(f"head_input must be one of {HEAD_INPUTS}, not {config.head_input!r}")
-        if config.head_input == "segments" and len(config.segment_markers) != 2:
-            raise ModelError("head_input 'segments' needs segment_markers: the token ids of "
-                             "the input and the response markers")
-        width = config.hidden_size * (1 if config.head_input == "mean" else POOLS + 1)
+        if config.head_input != "mean" and len(config.segment_markers) != 2:
+            raise ModelError(f"head_input {config.head_input!r} needs segment_markers: the "
+                             "token ids of the input and the response markers")
+        width = config.hidden_size * (POOLS + 1 if config.head_input == "segments" else 1)
         self.head = build_head(width, config.hidden_sizes, config.activation, config.dropout)
+        self.composite = config.head_input == "composite"
+        if self.composite:  # expert score - sum(relu(penalty outputs)), see model docstring
+            if config.penalty_outputs < 1:
+                raise ModelError("head_input 'composite' needs penalty_outputs >= 1")
+            self.penalty_mix = LayerMix(config.num_layers, "softmax")
+            self.penalty = build_head(config.hidden_size * PENALTY_WIDTH,
+                                      config.penalty_hidden_sizes or [config.hidden_size],
+                                      config.activation, config.dropout, config.penalty_outputs)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """All hidden states (embeddings + every block), stacked as
@@ -239,17 +297,47 @@ class IQSModel(nn.Module):
             return torch.zeros_like(attention_mask, dtype=torch.bool)
         return response_mask(input_ids, attention_mask, self.config.segment_markers)
 
+    def mixes(self) -> list[LayerMix]:
+        """The layer mixes, in the order :meth:`score_mixes` takes their outputs (the
+        composite has a second one for its penalty heads)."""
+        return [self.layer_mix, self.penalty_mix] if self.composite else [self.layer_mix]
+
+    def penalty_logits(self, pools: torch.Tensor) -> torch.Tensor:
+        """The composite's raw penalty outputs ``[batch, penalty_outputs]`` from the
+        penalty-mixed order pools; each counts only above 0 (relu)."""
+        return self.penalty(penalty_features(pools))
+
     def score_pooled(self, pooled_layers: torch.Tensor) -> torch.Tensor:
-        """Scores from per-layer pools ``[layers, batch, POOLS, hidden]``."""
-        return self.score_pools(self.layer_mix(pooled_layers))
+        """Scores from per-layer pools ``[layers, batch, pools, hidden]`` (the feature
+        cache's order pools; mean and segments heads read the first of them)."""
+        scores = self.score_pools(self.layer_mix(pooled_layers))
+        if self.composite:
+            scores = scores - torch.relu(
+                self.penalty_logits(self.penalty_mix(pooled_layers))).sum(dim=-1)
+        return scores
 
     def score_pools(self, pools: torch.Tensor) -> torch.Tensor:
-        """Scores from the mixed pools ``[batch, POOLS, hidden]``."""
+        """Scores from the mixed pools ``[batch, POOLS, hidden]`` (a composite's expert
+        score only)."""
         return self.head(head_features(pools, self.config.head_input)).squeeze(-1)
+
+    def score_mixes(self, mixed: list[torch.Tensor], input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores from the layer-mixed token states ``[batch, tokens, hidden]``, one per
+        :meth:`mixes` (what the ONNX export computes after its constant mixes)."""
+        if not self.composite:
+            return self.score_mixed(mixed[0], input_ids, attention_mask)
+        expert = self.head(masked_mean(mixed[0], attention_mask)).squeeze(-1)
+        response = self.response_mask(input_ids, attention_mask)
+        pools = order_pools(mixed[1], attention_mask, response)
+        return expert - torch.relu(self.penalty_logits(pools)).sum(dim=-1)
 
     def score_mixed(self, mixed: torch.Tensor, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores from the layer-mixed token states ``[batch, tokens, hidden]``."""
+        """Scores from the layer-mixed token states ``[batch, tokens, hidden]`` (heads with
+        one mix; a composite takes :meth:`score_mixes`)."""
+        if self.composite:
+            raise ModelError("a composite IQS head mixes the layers twice: use score_mixes")
         if self.config.head_input == "mean":  # the reference's graph, op for op
             return self.head(masked_mean(mixed, attention_mask)).squeeze(-1)
         response = self.response_mask(input_ids, attention_mask)
@@ -260,7 +348,8 @@ class IQSModel(nn.Module):
         """Scores from every hidden state ``[layers, batch, tokens, hidden]`` (what an encoder
         forward run elsewhere, e.g. the one-pass encoder, hands over)."""
         # Mix first, pool second: the order of the reference (same result, less memory).
-        return self.score_mixed(self.layer_mix(states), input_ids, attention_mask)
+        return self.score_mixes([mix(states) for mix in self.mixes()], input_ids,
+                                attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unbounded quality scores, higher is better."""

@@ -42,21 +42,22 @@ class _FrozenMixScorer(nn.Module):
     """Inference form of :class:`IQSModel` for export: the mix weights (sparsemax/softmax of
     the scalars, times gamma) are a constant, so the graph needs no sort."""
 
-    mix: torch.Tensor  # a buffer (register_buffer below)
+    mix: torch.Tensor  # a buffer (register_buffer below): [mixes, layers]
 
     def __init__(self, model: IQSModel) -> None:
         super().__init__()
         self.encoder, self.model = model.encoder, model
         with torch.no_grad():
-            mix = model.layer_mix.gamma * model.layer_mix.weights()
+            mix = torch.stack([m.gamma * m.weights() for m in model.mixes()])
         self.register_buffer("mix", mix.detach().clone())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=True, return_dict=True)
         # sum() starts from 0, so its type says int | Tensor; over one or more layers it is a Tensor
-        mixed = cast(torch.Tensor, sum(w * h for w, h in zip(self.mix, out.hidden_states)))
-        return self.model.score_mixed(mixed, input_ids, attention_mask)
+        mixed = [cast(torch.Tensor, sum(w * h for w, h in zip(row, out.hidden_states)))
+                 for row in self.mix]
+        return self.model.score_mixes(mixed, input_ids, attention_mask)
 
 
 def _example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,7 @@ def new_model(backbone: str | os.PathLike = DEFAULT, **options: Any) -> tuple[IQ
     config.num_layers = encoder.config.num_hidden_layers + 1
     config.hidden_size = encoder.config.hidden_size
     config.max_length = min(config.max_length, encoder_max_length(encoder.config, tokenizer))
-    if config.head_input == "segments" and not config.segment_markers:
+    if config.head_input != "mean" and not config.segment_markers:
         config.segment_markers = segment_markers(tokenizer)
     return IQSModel(encoder, config).eval(), tokenizer
 
@@ -85,6 +85,8 @@ def trained_state(model: IQSModel) -> dict[str, torch.Tensor]:
     """The weights a model folder stores: mix, head and the encoder parts marked trained."""
     config = model.config
     keep_prefixes = ["layer_mix.", "head."]
+    if model.composite:
+        keep_prefixes += ["penalty_mix.", "penalty."]
     blocks = encoder_blocks(model.encoder)
     block_names = {id(m): n for n, m in model.encoder.named_modules()}
     keep_prefixes += [f"encoder.{block_names[id(blocks[i])]}."

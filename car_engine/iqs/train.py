@@ -96,9 +96,10 @@ def evaluate_cached(model: IQSModel, feats: CachedFeatures, boundary: int,
     return pairwise_accuracy(scores), scores
 
 
-def pick_negatives(corruptions: list[Corruption], per_pair: int, seed: int
-                   ) -> list[Corruption]:
-    """``per_pair`` corruptions of each pair, of kinds drawn without replacement."""
+def pick_negatives(corruptions: list[Corruption], per_pair: int, seed: int,
+                   focus: tuple[str, ...] = ()) -> list[Corruption]:
+    """``per_pair`` corruptions of each pair, of kinds drawn without replacement; the
+    ``focus`` kinds (the hard ones) first, wherever the pair has them."""
     by_pair: dict[int, list[Corruption]] = {}
     for c in corruptions:
         by_pair.setdefault(c.pair, []).append(c)
@@ -106,7 +107,9 @@ def pick_negatives(corruptions: list[Corruption], per_pair: int, seed: int
     out = []
     for pair in sorted(by_pair):
         options = by_pair[pair]
-        out += [options[i] for i in sorted(rng.permutation(len(options))[:per_pair])]
+        first = [i for i, c in enumerate(options) if c.kind in focus][:per_pair]
+        rest = [i for i in rng.permutation(len(options)) if i not in first]
+        out += [options[i] for i in sorted([*first, *rest[:per_pair - len(first)]])]
     return out
 
 

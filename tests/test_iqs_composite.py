@@ -1,0 +1,122 @@
+"""The composite IQS head (issue #21): an expert model's score minus relu-gated penalties,
+computed inside ``score_states`` from one encoder forward, trained on corrupted copies, saved,
+reloaded and exported to ONNX with the same two inputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from packed_models import copy_minilm_tokenizer
+
+from car_engine.iqs import IQSScorer
+from car_engine.iqs.composite_train import FAMILIES, CompositeOptions, train_composite
+from car_engine.iqs.model import ORDER_POOLS, order_pools, pool_masks, segment_pools
+from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
+from car_engine.iqs.robustness import KINDS
+from car_engine.iqs.store import load_model
+from car_engine.iqs.train import TrainOptions, train
+
+
+def _subset_csv(src: Path, out: Path, pairs: int) -> Path:
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[: 1 + 2 * pairs])
+    return out
+
+
+def test_order_pools_extend_the_segment_pools():
+    torch.manual_seed(0)
+    states = torch.randn(3, 2, 12, 5)
+    mask = torch.tensor([[1] * 12, [1] * 9 + [0] * 3])
+    response = torch.zeros(2, 12, dtype=torch.bool)
+    response[0, 4:12], response[1, 3:9] = True, True
+    pools = order_pools(states, mask, response)
+    assert pools.shape == (3, 2, ORDER_POOLS, 5)
+    assert torch.equal(pools[:, :, :4], segment_pools(states, mask, response))
+    masks = pool_masks(mask, response, ordered=True)
+    start, first, second, cls, middle = masks[4:]
+    # Row 1: a 6-token response at 3..8: first 6 (all of it, under END_TOKENS), halves 3 + 3,
+    # the middle third its tokens 3 and 4 (positions 5, 6); [CLS] is position 0.
+    assert start[1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7, 8]
+    assert first[1].nonzero().flatten().tolist() == [3, 4, 5]
+    assert second[1].nonzero().flatten().tolist() == [6, 7, 8]
+    assert middle[1].nonzero().flatten().tolist() == [5, 6]
+    assert cls.nonzero().tolist() == [[0, 0], [1, 0]]
+    want = states[:, 1, 6:9].mean(dim=1)
+    assert torch.allclose(pools[:, 1, 6], want, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def composite_folder(tmp_path_factory, expert_revised_dir) -> tuple[Path, Path, dict]:
+    """A tiny random BERT, a mean-head expert on it, and a composite trained on top."""
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("composite")
+    bert = root / "bert"
+    bert.mkdir()
+    copy_minilm_tokenizer(bert)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(bert)
+    train_csv = _subset_csv(expert_revised_dir / "APE_score_train.csv", root / "t.csv", 16)
+    valid_csv = _subset_csv(expert_revised_dir / "APE_score_valid.csv", root / "v.csv", 8)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAR_ENGINE_CACHE", str(root / "cache"))
+    try:
+        train(train_csv, valid_csv, root / "expert", backbone=str(bert),
+              options=TrainOptions(epochs=1, batch_pairs=8, hidden_sizes=[16], max_length=64),
+              progress=False)
+        options = CompositeOptions(epochs=2, batch_pairs=8, hidden_sizes=[8], train_length=64)
+        result = train_composite(train_csv, valid_csv, root / "composite", root / "expert",
+                                 options, progress=False)
+    finally:
+        mp.undo()
+    return root, valid_csv, result
+
+
+def test_composite_trains_saves_and_scores_in_score_states(composite_folder):
+    root, valid_csv, result = composite_folder
+    best = result["best"]
+    assert set(best["valid_robustness"]) == set(KINDS)
+    model, tokenizer = load_model(root / "composite")
+    expert, _ = load_model(root / "expert")
+    assert model.config.head_input == "composite"
+    assert model.config.penalty_outputs == len(FAMILIES)
+    texts = read_pairs(valid_csv).texts
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        got = model(ids, mask)
+        # The one-pass interface: every hidden state in, the same scores out.
+        assert torch.equal(model.score_states(model.hidden_states(ids, mask), ids, mask), got)
+        # The expert path is the expert model's, untouched: with the penalties off (every
+        # output below 0) the composite scores exactly as the expert does.
+        model.penalty[-1].bias.fill_(-1e3)
+        assert torch.allclose(model(ids, mask), expert(ids, mask), atol=1e-6)
+    eager = IQSScorer.load(str(root / "composite"), runtime="torch").score_texts(
+        texts, progress=False)
+    assert pairwise_accuracy(eager)["accuracy"] == pytest.approx(best["valid_accuracy"])
+
+
+def test_composite_exports_to_onnx_with_two_inputs(composite_folder):
+    import onnx
+
+    root, valid_csv, _ = composite_folder
+    texts = read_pairs(valid_csv).texts
+    eager = IQSScorer.load(str(root / "composite"), runtime="torch").score_texts(
+        texts, progress=False)
+    fp32 = IQSScorer.load(str(root / "composite"), runtime="onnx", batch_size=3)
+    assert np.abs(fp32.score_texts(texts, progress=False) - eager).max() < 1e-4
+    int8 = IQSScorer.load(str(root / "composite"), runtime="onnx", precision="int8")
+    assert np.isfinite(int8.score_texts(texts, progress=False)).all()
+    exported = sorted((root / "composite").rglob("*.onnx"))
+    assert exported
+    graph = onnx.load(str(exported[0])).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["score"]
