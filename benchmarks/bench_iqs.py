@@ -24,28 +24,19 @@ import time
 
 import numpy as np
 
-from car_engine.corpus import load_corpus, pair_texts
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.pairs import read_pairs
 from car_engine.iqs.robustness import KINDS, corrupt, default_valid_csv, win_shares
 from car_engine.iqs.score import load_any, spearman
 from car_engine.reference.iqs import reference_scores
 
-from .common import bench_parser, print_rows, row, take_turns
+from .common import bench_parser, print_rows, row, sharegpt_pair_texts, take_turns
 
 DEFAULT_N = 1000
 QUICK_N = 120  # with --quick: two turns of 60, about 40 s on this machine
 TARGETS = {"fp32": 1.3, "int8": 2.5}
 ROBUSTNESS_TARGET = 0.97  # every kind: the good answer wins in >= 97% of the pairs
 QUICK_ROBUSTNESS_PAIRS = 40
-
-
-def sharegpt_pair_texts(n: int) -> list[str]:
-    """The first ``n`` real ShareGPT records as IQS pair texts."""
-    records = load_corpus("builtin:sharegpt", limit=n + 50).records.slice(0, n)
-    if records.num_rows < n:
-        raise ValueError(f"builtin:sharegpt gave only {records.num_rows} records, {n} asked")
-    return pair_texts(records)
 
 
 def run(quick: bool = False, n: int | None = None, model: str = "default",

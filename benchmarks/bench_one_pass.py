@@ -27,8 +27,7 @@ from car_engine.one_pass import OnePassEncoder
 from car_engine.reference.embed import reference_embed, reference_encoder
 from car_engine.reference.iqs import reference_scores
 
-from .bench_iqs import sharegpt_pair_texts
-from .common import bench_main, row, take_turns
+from .common import bench_main, row, sharegpt_pair_texts, take_turns
 
 DEFAULT_N, QUICK_N = 400, 24
 

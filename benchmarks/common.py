@@ -168,3 +168,13 @@ def bench_main(doc: str | None, run: Callable[..., list[dict[str, Any]]], *, qui
     args = bench_parser(doc, quick_help=quick_help, n_help=n_help).parse_args()
     started = time.perf_counter()
     print_rows(run(quick=args.quick, n=args.n), started)
+
+
+def sharegpt_pair_texts(n: int) -> list[str]:
+    """The first ``n`` real ShareGPT records as IQS pair texts."""
+    from car_engine.corpus import load_corpus, pair_texts
+
+    records = load_corpus("builtin:sharegpt", limit=n + 50).records.slice(0, n)
+    if records.num_rows < n:
+        raise ValueError(f"builtin:sharegpt gave only {records.num_rows} records, {n} asked")
+    return pair_texts(records)
