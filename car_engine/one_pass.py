@@ -97,7 +97,7 @@ class OnePassEncoder:
                     bar.update(len(rows))
                 cut = np.flatnonzero([len(ids) >= embedder.max_seq_length for ids in token_ids])
                 if cut.size and self.iqs_max_length > embedder.max_seq_length:
-                    scores[start + cut] = self._iqs_at_own_length([chunk[i] for i in cut])
+                    scores[start + cut] = self._iqs_at_own_length([chunk[int(i)] for i in cut])
         return scores, vectors
 
     def _scores(self, states: torch.Tensor, token_ids: list[list[int]], rows: np.ndarray,
