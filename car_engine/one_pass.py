@@ -8,23 +8,24 @@ GPU) but keeps every hidden state: the IQS layer mix reads all of them
 embedding's 256 tokens is then scored exactly as two passes would score it. A longer one is
 cut there for the embedding but not for IQS: the IQS model reads 512 tokens, and on long
 ShareGPT pairs reading only 256 changed a third of the top picks (Spearman 0.95,
-benchmarks/RESULTS.md), so such a text gets a second forward at 512 for its IQS. The saving is
-the IQS pass of every text that fits (91-95% of the expert-revision pairs; fewer in a corpus of
-long chats), and the scores and selection stay the two-pass path's.
+benchmarks/RESULTS.md), so such a text's IQS comes from the IQS stage's own scorer at 512
+(ONNX Runtime, as in two passes). The saving is the IQS pass of every text that fits (91-95% of
+the expert-revision pairs; fewer in a corpus of long chats), and the scores and selection stay
+the two-pass path's.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from car_engine.batching import pad_batch, tokenize
+from car_engine.batching import pad_batch
 from car_engine.config import AUTO, DEFAULT_MODEL, EmbedParams, IQSParams, resolve_precision
 from car_engine.corpus import RecordsLike, as_records
 from car_engine.embed import CHUNK_TEXTS, Embedder, transformer_folder
@@ -33,6 +34,9 @@ from car_engine.iqs.model import IQSConfig
 from car_engine.iqs.store import CONFIG_FILE, load_model, resolve_model_dir
 from car_engine.models.registry import resolve_encoder
 from car_engine.turn_scores import iqs_table, pool_turns, turn_texts
+
+if TYPE_CHECKING:
+    from car_engine.iqs import IQSScorer
 
 
 def two_pass_reason(iqs: IQSParams, embed: EmbedParams) -> str | None:
@@ -75,6 +79,8 @@ class OnePassEncoder:
         model, _ = load_model(iqs_model)
         model.encoder = torch.nn.Identity()  # the embedder's forward stands in for it
         self.iqs_max_length = model.config.max_length
+        self.iqs_model, self.device = str(iqs_model), embed_options.get("device")
+        self._long_scorer: IQSScorer | None = None
         self.iqs = model.to(self.embedder.device).float().eval()
 
     @torch.inference_mode()
@@ -108,15 +114,14 @@ class OnePassEncoder:
             .double().cpu().numpy()
 
     def _iqs_at_own_length(self, texts: list[str]) -> np.ndarray:
-        """IQS of texts longer than the embedding's length, read at the IQS model's length
-        through the same encoder body (the embedding keeps its own, shorter read)."""
-        embedder = self.embedder
-        token_ids = tokenize(embedder.tokenizer, [t.strip() for t in texts], self.iqs_max_length)
-        out = np.empty(len(texts), dtype=np.float64)
-        for rows in embedder.batches(token_ids):
-            states, mask = embedder.states(token_ids, rows, every_layer=True)
-            out[rows] = self._scores(states, token_ids, rows, mask)
-        return out
+        """IQS of texts longer than the embedding's length, read at the IQS model's length by
+        the IQS stage's own scorer (ONNX Runtime, loaded on the first such text): a long
+        text then costs what it costs in two passes, a short one saves its IQS pass."""
+        if self._long_scorer is None:
+            from car_engine.iqs import IQSScorer
+
+            self._long_scorer = IQSScorer.load(self.iqs_model, device=self.device)
+        return self._long_scorer.score_texts(texts, progress=False)
 
     def encode(self, records: pa.Table, *, turns: str = IQSParams.turns,
                turn_aggregate: str = IQSParams.turn_aggregate, progress: bool = True
