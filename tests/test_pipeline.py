@@ -54,7 +54,7 @@ if when == "after-record":  # killed right after the manifest records a shard
     original = rundir.StageDir.mark_done
     def mark_done(self, shard, **facts):
         original(self, shard, **facts)
-        if self.name == "embed" and len(self.done) >= after:
+        if self.name == "encode" and len(self.done) >= after:
             os.kill(os.getpid(), 9)
     rundir.StageDir.mark_done = mark_done
 else:  # killed between writing a shard file and recording it
@@ -63,7 +63,7 @@ else:  # killed between writing a shard file and recording it
     def process_shard(worker, job):
         result = original(worker, job)
         count[0] += 1
-        if "/embed/" in job.target and count[0] >= after:
+        if "/encode/" in job.target and count[0] >= after:
             os.kill(os.getpid(), 9)
         return result
     base.process_shard = process_shard
@@ -81,8 +81,9 @@ def test_resume_after_kill_9_is_byte_identical(tmp_path, corpus, reference_run, 
     killed = subprocess.run([sys.executable, "-c", KILLER, when, "2", *args],
                             capture_output=True, text=True, env=dict(os.environ))
     assert killed.returncode == -9, killed.stderr[-2000:]
-    embed_manifest = json.loads((out / "stages" / "embed" / "manifest.json").read_text())
-    assert not embed_manifest["complete"] and not (out / "selected.jsonl").exists()
+    # killed inside the scoring stage (one encoder pass: IQS and embeddings)
+    encode_manifest = json.loads((out / "stages" / "encode" / "manifest.json").read_text())
+    assert not encode_manifest["complete"] and not (out / "selected.jsonl").exists()
     assert main(args) == 0  # resume
     for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl"):
         assert (out / name).read_bytes() == (reference_run / name).read_bytes(), name

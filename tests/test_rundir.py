@@ -117,7 +117,7 @@ def test_second_run_on_a_busy_folder_exits_2_and_touches_nothing(tmp_path, corpu
     out, log = tmp_path / "busy", tmp_path / "first.log"
     first = start_run(run_args(corpus, out), log)
     try:
-        wait_for(lambda: recorded(out, "iqs"), first, log)  # holds the lock, mid-stage
+        wait_for(lambda: recorded(out, "encode"), first, log)  # holds the lock, mid-stage
         assert (out / ".lock").read_text().strip() == str(first.pid)
         os.kill(first.pid, signal.SIGSTOP)  # frozen, so the folder only changes if we change it
         try:
@@ -146,7 +146,7 @@ def test_lock_left_by_kill_9_is_taken_over(tmp_path, corpus, reference):
     out, log = tmp_path / "stale", tmp_path / "victim.log"
     victim = start_run(run_args(corpus, out), log)
     try:
-        done = wait_for(lambda: recorded(out, "iqs"), victim, log)  # mid-stage
+        done = wait_for(lambda: recorded(out, "encode"), victim, log)  # mid-stage
         assert lock_is_held(out)
         victim.kill()  # SIGKILL: no cleanup of any kind
         assert victim.wait(timeout=60) == -signal.SIGKILL
@@ -156,11 +156,11 @@ def test_lock_left_by_kill_9_is_taken_over(tmp_path, corpus, reference):
             victim.wait()
     assert (out / ".lock").read_text().strip() == str(victim.pid)  # left behind...
     assert not lock_is_held(out)  # ...but the kernel dropped the flock with its process
-    assert not manifest(out, "iqs")["complete"] and not (out / "selected.jsonl").exists()
-    kept = mtimes(out, "iqs", list(done))
+    assert not manifest(out, "encode")["complete"] and not (out / "selected.jsonl").exists()
+    kept = mtimes(out, "encode", list(done))
     assert main(run_args(corpus, out)) == 0
     assert (out / ".lock").read_text().strip() == str(os.getpid())
-    assert mtimes(out, "iqs", list(done)) == kept  # what the victim finished is kept
+    assert mtimes(out, "encode", list(done)) == kept  # what the victim finished is kept
     assert not temp_files(out)
     assert_same_outputs(out, reference)
 
@@ -260,10 +260,10 @@ def test_ray_actor_killed_mid_stage_costs_only_its_shard(tmp_path, corpus, refer
     driver = start_run(run_args(corpus, out, "--backend", "ray", "--workers", "2"), log)
     cluster: list[int] = []
     try:
-        done = wait_for(lambda: recorded(out, "iqs"), driver, log)
+        done = wait_for(lambda: recorded(out, "encode"), driver, log)
         shards = manifest(out, "read")["info"]["shards"]
         assert len(done) < len(shards)  # mid-stage: shards are still to come
-        kept = mtimes(out, "iqs", list(done))
+        kept = mtimes(out, "encode", list(done))
         victim = wait_for(lambda: busy_shard_actors(driver.pid), driver, log, 60)[0]
         cluster = descendants(driver.pid)
         os.kill(victim, signal.SIGKILL)
@@ -280,8 +280,8 @@ def test_ray_actor_killed_mid_stage_costs_only_its_shard(tmp_path, corpus, refer
         kill_all(left)
     assert not left, f"Ray processes left running: {[title(p) for p in left]}"
     assert not alive(victim)
-    iqs = manifest(out, "iqs")
-    assert iqs["complete"] and sorted(iqs["files"]) == sorted(iqs["info"]["shards"])
-    assert mtimes(out, "iqs", list(done)) == kept  # finished shards were not redone
+    encode = manifest(out, "encode")
+    assert encode["complete"] and sorted(encode["files"]) == sorted(encode["info"]["shards"])
+    assert mtimes(out, "encode", list(done)) == kept  # finished shards were not redone
     assert not temp_files(out)
     assert_same_outputs(out, reference)
