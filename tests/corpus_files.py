@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -69,3 +70,12 @@ def write_mixed_corpus(path: Path, records: pa.Table) -> Path:
                     json.dumps(dup)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def subset_csv(src: Path, out: Path, pairs: int) -> Path:
+    """The first ``pairs`` adjacent (original, revised) pairs of an expert-revision CSV."""
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[: 1 + 2 * pairs])
+    return out

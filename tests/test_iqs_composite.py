@@ -4,12 +4,12 @@ reloaded and exported to ONNX with the same two inputs."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from corpus_files import subset_csv
 from packed_models import copy_minilm_tokenizer
 
 from car_engine.iqs import IQSScorer
@@ -19,14 +19,6 @@ from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
 from car_engine.iqs.robustness import KINDS
 from car_engine.iqs.store import load_model
 from car_engine.iqs.train import TrainOptions, train
-
-
-def _subset_csv(src: Path, out: Path, pairs: int) -> Path:
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows[: 1 + 2 * pairs])
-    return out
 
 
 def test_order_pools_extend_the_segment_pools():
@@ -64,8 +56,8 @@ def composite_folder(tmp_path_factory, expert_revised_dir) -> tuple[Path, Path, 
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)
     BertModel(config, add_pooling_layer=False).save_pretrained(bert)
-    train_csv = _subset_csv(expert_revised_dir / "APE_score_train.csv", root / "t.csv", 16)
-    valid_csv = _subset_csv(expert_revised_dir / "APE_score_valid.csv", root / "v.csv", 8)
+    train_csv = subset_csv(expert_revised_dir / "APE_score_train.csv", root / "t.csv", 16)
+    valid_csv = subset_csv(expert_revised_dir / "APE_score_valid.csv", root / "v.csv", 8)
     mp = pytest.MonkeyPatch()
     mp.setenv("CAR_ENGINE_CACHE", str(root / "cache"))
     try:

@@ -3,13 +3,13 @@ segment head, training with negatives, and the shipped model on a fast subset of
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from corpus_files import subset_csv
 from packed_models import copy_minilm_tokenizer
 
 from car_engine.iqs import IQSScorer
@@ -80,14 +80,6 @@ def test_response_mask_marks_the_answer_tokens():
         assert torch.equal(row, want), text
 
 
-def _subset_csv(src: Path, out: Path, pairs: int) -> Path:
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows[: 1 + 2 * pairs])
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny random BERT with the real MiniLM tokenizer."""
@@ -105,8 +97,8 @@ def tiny_bert(tmp_path_factory) -> Path:
 def test_segment_head_trains_with_negatives_and_exports(tmp_path, tiny_bert, expert_revised_dir,
                                                          monkeypatch, capsys):
     monkeypatch.setenv("CAR_ENGINE_CACHE", str(tmp_path / "cache"))
-    train_csv = _subset_csv(expert_revised_dir / "APE_score_train.csv", tmp_path / "t.csv", 20)
-    valid_csv = _subset_csv(expert_revised_dir / "APE_score_valid.csv", tmp_path / "v.csv", 10)
+    train_csv = subset_csv(expert_revised_dir / "APE_score_train.csv", tmp_path / "t.csv", 20)
+    valid_csv = subset_csv(expert_revised_dir / "APE_score_valid.csv", tmp_path / "v.csv", 10)
     options = TrainOptions(epochs=2, train_blocks=1, batch_pairs=8, hidden_sizes=[16],
                            max_length=64, loss="mse+margin", head_input="segments",
                            negatives=2)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from corpus_files import subset_csv
 from packed_models import copy_minilm_tokenizer
 from torch import nn
 
@@ -141,19 +141,11 @@ def test_checkpoint_hub_name_without_local_encoder_is_a_clear_error(tmp_path, ti
     assert model.config.num_layers == 3
 
 
-def _subset_csv(src: Path, out: Path, pairs: int) -> Path:
-    with open(src, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows[: 1 + 2 * pairs])
-    return out
-
-
 def test_train_keeps_best_epoch_and_reloads(tmp_path, tiny_encoder, expert_revised_dir,
                                             monkeypatch):
     monkeypatch.setenv("CAR_ENGINE_CACHE", str(tmp_path / "cache"))
-    train_csv = _subset_csv(expert_revised_dir / "APE_score_train.csv", tmp_path / "t.csv", 24)
-    valid_csv = _subset_csv(expert_revised_dir / "APE_score_valid.csv", tmp_path / "v.csv", 12)
+    train_csv = subset_csv(expert_revised_dir / "APE_score_train.csv", tmp_path / "t.csv", 24)
+    valid_csv = subset_csv(expert_revised_dir / "APE_score_valid.csv", tmp_path / "v.csv", 12)
     options = TrainOptions(epochs=3, train_blocks=1, batch_pairs=8, hidden_sizes=[16],
                            max_length=64, loss="mse+margin")
     result = train(train_csv, valid_csv, tmp_path / "model", backbone=str(tiny_encoder),
