@@ -50,11 +50,16 @@ DEFAULT_DEVICE = "auto"
 IQS_BATCH = (4, 1024)
 EMBED_BATCH = (16, 1024)
 GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousands of tokens
-# Precisions left at "auto" follow the device: the CPU's stay what they always were (fp32), a
-# GPU's are the fast ones (IQS fp16, IFD bf16 -- fp32 with TF32 off is the exact option --,
-# embeddings fp16). Not yet measured on a GPU: benchmarks/gpu_check.py measures them.
+# Precisions left at "auto" follow the device: (CPU, CPU with native bf16, GPU). On a CPU
+# with AVX512-BF16 or AMX the encoder forward (embeddings, and IQS with them in one pass) runs
+# bf16: 2.7x fp32 on 1,000 ShareGPT records, Spearman 0.99998 on IQS (benchmarks/RESULTS.md,
+# "Fast defaults"); elsewhere bf16 is emulated and the CPU stays fp32. The ONNX IQS stage
+# (two passes) has no bf16 and stays fp32; IFD's bf16 changes its ranking more and stays
+# opt-in on CPU. A GPU's are the fast ones (IQS fp16, IFD bf16 -- fp32 with TF32 off is the
+# exact option --, embeddings fp16). --exact gives fp32 everywhere.
 AUTO = "auto"
-DEVICE_PRECISION = {"iqs": ("fp32", "fp16"), "ifd": ("fp32", "bf16"), "embed": ("fp32", "fp16")}
+DEVICE_PRECISION = {"iqs": ("fp32", "fp32", "fp16"), "ifd": ("fp32", "fp32", "bf16"),
+                    "embed": ("fp32", "bf16", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 1
 # split/merge rounds after k-means converges (car_engine/cluster_refine.py; 0: none)
@@ -79,7 +84,7 @@ class IQSParams:
 
     model: str = DEFAULT_MODEL
     runtime: str = "onnx"
-    precision: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
+    precision: str = AUTO  # fp32 on CPU, fp16 on GPU; one pass: the embedding's
     batch_size: int | None = None  # None: IQS_BATCH for the device
     device: str = DEFAULT_DEVICE
     turns: str = DEFAULT_TURNS
@@ -131,7 +136,7 @@ class EmbedParams:
     """The embedding stage: the sentence encoder and its precision."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
+    dtype: str = AUTO  # CPU fp32 (bf16 where native), GPU fp16 (DEVICE_PRECISION)
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
@@ -344,7 +349,13 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 
 def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
-    return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
+    if value != AUTO:
+        return value
+    if on_gpu:
+        return DEVICE_PRECISION[stage][2]
+    from car_engine.cpu_features import cpu_has_native_bf16
+
+    return DEVICE_PRECISION[stage][int(cpu_has_native_bf16())]
 
 
 def check_turns(turns: str, aggregate: str = "mean") -> None:

@@ -4,13 +4,13 @@ fallback to the CPU)."""
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from car_engine.config import parse_device
+from car_engine.cpu_features import cpu_has_native_bf16
 from car_engine.errors import DeviceError, UsageError
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,16 +48,6 @@ def describe_device(device: torch.device) -> str:
         return str(device)
     index = device.index or 0
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates
-    it, and a bf16 GEMM ran ~100x slower than fp32 (0.9 vs 106 GFLOP/s on an AVX2 EPYC)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported",
-                                                     "_is_amx_tile_supported")]
-    return any(bool(check()) for check in checks if check is not None)
 
 
 def warn_if_emulated(dtype: torch.dtype, device: torch.device, what: str) -> None:

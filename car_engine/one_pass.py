@@ -16,6 +16,7 @@ the two-pass path's.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,15 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from car_engine.batching import pad_batch
-from car_engine.config import AUTO, DEFAULT_MODEL, EmbedParams, IQSParams, resolve_precision
+from car_engine.batching import pad_batch, tokenize
+from car_engine.config import (
+    AUTO,
+    DEFAULT_MODEL,
+    IQS_PRECISIONS,
+    EmbedParams,
+    IQSParams,
+    resolve_precision,
+)
 from car_engine.corpus import RecordsLike, as_records
 from car_engine.embed import CHUNK_TEXTS, Embedder, transformer_folder
 from car_engine.errors import ModelError
@@ -76,12 +84,13 @@ class OnePassEncoder:
         if reason is not None:
             raise ModelError(f"{iqs_model}: no single encoder pass: {reason}")
         self.embedder = Embedder(**embed_options)
-        model, _ = load_model(iqs_model)
-        model.encoder = torch.nn.Identity()  # the embedder's forward stands in for it
+        model, _ = load_model(iqs_model, encoder=False)  # the embedder's forward stands in
         self.iqs_max_length = model.config.max_length
         self.iqs_model, self.device = str(iqs_model), embed_options.get("device")
         self._long_scorer: IQSScorer | None = None
         self.iqs = model.to(self.embedder.device).float().eval()
+        # the IQS head's layer mixes, in fp32 whatever the forward's precision
+        self.mixes = [functools.partial(_mix_fp32, mix) for mix in self.iqs.mixes()]
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, progress: bool = True
@@ -96,32 +105,60 @@ class OnePassEncoder:
             for start in range(0, len(texts), CHUNK_TEXTS):
                 chunk = texts[start:start + CHUNK_TEXTS]
                 token_ids = embedder.token_ids(chunk, start)
+                # A text cut at the embedding's length gets its IQS from its own read below:
+                # its states here serve the embedding only.
+                cut = np.array([len(ids) >= embedder.max_seq_length for ids in token_ids]) \
+                    & (self.iqs_max_length > embedder.max_seq_length)
                 for rows in embedder.batches(token_ids):
-                    states, mask = embedder.states(token_ids, rows, every_layer=True)
-                    vectors[start + rows] = embedder.vectors(states[-1], mask).cpu().numpy()
-                    scores[start + rows] = self._scores(states, token_ids, rows, mask)
+                    whole = ~cut[rows]
+                    if not whole.any():  # the embedding alone
+                        vectors[start + rows] = embedder.vectors(
+                            *embedder.states(token_ids, rows)).cpu().numpy()
+                        bar.update(len(rows))
+                        continue
+                    last, mixed, mask = embedder.mixed_states(token_ids, rows, self.mixes)
+                    vectors[start + rows] = embedder.vectors(last, mask).cpu().numpy()
+                    scores[start + rows[whole]] = self._scores(mixed, token_ids, rows[whole],
+                                                               mask, whole)
                     bar.update(len(rows))
-                cut = np.flatnonzero([len(ids) >= embedder.max_seq_length for ids in token_ids])
-                if cut.size and self.iqs_max_length > embedder.max_seq_length:
-                    scores[start + cut] = self._iqs_at_own_length([chunk[int(i)] for i in cut])
+                if cut.any():
+                    long_rows = np.flatnonzero(cut)
+                    scores[start + long_rows] = self._iqs_at_own_length(
+                        [chunk[int(i)] for i in long_rows])
         return scores, vectors
 
-    def _scores(self, states: torch.Tensor, token_ids: list[list[int]], rows: np.ndarray,
-                mask: torch.Tensor) -> np.ndarray:
-        """The IQS head on a batch's stacked hidden states."""
+    def _scores(self, mixed: list[torch.Tensor], token_ids: list[list[int]], rows: np.ndarray,
+                mask: torch.Tensor, keep: np.ndarray | None = None) -> np.ndarray:
+        """The IQS head on a batch's layer mixes (of its rows ``keep`` only, if given)."""
+        if keep is not None:
+            picked = torch.from_numpy(keep).to(mask.device)
+            width = max(len(token_ids[i]) for i in rows)
+            mixed, mask = [m[picked, :width] for m in mixed], mask[picked, :width]
         ids = torch.from_numpy(pad_batch(token_ids, rows, self.embedder.pad_id)[0])
-        return self.iqs.score_states(states.float(), ids.to(mask.device), mask) \
-            .double().cpu().numpy()
+        return self.iqs.score_mixes(mixed, ids.to(mask.device), mask).double().cpu().numpy()
 
     def _iqs_at_own_length(self, texts: list[str]) -> np.ndarray:
-        """IQS of texts longer than the embedding's length, read at the IQS model's length by
-        the IQS stage's own scorer (ONNX Runtime, loaded on the first such text): a long
-        text then costs what it costs in two passes, a short one saves its IQS pass."""
-        if self._long_scorer is None:
-            from car_engine.iqs import IQSScorer
+        """IQS of texts longer than the embedding's length, read at the IQS model's length.
 
-            self._long_scorer = IQSScorer.load(self.iqs_model, device=self.device)
-        return self._long_scorer.score_texts(texts, progress=False)
+        In fp32 (fp16 on a GPU) by the IQS stage's own scorer at the embedding's precision
+        (ONNX Runtime, loaded on the first such text), the faster body there: a long text then
+        costs what it costs in two passes. In bf16, which ONNX Runtime does not run, by a
+        second forward of the same body (packed on a CPU: 2.2x the ONNX fp32 scorer on 200 long
+        ShareGPT texts, benchmarks/RESULTS.md)."""
+        embedder = self.embedder
+        if embedder.dtype in IQS_PRECISIONS:
+            if self._long_scorer is None:
+                from car_engine.iqs import IQSScorer
+
+                self._long_scorer = IQSScorer.load(self.iqs_model, device=self.device,
+                                                   precision=embedder.dtype)
+            return self._long_scorer.score_texts(texts, progress=False)
+        token_ids = tokenize(embedder.tokenizer, [t.strip() for t in texts], self.iqs_max_length)
+        out = np.empty(len(texts), dtype=np.float64)
+        for rows in embedder.batches(token_ids):
+            _, mixed, mask = embedder.mixed_states(token_ids, rows, self.mixes)
+            out[rows] = self._scores(mixed, token_ids, rows, mask)
+        return out
 
     def encode(self, records: pa.Table, *, turns: str = IQSParams.turns,
                turn_aggregate: str = IQSParams.turn_aggregate, progress: bool = True
@@ -142,6 +179,10 @@ class OnePassEncoder:
         body = "packed" if embedder.packed is not None else "transformers"
         return (f"one pass: torch {describe_device(embedder.device)} {embedder.dtype} "
                 f"({body} forward)")
+
+
+def _mix_fp32(mix: torch.nn.Module, stack: torch.Tensor) -> torch.Tensor:
+    return mix(stack.float())
 
 
 def encode_records(records: RecordsLike, *, iqs_model: str = DEFAULT_MODEL,

@@ -17,13 +17,13 @@ from car_engine.reference.embed import reference_embed, reference_encoder
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder(batch_size=8)
+    return Embedder(batch_size=8, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
 def short_embedder() -> Embedder:
     """The same model cut to 48 tokens: cheap, and still mixed lengths (the order tests)."""
-    return Embedder(batch_size=8, max_seq_length=48)
+    return Embedder(batch_size=8, max_seq_length=48, dtype="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from car_engine.models.bert import PackedBert, supports
 @pytest.fixture(scope="module")
 def reference() -> Embedder:
     """The transformers forward (padded batches), fp32."""
-    return Embedder(pack=False)
+    return Embedder(pack=False, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_hidden_states_match_the_padded_forward(reference, token_ids, group_scor
 def test_embedder_packs_on_cpu_and_matches_unpacked(reference, sharegpt_records):
     from car_engine.corpus import pair_texts
 
-    packed = Embedder()
+    packed = Embedder(dtype="fp32")
     assert packed.packed is not None and reference.packed is None
     texts = pair_texts(sharegpt_records.slice(0, 10)) + ["x", "two words"]
     torch.testing.assert_close(torch.from_numpy(packed.embed(texts, progress=False)),
@@ -78,11 +78,13 @@ def test_lengths_outside_the_positions_are_refused(reference):
         packed([[101, 102], []])
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_attention_paths_agree(reference, token_ids, native, monkeypatch):
-    if native and not fused_attention.AVAILABLE:
+@pytest.mark.parametrize("path", ["fused", "flash", "matmul"])
+def test_bf16_attention_paths_agree(reference, token_ids, path, monkeypatch):
+    # flash: runs of equal-length texts through PyTorch's flash kernel (AMX CPUs), the rest fused
+    if path != "matmul" and not fused_attention.AVAILABLE:
         pytest.skip("needs AVX512-BF16")
-    monkeypatch.setattr(fused_attention, "AVAILABLE", native)
+    monkeypatch.setattr(fused_attention, "AVAILABLE", path != "matmul")
+    monkeypatch.setattr(packed_bert, "cpu_has_amx", lambda: path == "flash")
     with torch.inference_mode():
         fp32 = PackedBert(reference.model)(token_ids)
         bf16 = PackedBert(reference.model, torch.bfloat16)(token_ids)
@@ -90,3 +92,19 @@ def test_bf16_attention_paths_agree(reference, token_ids, native, monkeypatch):
         assert b.dtype == torch.bfloat16
         cosine = torch.nn.functional.cosine_similarity(a.mean(0), b.float().mean(0), dim=0)
         assert cosine >= 0.999
+
+
+def test_flash_runs_and_fused_singles_cover_every_text(reference):
+    # Runs of 1, 3, 5 and 4 equal-length texts, then singles: the flash kernel takes the runs of
+    # FLASH_MIN_TEXTS or more, the fused kernel the rest, each text's context where it belongs.
+    if not fused_attention.AVAILABLE:
+        pytest.skip("needs AVX512-BF16")
+    assert packed_bert.FLASH_MIN_TEXTS == 4
+    lengths = [7] + [9] * 3 + [12] * 5 + [20] * 4 + [3, 30]
+    body = PackedBert(reference.model, torch.bfloat16)
+    qkv = torch.randn(sum(lengths), 3 * body.heads * body.head_dim).to(torch.bfloat16)
+    runs = body._attention_groups(lengths, capped=False)
+    assert [count for _, count, _ in runs] == [1, 3, 5, 4, 1, 1]
+    got = body._attention_amx(qkv, runs)
+    expected = fused_attention.fused_attention(qkv, lengths, body.heads)
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)

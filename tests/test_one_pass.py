@@ -44,7 +44,7 @@ def records() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def encoder() -> OnePassEncoder:
-    return OnePassEncoder()
+    return OnePassEncoder(dtype="fp32")  # the exact path: equal to two passes to 1e-5
 
 
 def eager_scorer(model_dir: str) -> IQSScorer:
@@ -68,7 +68,8 @@ def test_records_get_the_iqs_table_and_the_vectors_of_two_passes(records, encode
             np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     from car_engine.embed import embed_records
 
-    np.testing.assert_allclose(vectors, embed_records(records, progress=False), atol=1e-6)
+    np.testing.assert_allclose(vectors, embed_records(records, progress=False, dtype="fp32"),
+                               atol=1e-6)
 
 
 def test_the_segments_head_reads_the_same_states(records, tmp_path):
@@ -78,10 +79,23 @@ def test_the_segments_head_reads_the_same_states(records, tmp_path):
         torch.nn.init.normal_(p, std=0.2)  # a head with outputs that tell texts apart
     folder = save_model(model, tmp_path / "segments")
     texts = pair_texts(records)
-    scores, _ = OnePassEncoder(str(folder)).encode_texts(texts, progress=False)
+    scores, _ = OnePassEncoder(str(folder), dtype="fp32").encode_texts(texts, progress=False)
     reference = eager_scorer(str(folder)).score_texts(texts, progress=False)
     assert np.std(reference) > 1e-3
     np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
+
+
+def test_bf16_keeps_the_ranking_and_reads_long_texts_at_512(records, encoder):
+    # bf16 (the default on CPUs with native bf16): a long text's IQS comes from a second bf16
+    # forward at 512, not from the ONNX fp32 scorer (which has no bf16)
+    bf16 = OnePassEncoder(dtype="bf16")
+    texts = pair_texts(records)
+    scores, vectors = bf16.encode_texts(texts, progress=False)
+    exact, exact_vectors = encoder.encode_texts(texts, progress=False)
+    assert bf16._long_scorer is None
+    np.testing.assert_allclose(scores, exact, atol=0.03, rtol=0)
+    assert np.corrcoef(scores, exact)[0, 1] > 0.999
+    assert (np.sum(vectors * exact_vectors, axis=1) > 0.999).all()
 
 
 def test_two_passes_when_the_models_or_settings_differ(tmp_path):
@@ -105,7 +119,7 @@ def test_two_passes_when_the_models_or_settings_differ(tmp_path):
 
 
 def test_a_run_takes_one_pass_by_default_and_two_on_request(tmp_path):
-    cfg = {"n1": 3, "n2": 1, "shard_size": 6, "limit": 12}
+    cfg = {"n1": 3, "n2": 1, "shard_size": 6, "limit": 12, "exact": True}  # fp32: tight checks
     one = run("builtin:sharegpt", tmp_path / "one", RunConfig(**cfg), progress=False,
               report=False)
     two = run("builtin:sharegpt", tmp_path / "two", RunConfig(**cfg, one_pass=False),
@@ -114,7 +128,7 @@ def test_a_run_takes_one_pass_by_default_and_two_on_request(tmp_path):
     stages = {d.name for d in (tmp_path / "one" / "stages").iterdir()}
     assert {"encode", "iqs", "embed"} <= stages
     assert not (tmp_path / "two" / "stages" / "encode").exists()
-    table, vectors = encode_records(records, progress=False)
+    table, vectors = encode_records(records, progress=False, dtype="fp32")
     scores = pq.read_table(one.scores_path)
     # one batch of 12 here, shards of 6 in the run: other GEMM shapes, float rounding apart
     np.testing.assert_allclose(scores.column("iqs").to_numpy(), table.column("iqs").to_numpy(),

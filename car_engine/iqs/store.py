@@ -106,15 +106,23 @@ def save_model(model: IQSModel, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_model(model: str | os.PathLike = DEFAULT) -> tuple[IQSModel, Any]:
+def load_model(model: str | os.PathLike = DEFAULT, *, encoder: bool = True
+               ) -> tuple[IQSModel, Any]:
     """Load an IQS model folder: the backbone from its own folder, then the stored weights,
-    every stored key checked against the model."""
+    every stored key checked against the model. With ``encoder`` False, only the layer mix and
+    head (the encoder an ``nn.Identity``, the tokenizer None): what reads hidden states that
+    another forward computed (SPEC §10); a model that trained encoder parts is refused."""
     folder = resolve_model_dir(model)
     config = IQSConfig.from_file(folder / CONFIG_FILE)
-    encoder, tokenizer = load_encoder(config.backbone)
-    iqs = IQSModel(encoder, config)
+    if encoder:
+        backbone, tokenizer = load_encoder(config.backbone)
+    elif config.trained_encoder_layers or config.train_embeddings:
+        raise ModelError(f"{folder}: the model trained encoder parts; load it with its encoder")
+    else:
+        backbone, tokenizer = torch.nn.Identity(), None
+    iqs = IQSModel(backbone, config)
     state = load_file(str(folder / WEIGHTS_FILE))
-    expected = set(trained_state(iqs))
+    expected = set(trained_state(iqs)) if encoder else set(iqs.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ModelError(f"{folder / WEIGHTS_FILE}: weights do not match the config "

@@ -17,7 +17,9 @@ else, and GPUs, use the transformers forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
@@ -26,10 +28,14 @@ from car_engine.kernels import attention as fused_attention
 from car_engine.kernels.linear import linear
 
 from car_engine.batching import packed_ids
+from car_engine.cpu_features import cpu_has_amx
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
 MAX_GROUP_SCORES = 2 ** 21
+WEIGHTS_FILE = "model.safetensors"
+# bf16 on AMX: equal-length texts taken by PyTorch's flash kernel once there are this many.
+FLASH_MIN_TEXTS = 4
 
 
 class _Layer(TypedDict):
@@ -47,63 +53,89 @@ class _Layer(TypedDict):
     down_norm: tuple[torch.Tensor, torch.Tensor]
 
 
-def supports(model: torch.nn.Module) -> str | None:
-    """None when ``model`` is a BERT encoder this module computes exactly, else the reason."""
-    # torch types a submodule or config read off a Module as Tensor | Module: these are
-    # transformers' (a BertConfig, BertEmbeddings, ...), so they are read as Any.
-    config: Any = model.config
+def supports(model: Any) -> str | None:
+    """None when ``model`` (a transformers model, or its config as a dict) is a BERT encoder
+    this module computes exactly, else the reason."""
+    config: Mapping[str, Any] = model.config.to_dict() if hasattr(model, "config") else model
     checks = {
-        "model type is not bert": config.model_type != "bert",
+        "model type is not bert": config.get("model_type") != "bert",
         "position embeddings are not absolute":
-            getattr(config, "position_embedding_type", "absolute") != "absolute",
-        "activation is not exact gelu": config.hidden_act != "gelu",
-        "model is a decoder": bool(getattr(config, "is_decoder", False)),
+            config.get("position_embedding_type", "absolute") != "absolute",
+        "activation is not exact gelu": config.get("hidden_act") != "gelu",
+        "model is a decoder": bool(config.get("is_decoder", False)),
     }
     return next((reason for reason, failed in checks.items() if failed), None)
 
 
 class PackedBert:
-    """The weights of a transformers ``BertModel``, cast once to ``dtype``, and a forward
-    over a batch of texts given as token ids (no padding anywhere)."""
+    """The weights of a BERT encoder, cast once to ``dtype``, and a forward over a batch of
+    texts given as token ids (no padding anywhere)."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        """Copy the weights of ``model`` (a ``BertModel``, see :func:`supports`)."""
-        reason = supports(model)
+        """Copy the weights of ``model`` (a transformers ``BertModel``, see :func:`supports`)."""
+        config: Any = model.config  # a BertConfig (torch types it Tensor | Module)
+        self._load(config.to_dict(), model.state_dict(), dtype)
+
+    @classmethod
+    def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> PackedBert:
+        """Read a transformers BERT folder (``config.json``, ``model.safetensors``) straight
+        into the packed body, without building the transformers model (its import and
+        construction were 2.6 s of a 21 s run, profiled)."""
+        from safetensors.torch import load_file
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        weights = load_file(str(folder / WEIGHTS_FILE))
+        prefix = "bert."  # BertForX checkpoints keep the encoder under it
+        if not any(k.startswith("embeddings.") for k in weights):
+            weights = {k.removeprefix(prefix): v for k, v in weights.items()}
+        body = cls.__new__(cls)
+        try:
+            body._load(config, weights, dtype)
+        except KeyError as err:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: no BERT weight {err}") from err
+        return body
+
+    def _load(self, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+              dtype: torch.dtype) -> None:
+        reason = supports(config)
         if reason is not None:
             raise ValueError(f"not a plain BERT encoder: {reason}")
-        config: Any = model.config  # a BertConfig (see supports)
-        self.heads: int = config.num_attention_heads
-        self.head_dim: int = config.hidden_size // self.heads
-        self.eps: float = config.layer_norm_eps
-        self.max_positions: int = config.max_position_embeddings
+        self.heads: int = config["num_attention_heads"]
+        self.head_dim: int = config["hidden_size"] // self.heads
+        self.eps: float = config.get("layer_norm_eps", 1e-12)
+        self.max_positions: int = config["max_position_embeddings"]
 
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(dtype).contiguous()
 
-        emb: Any = model.embeddings
-        self.word = cast(emb.word_embeddings.weight)
-        self.position = cast(emb.position_embeddings.weight)
-        self.token_type = cast(emb.token_type_embeddings.weight[0])  # every token is type 0
-        self.embed_norm = (cast(emb.LayerNorm.weight), cast(emb.LayerNorm.bias))
+        def w(name: str) -> torch.Tensor:
+            return weights[name].detach().float()
+
+        def norm(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return cast(w(f"{name}.weight")), cast(w(f"{name}.bias"))
+
+        self.word = cast(w("embeddings.word_embeddings.weight"))
+        self.position = cast(w("embeddings.position_embeddings.weight"))
+        self.token_type = cast(w("embeddings.token_type_embeddings.weight")[0])  # all type 0
+        self.embed_norm = norm("embeddings.LayerNorm")
         scale = self.head_dim ** -0.5  # folded into the query weights: one less pass per layer
         self.layers: list[_Layer] = []
-        encoder: Any = model.encoder
-        for layer in encoder.layer:
-            att = layer.attention.self
+        for i in range(config["num_hidden_layers"]):
+            at = f"encoder.layer.{i}."
+            att = at + "attention.self."
             self.layers.append({
-                "qkv_w": cast(torch.cat([att.query.weight * scale, att.key.weight,
-                                         att.value.weight])),
-                "qkv_b": cast(torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])),
-                "out_w": cast(layer.attention.output.dense.weight),
-                "out_b": cast(layer.attention.output.dense.bias),
-                "out_norm": (cast(layer.attention.output.LayerNorm.weight),
-                             cast(layer.attention.output.LayerNorm.bias)),
-                "up_w": cast(layer.intermediate.dense.weight),
-                "up_b": cast(layer.intermediate.dense.bias),
-                "down_w": cast(layer.output.dense.weight),
-                "down_b": cast(layer.output.dense.bias),
-                "down_norm": (cast(layer.output.LayerNorm.weight),
-                              cast(layer.output.LayerNorm.bias)),
+                "qkv_w": cast(torch.cat([w(att + "query.weight") * scale, w(att + "key.weight"),
+                                         w(att + "value.weight")])),
+                "qkv_b": cast(torch.cat([w(att + "query.bias") * scale, w(att + "key.bias"),
+                                         w(att + "value.bias")])),
+                "out_w": cast(w(at + "attention.output.dense.weight")),
+                "out_b": cast(w(at + "attention.output.dense.bias")),
+                "out_norm": norm(at + "attention.output.LayerNorm"),
+                "up_w": cast(w(at + "intermediate.dense.weight")),
+                "up_b": cast(w(at + "intermediate.dense.bias")),
+                "down_w": cast(w(at + "output.dense.weight")),
+                "down_b": cast(w(at + "output.dense.bias")),
+                "down_norm": norm(at + "output.LayerNorm"),
             })
 
     def __call__(self, token_ids: Sequence[Sequence[int]], *, every_layer: bool = False
@@ -112,6 +144,13 @@ class PackedBert:
         ``[layers, len(ids), hidden]`` (the embeddings' output, then each block's: what an IQS
         layer mix reads, SPEC §10). Texts of equal length next to each other share their
         attention GEMMs, so pass them sorted by length."""
+        states, lengths = self.forward_packed(token_ids, every_layer=every_layer)
+        return list(states.split(lengths, dim=-2))
+
+    def forward_packed(self, token_ids: Sequence[Sequence[int]], *, every_layer: bool = False
+                       ) -> tuple[torch.Tensor, list[int]]:
+        """The texts' tokens one after another: last hidden states ``[tokens, hidden]`` (or
+        with ``every_layer`` ``[layers, tokens, hidden]``), and each text's length."""
         ids, lengths = packed_ids(token_ids, self.max_positions)
         positions = torch.cat([torch.arange(n) for n in lengths])
         x = self.word[ids] + self.position[positions] + self.token_type
@@ -127,17 +166,19 @@ class PackedBert:
                            layer["down_norm"])
             if every_layer:
                 states.append(x)
-        if every_layer:
-            return list(torch.stack(states).split(lengths, dim=1))
-        return list(x.split(lengths))
+        return (torch.stack(states) if every_layer else x), lengths
 
     def _attention_for(self, lengths: list[int], x: torch.Tensor
                        ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The attention every layer of this batch uses, with its per-batch layout computed
-        once: the fused kernel (bf16 on CPUs with AVX512-BF16) or matmul + softmax."""
+        once: the fused kernel (bf16 on CPUs with AVX512-BF16; with AMX, runs of equal-length
+        texts go to PyTorch's flash kernel instead) or matmul + softmax."""
         # fp32 keeps matmul + softmax, the path held to sentence-transformers at 2e-5 (the
         # fused fp32 kernel was written for IFD and not measured here).
         if fused_attention.runs(x) and x.dtype == torch.bfloat16:
+            if cpu_has_amx():
+                runs = self._attention_groups(lengths, capped=False)
+                return lambda qkv: self._attention_amx(qkv, runs)
             return lambda qkv: fused_attention.fused_attention(qkv, lengths, self.heads)
         groups = self._attention_groups(lengths)
         return lambda qkv: self._attention(qkv, groups)
@@ -145,13 +186,14 @@ class PackedBert:
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), *weights, self.eps)
 
-    def _attention_groups(self, lengths: list[int]) -> list[tuple[int, int, int]]:
+    def _attention_groups(self, lengths: list[int], capped: bool = True
+                          ) -> list[tuple[int, int, int]]:
         """(first token, texts, length) of each run of equal-length texts, cut to
-        MAX_GROUP_SCORES."""
+        MAX_GROUP_SCORES unless not ``capped``."""
         groups, start, i = [], 0, 0
         while i < len(lengths):
             n = lengths[i]
-            cap = max(1, MAX_GROUP_SCORES // (self.heads * n * n))
+            cap = max(1, MAX_GROUP_SCORES // (self.heads * n * n)) if capped else len(lengths)
             j = i + 1
             while j < len(lengths) and lengths[j] == n and j - i < cap:
                 j += 1
@@ -159,6 +201,37 @@ class PackedBert:
             start += (j - i) * n
             i = j
         return groups
+
+    def _attention_amx(self, qkv: torch.Tensor, runs: list[tuple[int, int, int]]
+                       ) -> torch.Tensor:
+        """bf16 attention on a CPU with AMX: a run of at least FLASH_MIN_TEXTS equal-length
+        texts as one batch of PyTorch's flash kernel (AMX tiles: 2x the fused kernel on 32
+        texts of 512 tokens), every other text by the fused kernel (the flash kernel on one
+        text at a time was 2.3x slower than it)."""
+        hidden = qkv.shape[1] // 3
+        context = qkv.new_empty((qkv.shape[0], hidden))
+        singles: list[int] = []  # lengths of the texts waiting for the fused kernel
+        first = 0  # their first token
+
+        def flush(end: int) -> None:
+            if singles:
+                context[first:end] = fused_attention.fused_attention(qkv[first:end], singles,
+                                                                     self.heads)
+                singles.clear()
+
+        for start, count, n in runs:
+            if count < FLASH_MIN_TEXTS:
+                if not singles:
+                    first = start
+                singles.extend([n] * count)
+                continue
+            flush(start)
+            block = qkv[start:start + count * n].view(count, n, 3, self.heads, self.head_dim)
+            q, k, v = block.permute(2, 0, 3, 1, 4).unbind(0)  # each [count, heads, n, head_dim]
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2)
+            context[start:start + count * n].view(count, n, self.heads, self.head_dim).copy_(out)
+        flush(qkv.shape[0])
+        return context
 
     def _attention(self, qkv: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         """Softmax attention of each text over its own tokens: [tokens, hidden]."""
