@@ -50,16 +50,11 @@ DEFAULT_DEVICE = "auto"
 IQS_BATCH = (4, 1024)
 EMBED_BATCH = (16, 1024)
 GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousands of tokens
-# Precisions left at "auto" follow the device: (CPU, CPU with native bf16, GPU). On a CPU
-# with AVX512-BF16 or AMX the encoder forward (embeddings, and IQS with them in one pass) runs
-# bf16: 2.7x fp32 on 1,000 ShareGPT records, Spearman 0.99998 on IQS (benchmarks/RESULTS.md,
-# "Fast defaults"); elsewhere bf16 is emulated and the CPU stays fp32. The ONNX IQS stage
-# (two passes) has no bf16 and stays fp32; IFD's bf16 changes its ranking more and stays
-# opt-in on CPU. A GPU's are the fast ones (IQS fp16, IFD bf16 -- fp32 with TF32 off is the
-# exact option --, embeddings fp16). --exact gives fp32 everywhere.
+# "auto" by device: (CPU, CPU with native bf16, GPU). CPU bf16 stays opt-in: see RESULTS.md,
+# "Fast defaults" (96.6% of the exact selection; batch-dependent rounding).
 AUTO = "auto"
 DEVICE_PRECISION = {"iqs": ("fp32", "fp32", "fp16"), "ifd": ("fp32", "fp32", "bf16"),
-                    "embed": ("fp32", "bf16", "fp16")}
+                    "embed": ("fp32", "fp32", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 1
 # split/merge rounds after k-means converges (car_engine/cluster_refine.py; 0: none)
@@ -136,7 +131,7 @@ class EmbedParams:
     """The embedding stage: the sentence encoder and its precision."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = AUTO  # CPU fp32 (bf16 where native), GPU fp16 (DEVICE_PRECISION)
+    dtype: str = AUTO  # fp32 on CPU, fp16 on GPU (DEVICE_PRECISION)
     batch_size: int | None = None  # None: EMBED_BATCH for the device
     compile: bool = False
     device: str = DEFAULT_DEVICE
@@ -349,10 +344,8 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 
 def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
-    if value != AUTO:
-        return value
-    if on_gpu:
-        return DEVICE_PRECISION[stage][2]
+    if value != AUTO or on_gpu:
+        return DEVICE_PRECISION[stage][2] if value == AUTO else value
     from car_engine.cpu_features import cpu_has_native_bf16
 
     return DEVICE_PRECISION[stage][int(cpu_has_native_bf16())]

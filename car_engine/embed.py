@@ -39,6 +39,7 @@ from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import WEIGHTS_FILE, PackedBert, supports
 from car_engine.models.registry import DEFAULT, resolve_encoder
+from car_engine.tokenizer import load_tokenizer
 from car_engine.turn_scores import embed_turns
 
 DTYPES = EMBED_DTYPES
@@ -110,8 +111,6 @@ class Embedder:
         encoder is faster packed (``compile`` then turns packing off). ``pack=False`` keeps the
         transformers forward on CPU too.
         """
-        from transformers import AutoModel, AutoTokenizer
-
         self.device = torch_device(device)
         dtype = resolve_precision("embed", dtype, self.device.type == "cuda")  # auto: by device
         # On a GPU the default batch is cut at a token budget, not a count.
@@ -133,12 +132,17 @@ class Embedder:
         self.packed: PackedBert | None = None
         self.model: Any = None  # the transformers forward, where the packed body does not serve
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir))
             config = json.loads((transformer_dir / "config.json").read_text(encoding="utf-8"))
-            if pack and not compile and self.device.type == "cpu" and supports(config) is None \
-                    and (transformer_dir / WEIGHTS_FILE).is_file():
+            packs = pack and not compile and self.device.type == "cpu" and \
+                supports(config) is None and (transformer_dir / WEIGHTS_FILE).is_file()
+            # The packed body reads the folder's files itself; so does its tokenizer (the same
+            # ids as transformers', tests/test_embed.py): neither imports transformers.
+            self.tokenizer = load_tokenizer(transformer_dir, light=packs)
+            if packs:
                 self.packed = PackedBert.from_folder(transformer_dir, torch_type)
             else:
+                from transformers import AutoModel
+
                 # Weights cast once to the compute dtype: autocast would re-cast every weight
                 # on every batch (41% of bf16 CPU time, profiled), and cosine to fp32 stays
                 # >= 0.9999.

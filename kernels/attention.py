@@ -21,10 +21,14 @@ AVAILABLE = native.attention_supported()
 _AS_NUMPY = {torch.bfloat16: torch.int16, torch.float32: torch.float32}  # numpy has no bf16
 
 
-def runs(x: torch.Tensor) -> bool:
+HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is compiled for
+
+
+def runs(x: torch.Tensor, head_dim: int | None = None) -> bool:
     """Whether :func:`fused_attention` can take ``x``: a CPU tensor of a kernel's dtype, on a
-    CPU that has the kernel."""
-    return AVAILABLE and x.device.type == "cpu" and x.dtype in _AS_NUMPY
+    CPU that has the kernel, with heads of ``head_dim`` (when given) that it is built for."""
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in _AS_NUMPY and \
+        (head_dim is None or head_dim in HEAD_DIMS)
 
 
 def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,

@@ -123,3 +123,24 @@ def test_cli_embed(tmp_path, capsys):
     assert "wrote 4 x 384 vectors" in capsys.readouterr().out
     assert main(["embed", "builtin:sharegpt", "--out", str(out), "--model",
                  str(tmp_path / "nope")]) == 5
+
+
+def test_the_light_tokenizer_gives_transformers_ids(sharegpt_records):
+    # The packed path tokenizes with tokenizer.json through the tokenizers library alone.
+    from transformers import AutoTokenizer
+
+    from car_engine.batching import tokenize
+    from car_engine.corpus import pair_texts
+    from car_engine.embed import transformer_folder
+    from car_engine.tokenizer import JsonTokenizer, load_tokenizer
+
+    folder = transformer_folder("default")
+    light, full = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+    assert isinstance(light, JsonTokenizer) and light.pad_token_id == full.pad_token_id
+    texts = pair_texts(sharegpt_records) + ["", " ", "Café naïve RÉSUMÉ", "中文字符 测试",
+                                            "a\u200bb\tc\n\nd", "emoji 😀", "x" * 3000]
+    for length in (8, 256, 512):
+        assert tokenize(light, texts, length) == tokenize(full, texts, length)
+    assert light(texts[:3])["input_ids"] == full(texts[:3])["input_ids"]  # untruncated
+    assert Embedder(dtype="fp32").tokenizer.__class__ is JsonTokenizer
+    assert Embedder(pack=False, dtype="fp32").tokenizer.__class__ is not JsonTokenizer

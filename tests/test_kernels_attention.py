@@ -64,6 +64,7 @@ def test_runs_on_the_kernels_dtypes_only():
     assert fused_attention.runs(torch.zeros(1, dtype=torch.float32))
     assert fused_attention.runs(torch.zeros(1, dtype=torch.bfloat16))
     assert not fused_attention.runs(torch.zeros(1, dtype=torch.float16))
+    assert fused_attention.runs(torch.zeros(1), 64) and not fused_attention.runs(torch.zeros(1), 24)
 
 
 def test_refuses_what_it_cannot_do():

@@ -107,8 +107,7 @@ def add_embed_flags(group: Group, *, own: bool = False) -> None:
     _flag(group, "--embed-dtype", "--dtype", own, dest="embed_dtype", default=EmbedParams.dtype,
           choices=[AUTO, *EMBED_DTYPES], help="embedding precision (bf16: ~2.5-3x the "
           "one-text-at-a-time reference on AVX512-BF16 CPUs, cosine >= 0.9999 to fp32; fp16 on "
-          f"GPU only; default {EmbedParams.dtype}: bf16 on CPUs with native bf16, else fp32; fp16 "
-          "on GPU; --exact: fp32)")
+          f"GPU only; default {EmbedParams.dtype}: fp32 on CPU, fp16 on GPU)")
     _flag(group, "--embed-batch-size", "--batch-size", own, dest="embed_batch_size", type=int,
           default=EmbedParams.batch_size, help="texts per batch (default 16 on CPU; on GPU up "
           "to 1024, cut at 32,768 padded tokens)")

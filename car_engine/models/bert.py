@@ -175,7 +175,7 @@ class PackedBert:
         texts go to PyTorch's flash kernel instead) or matmul + softmax."""
         # fp32 keeps matmul + softmax, the path held to sentence-transformers at 2e-5 (the
         # fused fp32 kernel was written for IFD and not measured here).
-        if fused_attention.runs(x) and x.dtype == torch.bfloat16:
+        if fused_attention.runs(x, self.head_dim) and x.dtype == torch.bfloat16:
             if cpu_has_amx():
                 runs = self._attention_groups(lengths, capped=False)
                 return lambda qkv: self._attention_amx(qkv, runs)

@@ -154,7 +154,7 @@ class PackedCausalLM:
                    sin: torch.Tensor) -> torch.Tensor:
         """Causal attention of each sequence over its own tokens: [tokens, heads * head_dim]."""
         self._rotate_in_place(qkv, cos, sin)
-        if fused_attention.runs(qkv):
+        if fused_attention.runs(qkv, self.head_dim):
             return fused_attention.fused_attention(qkv, lengths, self.heads, self.kv_heads,
                                                    causal=True)
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
