@@ -8,10 +8,10 @@ GPU) but keeps every hidden state: the IQS layer mix reads all of them
 embedding's 256 tokens is then scored exactly as two passes would score it. A longer one is
 cut there for the embedding but not for IQS: the IQS model reads 512 tokens, and on long
 ShareGPT pairs reading only 256 changed a third of the top picks (Spearman 0.95,
-benchmarks/RESULTS.md), so such a text's IQS comes from the IQS stage's own scorer at 512
-(ONNX Runtime, as in two passes). The saving is the IQS pass of every text that fits (91-95% of
-the expert-revision pairs; fewer in a corpus of long chats), and the scores and selection stay
-the two-pass path's.
+benchmarks/RESULTS.md), so such a text's IQS is read again at 512: by the IQS stage's own ONNX
+scorer in fp32 (as in two passes), by the same packed body in bf16 (which ONNX Runtime lacks).
+The saving is the IQS pass of every text that fits (91-95% of the expert-revision pairs; fewer
+in a corpus of long chats), and in fp32 the scores and selection stay the two-pass path's.
 """
 
 from __future__ import annotations
