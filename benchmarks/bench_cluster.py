@@ -132,8 +132,8 @@ def bench_embed(n: int, chunk: int = 64, quick: bool = False) -> list[dict]:
     # (bf16 peak / fp32 peak) x (engine's fraction of its peak / reference's of its own).
     fp32 = engines["fp32"]
     lengths = [len(ids) for ids in tokenize(fp32.tokenizer, texts, fp32.max_seq_length)]
-    # the packed body keeps no transformers module: count the work on the padded one's
-    gflop = transformer_gflop(Embedder(dtype="fp32", pack=False).model, lengths, causal=False)
+    # the packed body keeps no transformers module: count the work on the reference's
+    gflop = transformer_gflop(encoder[0].auto_model, lengths, causal=False)
     peak = {dtype: gemm_gflops(dtype) for dtype in {name.split("-")[0] for name in engines}}
     reference = np.concatenate(vectors.pop("reference"))
     common = {"reference_peak_fraction": round(gflop / seconds["reference"] / peak["fp32"], 3),

@@ -50,11 +50,10 @@ DEFAULT_DEVICE = "auto"
 IQS_BATCH = (4, 1024)
 EMBED_BATCH = (16, 1024)
 GPU_BATCH_TOKENS = 32768  # IQS and embedding batches on a GPU: tens of thousands of tokens
-# "auto" by device: (CPU, CPU with native bf16, GPU). CPU bf16 stays opt-in: see RESULTS.md,
+# "auto" by device: (CPU, GPU). CPU bf16 stays opt-in, even where it is native: see RESULTS.md,
 # "Fast defaults" (96.6% of the exact selection; batch-dependent rounding).
 AUTO = "auto"
-DEVICE_PRECISION = {"iqs": ("fp32", "fp32", "fp16"), "ifd": ("fp32", "fp32", "bf16"),
-                    "embed": ("fp32", "fp32", "fp16")}
+DEVICE_PRECISION = {"iqs": ("fp32", "fp16"), "ifd": ("fp32", "bf16"), "embed": ("fp32", "fp16")}
 EMBED_MAX_SEQ_LENGTH = 256
 KMEANS_RESTARTS = 1
 # split/merge rounds after k-means converges (car_engine/cluster_refine.py; 0: none)
@@ -344,11 +343,7 @@ def parse_device(device: str | None) -> tuple[str, int | None]:
 
 def resolve_precision(stage: str, value: str, on_gpu: bool) -> str:
     """``value``, or for ``auto`` the stage's precision on this device (DEVICE_PRECISION)."""
-    if value != AUTO or on_gpu:
-        return DEVICE_PRECISION[stage][2] if value == AUTO else value
-    from car_engine.cpu_features import cpu_has_native_bf16
-
-    return DEVICE_PRECISION[stage][int(cpu_has_native_bf16())]
+    return DEVICE_PRECISION[stage][int(on_gpu)] if value == AUTO else value
 
 
 def check_turns(turns: str, aggregate: str = "mean") -> None:

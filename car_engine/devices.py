@@ -4,13 +4,13 @@ fallback to the CPU)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from car_engine.config import parse_device
-from car_engine.cpu_features import cpu_has_native_bf16
 from car_engine.errors import DeviceError, UsageError
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,6 +48,25 @@ def describe_device(device: torch.device) -> str:
         return str(device)
     index = device.index or 0
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def _torch_cpu_check(name: str) -> bool:
+    check = getattr(getattr(torch, "cpu", None), name, None)
+    return bool(check()) if check is not None else False
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates
+    it, and a bf16 GEMM ran ~100x slower than fp32 (0.9 vs 106 GFLOP/s on an AVX2 EPYC)."""
+    return _torch_cpu_check("_is_avx512_bf16_supported") or cpu_has_amx()
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, which PyTorch's oneDNN and flash-attention kernels use
+    for bf16 (a bf16 GEMM ran 7-12x fp32 on a 2-core Xeon with AMX, benchmarks/RESULTS.md)."""
+    return _torch_cpu_check("_is_amx_tile_supported")
 
 
 def warn_if_emulated(dtype: torch.dtype, device: torch.device, what: str) -> None:

@@ -206,11 +206,13 @@ class Embedder:
         """Unit vectors [len(rows), d] of the texts ``token_ids[rows]``."""
         return self.vectors(*self.states(token_ids, rows))
 
-    def token_ids(self, texts: Sequence[str], offset: int = 0) -> list[list[int]]:
-        """Token ids of ``texts`` (stripped, cut at ``max_seq_length``), naming the item
-        (``offset`` + its index) that is not a string."""
+    def token_ids(self, texts: Sequence[str], offset: int = 0, max_length: int | None = None
+                  ) -> list[list[int]]:
+        """Token ids of ``texts`` (stripped, cut at ``max_length``, by default
+        ``max_seq_length``), naming the item (``offset`` + its index) that is not a string."""
         return tokenize(self.tokenizer, [_checked_text(t, offset + i) for i, t in
-                                         enumerate(texts)], self.max_seq_length)
+                                         enumerate(texts)],
+                        self.max_seq_length if max_length is None else max_length)
 
     def batches(self, token_ids: list[list[int]]) -> Iterator[np.ndarray]:
         """Row indices of each batch: packed batches of a token budget, or padded ones."""

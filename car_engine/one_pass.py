@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from car_engine.batching import pad_batch, tokenize
+from car_engine.batching import pad_batch
 from car_engine.config import (
     AUTO,
     DEFAULT_MODEL,
@@ -153,7 +153,7 @@ class OnePassEncoder:
                 self._long_scorer = IQSScorer.load(self.iqs_model, device=self.device,
                                                    precision=embedder.dtype)
             return self._long_scorer.score_texts(texts, progress=False)
-        token_ids = tokenize(embedder.tokenizer, [t.strip() for t in texts], self.iqs_max_length)
+        token_ids = embedder.token_ids(texts, max_length=self.iqs_max_length)
         out = np.empty(len(texts), dtype=np.float64)
         for rows in embedder.batches(token_ids):
             _, mixed, mask = embedder.mixed_states(token_ids, rows, self.mixes)

@@ -28,7 +28,7 @@ from car_engine.kernels import attention as fused_attention
 from car_engine.kernels.linear import linear
 
 from car_engine.batching import packed_ids
-from car_engine.cpu_features import cpu_has_amx
+from car_engine.devices import cpu_has_amx
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
