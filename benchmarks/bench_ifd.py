@@ -20,6 +20,7 @@ from car_engine.corpus import load_corpus
 from car_engine.devices import TORCH_DTYPES
 from car_engine.ifd import IFDScorer
 from car_engine.ifd_prompts import OK
+from car_engine.models.registry import load_causal_model
 from car_engine.reference.ifd import reference_scores
 
 from . import bench_guard, bench_ifd_compat, bench_ifd_turns
@@ -110,7 +111,8 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
     scored_n = [p.n_answer for p in ok] * 2
     tokens = sum(cond_len)
 
-    runners = {"reference": lambda part: reference_scores(fp32.model, part, fp32.encode(part))}
+    reference = load_causal_model("default", dtype="fp32")
+    runners = {"reference": lambda part: reference_scores(reference, part, fp32.encode(part))}
     runners.update({d: (lambda part, e=e: e.score(part, progress=False))
                     for d, e in engines.items()})
     for fn in runners.values():  # first forwards pay one-off setup (oneDNN, thread pool)
@@ -119,7 +121,7 @@ def run(quick: bool = False, n: int | None = None) -> list[dict]:
     seconds, parts = take_turns(runners, records, CHUNK_PAIRS)
     ifd = {name: _ifd(pa.concat_tables(got)) for name, got in parts.items()}
     ref_s = seconds["reference"]
-    model = fp32.model
+    model = reference
     body_only = model_gflop(model, cond_len, scored_n, full_logits=False)
     full = model_gflop(model, cond_len, scored_n, full_logits=True)
     peak = {d: gemm_gflops(d) for d in dtypes}

@@ -23,6 +23,7 @@ from car_engine.config import IFD_COMPAT_SELECTION
 from car_engine.corpus import load_corpus
 from car_engine.ifd import IFDScorer
 from car_engine.ifd_prompts import OK
+from car_engine.models.registry import load_causal_model
 from car_engine.pre_experience import instruction_ids, instruction_pass
 from car_engine.reference.ifd_compat import reference_compat_scores
 from car_engine.reference.pre_experience import reference_instruction_pass
@@ -39,9 +40,10 @@ def _compat_row(compat: str, records: pa.Table, max_length: int) -> dict:
     template = MODES[compat]
     engine = IFDScorer("default", compat=compat, max_length=max_length)
     default = IFDScorer("default", template=template, max_length=max_length)
+    model = load_causal_model("default", dtype="fp32")  # as transformers builds it
     runners = {
         "reference": lambda part: reference_compat_scores(
-            engine.model, engine.tokenizer, part, compat, max_length=max_length,
+            model, engine.tokenizer, part, compat, max_length=max_length,
             prompt=template),
         "compat": lambda part: engine.score(part, progress=False),
         "default": lambda part: default.score(part, progress=False),
@@ -68,8 +70,9 @@ def _compat_row(compat: str, records: pa.Table, max_length: int) -> dict:
 
 def _pre_row(records: pa.Table, max_length: int) -> dict:
     scorer = IFDScorer("default", compat="cherry", max_length=max_length)
+    model = load_causal_model("default", dtype="fp32")  # as transformers builds it
     runners = {
-        "reference": lambda part: reference_instruction_pass(scorer.model,
+        "reference": lambda part: reference_instruction_pass(model,
                                                              instruction_ids(scorer, part)),
         "engine": lambda part: instruction_pass(scorer, part, progress=False),
     }
@@ -85,7 +88,7 @@ def _pre_row(records: pa.Table, max_length: int) -> dict:
     # Both sides do the same matmul work: a perplexity needs the output projection at every
     # position, so the speed-up is only how much closer to this machine's GEMM peak batching
     # runs than batch 1 does (a CPU runs a 150-token batch-1 forward near its peak already).
-    work = model_gflop(scorer.model, lengths, lengths, full_logits=True)
+    work = model_gflop(model, lengths, lengths, full_logits=True)
     peak = gemm_gflops("fp32")
     return row("ifd-pre-experience", records.num_rows, seconds["engine"], seconds["reference"],
                "max rel |d ppl| vs batch-1 forward", rel, rel < 1e-4,

@@ -24,6 +24,7 @@ from car_engine.corpus import load_corpus
 from car_engine.corpus.conversations import parse_json
 from car_engine.ifd import IFDScorer
 from car_engine.ifd_turns import encode_conversations
+from car_engine.models.registry import load_causal_model
 from car_engine.reference.ifd_turns import reference_turns
 from car_engine.turn_scores import turn_texts
 from car_engine.workers import EmbedWorker, IQSWorker
@@ -46,9 +47,10 @@ def _ifd_rows(quick: bool, n: int, min_turns: int = 2) -> list[dict]:
     records = conversations(n, min_turns)
     scorer = IFDScorer("default", max_length=max_length, dtype="fp32", turns="all")
     chats = [parse_json(c) for c in records.column("turns").to_pylist()]
+    model = load_causal_model("default", dtype="fp32")  # as transformers builds it
 
     def reference(part: list[int]) -> list[dict]:
-        return [reference_turns(scorer.model, scorer.tokenizer, chats[i], template="none",
+        return [reference_turns(model, scorer.tokenizer, chats[i], template="none",
                                 max_length=max_length) for i in part]
 
     def engine(part: list[int]) -> list[dict]:
@@ -95,7 +97,7 @@ def work_ratio(scorer: IFDScorer, records: pa.Table) -> float:
             ref_scored += [n, n]
             eng_len.append(len(direct))
             eng_scored.append(n)
-    model = scorer.model
+    model = load_causal_model("default", dtype="fp32")
     return model_gflop(model, ref_len, ref_scored, full_logits=True) / model_gflop(
         model, eng_len, eng_scored, full_logits=False)
 

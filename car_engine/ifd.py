@@ -98,8 +98,12 @@ class IFDScorer:
         and GPUs run the transformers forward on padded batches. ``turns``: ``all`` scores
         every turn of a conversation (:mod:`car_engine.ifd_turns`, SPEC §5; the table gains
         its TURN_COLUMNS), ``first`` the first turn only; a compat preset scores the first."""
-        from car_engine.models.llama import PackedCausalLM, supports
-        from car_engine.models.registry import load_causal_lm
+        from car_engine.models.llama import PackedCausalLM, packs
+        from car_engine.models.registry import (
+            causal_lm_path,
+            load_causal_model,
+            load_causal_tokenizer,
+        )
 
         self.device = torch_device(device)
         dtype = resolve_precision("ifd", dtype, self.device.type == "cuda")  # auto: by device
@@ -111,17 +115,26 @@ class IFDScorer:
         self.turns = "first" if compat is not None else turns
         self.max_length, self.batch_tokens, self.dtype = max_length, batch_tokens, dtype
         warn_if_emulated(torch_type, self.device, "ifd --ifd-dtype bf16")
-        self.model, self.tokenizer = load_causal_lm(model, dtype=dtype)
-        self.model.to(self.device)
-        self.body = self.model.base_model
-        head = self.model.get_output_embeddings()
-        if head is None or getattr(head, "bias", None) is not None:
-            raise ModelError("IFD needs a causal LM whose output projection is a bias-free linear")
-        self.head_weight = head.weight
+        folder = causal_lm_path(model)
+        self.tokenizer = load_causal_tokenizer(folder)
         self.pad_id = start_token(self.tokenizer)
-        self.packed = None
-        if pack and self.device.type == "cpu" and supports(self.model) is None:
-            self.packed = PackedCausalLM(self.model, torch_type)
+        self.packed: PackedCausalLM | None = None
+        self.model: Any = None  # the transformers model, where the packed body does not serve
+        if pack and self.device.type == "cpu" and packs(folder):
+            # read from the folder's files: the transformers model is never built
+            try:
+                self.packed = PackedCausalLM.from_folder(folder, torch_type)
+            except (OSError, ValueError) as err:
+                raise ModelError(f"{folder}: cannot load as a causal LM: {err}") from err
+            self.head_weight = self.packed.head
+        else:
+            self.model = load_causal_model(folder, dtype=dtype).to(self.device)
+            self.body = self.model.base_model
+            head = self.model.get_output_embeddings()
+            if head is None or getattr(head, "bias", None) is not None:
+                raise ModelError("IFD needs a causal LM whose output projection is a "
+                                 "bias-free linear")
+            self.head_weight = head.weight
         self.gpu = None  # on a GPU: padded, maskless, prefetched batches (car_engine.ifd_gpu)
         if self.device.type == "cuda":
             from car_engine.ifd_gpu import PaddedForward

@@ -17,6 +17,15 @@ SHARED_DATA = Path(os.environ.get("CAR_ENGINE_DATA")
 
 
 @pytest.fixture(scope="session")
+def reference_lm():
+    """The default causal LM as transformers builds it (fp32): what the packed IFD body, which
+    reads the weights itself, is held to."""
+    from car_engine.models.registry import load_causal_model
+
+    return load_causal_model("default", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
 def sharegpt_records() -> pa.Table:
     """The first 500 real ShareGPT records (built-in corpus)."""
     return load_corpus("builtin:sharegpt", limit=520).records.slice(0, 500)

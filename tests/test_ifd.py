@@ -75,14 +75,14 @@ def assert_scores_close(got: pa.Table, want: pa.Table, atol: float) -> None:
 
 
 @pytest.mark.parametrize("packed", [True, False])
-def test_fp32_matches_batch1_hf_reference(scorer, records, scored, packed):
+def test_fp32_matches_batch1_hf_reference(scorer, records, scored, packed, reference_lm):
     # packed: the CPU default (car_engine.models.llama); not packed: the padded transformers
     # forward that GPUs and other architectures run
-    assert scorer.packed is not None
+    assert scorer.packed is not None and scorer.model is None  # read without transformers
     if not packed:
         scored = IFDScorer("default", max_length=MAX_LENGTH, pack=False, turns="first").score(
             records, progress=False)
-    want = reference_scores(scorer.model, records, scorer.encode(records))
+    want = reference_scores(reference_lm, records, scorer.encode(records))
     assert scored.column_names == IFD_COLUMNS
     assert_scores_close(scored, want, 1e-4)
     assert scored["n_tokens"].to_pylist() == want["n_tokens"].to_pylist()

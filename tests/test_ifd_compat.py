@@ -86,10 +86,10 @@ def _scorer(base: IFDScorer, compat: str, template: str, max_length: int, bos: b
                          ids=["superfiltering", "superfiltering-bos", "cherry-alpaca",
                               "cherry-alpaca-bos", "cherry-wiz"])
 def test_compat_matches_the_script_restated_at_batch_1(base, records, compat, template,
-                                                       max_length, bos):
+                                                       max_length, bos, reference_lm):
     scorer = _scorer(base, compat, template, max_length, bos)
     got = scorer.score(records, progress=False)
-    want = reference_compat_scores(scorer.model, scorer.tokenizer, records, compat,
+    want = reference_compat_scores(reference_lm, scorer.tokenizer, records, compat,
                                    max_length=max_length, prompt=template)
     column = IFD_COMPAT_SELECTION[compat][0]
     ok = 0

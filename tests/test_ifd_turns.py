@@ -19,7 +19,7 @@ from car_engine.ifd import IFDScorer
 from car_engine.ifd_prompts import PROMPT_TOO_LONG
 from car_engine.ifd_render import render
 from car_engine.ifd_turns import PAST_MAX_LENGTH, TURN_COLUMNS
-from car_engine.models.registry import causal_lm_path
+from car_engine.models.registry import causal_lm_path, load_causal_model
 from car_engine.reference.ifd_turns import reference_turns
 
 TEMPLATES = ["none", "alpaca", "vicuna", "chat"]
@@ -98,8 +98,9 @@ def test_every_turn_equals_the_per_turn_batch_1_reference(tiny_model_dir, scorer
     scorer.max_length = max_length
     got = scorer.score(_records(items), progress=False).to_pylist()
     cut = 0
+    reference = load_causal_model(str(tiny_model_dir))
     for row, messages in zip(got, items):
-        want = reference_turns(scorer.model, scorer.tokenizer, parse(messages),
+        want = reference_turns(reference, scorer.tokenizer, parse(messages),
                                template=template, max_length=max_length)
         assert row["turns"] == want["turns"] and row["turns_scored"] == want["turns_scored"]
         assert row["turn_n_tokens"] == want["turn_n_tokens"]

@@ -8,8 +8,8 @@ from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
 from packed_models import assert_refused
 
-from car_engine.models.llama import PackedCausalLM, supports
-from car_engine.models.registry import load_causal_lm
+from car_engine.models.llama import WEIGHTS_FILE, PackedCausalLM, packs, supports
+from car_engine.models.registry import causal_lm_path, load_causal_lm
 
 pytestmark = pytest.mark.slow  # real model (SmolLM2-135M-Instruct)
 
@@ -87,3 +87,29 @@ def test_lengths_outside_the_positions_are_refused(model_and_tokenizer):
     packed = PackedCausalLM(model_and_tokenizer[0])
     with pytest.raises(ValueError, match="1..8192 tokens"):
         packed([[1, 2], []], torch.tensor([0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_folder_read_body_equals_the_one_built_from_the_model(model_and_tokenizer, token_ids,
+                                                                   dtype):
+    # IFD on CPU reads config.json + safetensors itself and never builds the transformers model
+    model, _ = model_and_tokenizer
+    from_folder = PackedCausalLM.from_folder(causal_lm_path("default"), dtype)
+    every = torch.arange(sum(len(t) for t in token_ids))
+    with torch.inference_mode():
+        want = PackedCausalLM(model, dtype)(token_ids, every)
+        got = from_folder(token_ids, every)
+    assert torch.equal(got, want)
+    assert torch.equal(from_folder.head, model.lm_head.weight.to(dtype))  # tied: the embeddings
+
+
+def test_a_folder_without_the_weights_is_not_packed_and_a_bad_one_names_the_file(tmp_path):
+    folder = causal_lm_path("default")
+    assert packs(folder)
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    assert not packs(tmp_path)  # no safetensors: the transformers forward reads it
+    from safetensors.torch import save_file
+
+    save_file({"embed_tokens.weight": torch.zeros(4, 4)}, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(ValueError, match="model.safetensors: no Llama weight"):
+        PackedCausalLM.from_folder(tmp_path)

@@ -50,7 +50,7 @@ def test_sampling_edge_cases():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("compat", [None, "cherry"])
-def test_instruction_pass_matches_the_batch1_forward(sharegpt_records, compat):
+def test_instruction_pass_matches_the_batch1_forward(sharegpt_records, compat, reference_lm):
     records = sharegpt_records.slice(0, 6)
     scorer = IFDScorer("default", compat=compat, max_length=64)
     got = instruction_pass(scorer, records, progress=False)
@@ -63,7 +63,7 @@ def test_instruction_pass_matches_the_batch1_forward(sharegpt_records, compat):
             "appropriately completes the request.\n\n### Instruction:\n"
             + records["instruction"][0].as_py() + "\n\n### Response:",
             truncation=True, max_length=64)
-    ppl, vectors = reference_instruction_pass(scorer.model, ids)
+    ppl, vectors = reference_instruction_pass(reference_lm, ids)
     np.testing.assert_allclose(got.ppl, ppl, rtol=1e-4)
     np.testing.assert_allclose(got.vectors, vectors, atol=1e-4, rtol=1e-4)
     assert got.n_tokens.tolist() == [len(s) for s in ids]

@@ -8,6 +8,7 @@ CaR/COMET ``.ckpt``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,15 +192,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _tokenizer_of(model: str | os.PathLike) -> tuple[Any, int]:
-    """Tokenizer and max length of a model folder without building the encoder."""
-    from transformers import AutoTokenizer
-
+    """Tokenizer and max length of a model folder without building the encoder. A plain BERT
+    backbone's tokenizer is read from its tokenizer.json without transformers (the same ids,
+    tests/test_embed.py; the import was 1.3 s of an IFD run's start-up, profiled)."""
     from car_engine.iqs.model import IQSConfig
     from car_engine.iqs.store import CONFIG_FILE
+    from car_engine.models.bert import supports
     from car_engine.models.registry import resolve_encoder
+    from car_engine.tokenizer import load_tokenizer
 
     config = IQSConfig.from_file(resolve_model_dir(model) / CONFIG_FILE)
-    return AutoTokenizer.from_pretrained(resolve_encoder(config.backbone)), config.max_length
+    folder = resolve_encoder(config.backbone)
+    backbone = folder / "config.json"
+    light = backbone.is_file() and \
+        supports(json.loads(backbone.read_text(encoding="utf-8"))) is None
+    return load_tokenizer(folder, light=light), config.max_length
 
 
 def score_iqs(records: RecordsLike, **kwargs: Any) -> pa.Table:

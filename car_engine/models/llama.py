@@ -19,7 +19,9 @@ forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
@@ -28,6 +30,10 @@ from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
 
 from car_engine.batching import packed_ids
+
+WEIGHTS_FILE = "model.safetensors"
+BODY_PREFIX = "model."  # LlamaForCausalLM keeps the body under it
+HEAD_WEIGHT = "lm_head.weight"  # absent when tied to the input embeddings
 
 
 class _Layer(TypedDict):
@@ -42,27 +48,38 @@ class _Layer(TypedDict):
     down: torch.Tensor
 
 
-def supports(model: torch.nn.Module) -> str | None:
-    """None when ``model`` (a ``LlamaForCausalLM`` or its body) is computed exactly by
-    :class:`PackedCausalLM`, else the reason it is not."""
-    # torch types a submodule or config read off a Module as Tensor | Module: these are
-    # transformers' (a LlamaConfig, LlamaModel, ...), so they are read as Any.
-    config: Any = model.config
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+def supports(model: Any) -> str | None:
+    """None when ``model`` (a ``LlamaForCausalLM`` or its body, or its config as a dict) is
+    computed exactly by :class:`PackedCausalLM`, else the reason it is not."""
+    config = _config_dict(model)
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     checks = {
-        "model type is not llama": config.model_type != "llama",
-        "activation is not silu": config.hidden_act != "silu",
-        "attention has biases": bool(getattr(config, "attention_bias", False)),
-        "mlp has biases": bool(getattr(config, "mlp_bias", False)),
+        "model type is not llama": config.get("model_type") != "llama",
+        "activation is not silu": config.get("hidden_act") != "silu",
+        "attention has biases": bool(config.get("attention_bias", False)),
+        "mlp has biases": bool(config.get("mlp_bias", False)),
         "rope is scaled": rope.get("rope_type", "default") != "default",
-        "tensor-parallel pretraining split": getattr(config, "pretraining_tp", 1) != 1,
+        "tensor-parallel pretraining split": config.get("pretraining_tp", 1) != 1,
     }
     return next((reason for reason, failed in checks.items() if failed), None)
 
 
-def _rope_theta(config: Any) -> float:
-    rope = getattr(config, "rope_parameters", None) or {}
-    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+def packs(folder: Path) -> bool:
+    """Whether :meth:`PackedCausalLM.from_folder` reads this model folder (a supported
+    config and a safetensors file)."""
+    config = folder / "config.json"
+    return (config.is_file() and (folder / WEIGHTS_FILE).is_file()
+            and supports(json.loads(config.read_text(encoding="utf-8"))) is None)
+
+
+def _config_dict(model: Any) -> Mapping[str, Any]:
+    # torch types a config read off a Module as Tensor | Module: it is transformers' LlamaConfig
+    return model.config.to_dict() if hasattr(model, "config") else model
+
+
+def _rope_theta(config: Mapping[str, Any]) -> float:
+    rope = config.get("rope_parameters") or {}
+    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
 class PackedCausalLM:
@@ -70,23 +87,44 @@ class PackedCausalLM:
     that returns the final (normed) hidden states of chosen positions of packed sequences."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        """Take the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``): shared when
-        already in ``dtype``, cast copies otherwise; query/key/value concatenated."""
-        reason = supports(model)
+        """Take the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``), cast to
+        ``dtype``; query/key/value concatenated."""
+        weights = {name.removeprefix(BODY_PREFIX): w for name, w in model.state_dict().items()}
+        self._load(_config_dict(model), weights, dtype)
+
+    @classmethod
+    def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> PackedCausalLM:
+        """Read a transformers Llama folder (``config.json``, ``model.safetensors``) straight
+        into the packed body, without building the transformers model (its import and
+        construction were 1.5 s of a 33 s IFD run, profiled)."""
+        from safetensors.torch import load_file
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        weights = {name.removeprefix(BODY_PREFIX): w
+                   for name, w in load_file(str(folder / WEIGHTS_FILE)).items()}
+        body = cls.__new__(cls)
+        try:
+            body._load(config, weights, dtype)
+        except KeyError as err:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: no Llama weight {err}") from err
+        return body
+
+    def _load(self, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+              dtype: torch.dtype) -> None:
+        reason = supports(config)
         if reason is not None:
             raise ValueError(f"not a plain Llama model: {reason}")
-        config: Any = model.config  # a LlamaConfig (see supports)
-        body: Any = getattr(model, "model", model)
-        self.heads: int = config.num_attention_heads
-        self.kv_heads: int = config.num_key_value_heads
-        self.head_dim: int = (getattr(config, "head_dim", None)
-                              or config.hidden_size // self.heads)
-        self.eps: float = config.rms_norm_eps
-        self.max_positions: int = config.max_position_embeddings
+        self.heads: int = config["num_attention_heads"]
+        self.kv_heads: int = config.get("num_key_value_heads") or self.heads
+        self.head_dim: int = config.get("head_dim") or config["hidden_size"] // self.heads
+        self.eps: float = config["rms_norm_eps"]
+        self.max_positions: int = config["max_position_embeddings"]
         self.dtype = dtype
-        inv_freq = 1.0 / _rope_theta(config) ** (
+        self.inv_freq = 1.0 / _rope_theta(config) ** (
             torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-        self.inv_freq = inv_freq
+
+        def w(name: str) -> torch.Tensor:
+            return weights[name].detach()
 
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(dtype).contiguous()
@@ -94,20 +132,24 @@ class PackedCausalLM:
         # The softmax scale folded into the query weights (rotary embedding is linear, so it
         # commutes): one less pass per layer, and exact in bf16 when head_dim is a power of 4.
         scale = self.head_dim ** -0.5
-        self.embed = cast(body.embed_tokens.weight)
-        self.final_norm = cast(body.norm.weight)
+        self.embed = cast(w("embed_tokens.weight"))
+        # The output projection, for the loss: the embeddings themselves when tied.
+        tied = HEAD_WEIGHT not in weights and config.get("tie_word_embeddings", True)
+        self.head = self.embed if tied else cast(w(HEAD_WEIGHT))
+        self.final_norm = cast(w("norm.weight"))
         self.layers: list[_Layer] = []
-        for layer in body.layers:
-            att, mlp = layer.self_attn, layer.mlp
+        for i in range(config["num_hidden_layers"]):
+            at = f"layers.{i}."
+            att, mlp = at + "self_attn.", at + "mlp."
             self.layers.append({
-                "attn_norm": cast(layer.input_layernorm.weight),
-                "qkv": cast(torch.cat([att.q_proj.weight * scale, att.k_proj.weight,
-                                       att.v_proj.weight])),
-                "out": cast(att.o_proj.weight),
-                "mlp_norm": cast(layer.post_attention_layernorm.weight),
-                "gate": cast(mlp.gate_proj.weight),
-                "up": cast(mlp.up_proj.weight),
-                "down": cast(mlp.down_proj.weight),
+                "attn_norm": cast(w(at + "input_layernorm.weight")),
+                "qkv": cast(torch.cat([w(att + "q_proj.weight") * scale, w(att + "k_proj.weight"),
+                                       w(att + "v_proj.weight")])),
+                "out": cast(w(att + "o_proj.weight")),
+                "mlp_norm": cast(w(at + "post_attention_layernorm.weight")),
+                "gate": cast(w(mlp + "gate_proj.weight")),
+                "up": cast(w(mlp + "up_proj.weight")),
+                "down": cast(w(mlp + "down_proj.weight")),
             })
 
     def __call__(self, token_ids: Sequence[Sequence[int]], positions: torch.Tensor

@@ -128,7 +128,12 @@ def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
 
     ``model`` is ``default`` (SmolLM2-135M-Instruct, cached as safetensors after the first
     call) or a local Hugging Face causal-LM folder. ``dtype`` is ``fp32`` or ``bf16``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return load_causal_model(model, dtype=dtype), load_causal_tokenizer(model)
+
+
+def load_causal_model(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
+    """The transformers causal LM of :func:`load_causal_lm`, without its tokenizer."""
+    from transformers import AutoModelForCausalLM
 
     from car_engine.config import IFD_DTYPES
     from car_engine.devices import torch_dtype
@@ -136,11 +141,22 @@ def load_causal_lm(model: str | os.PathLike = DEFAULT, *, dtype: str = "fp32"):
     torch_type = torch_dtype(dtype, IFD_DTYPES, "causal LM")
     folder = causal_lm_path(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
         lm = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_type, attn_implementation="sdpa", use_safetensors=True,
             trust_remote_code=False,
         )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{folder}: cannot load as a causal LM: {err}") from err
-    return lm.eval(), tokenizer
+    return lm.eval()
+
+
+def load_causal_tokenizer(model: str | os.PathLike = DEFAULT):
+    """The tokenizer of a causal LM (transformers' ``AutoTokenizer``: IFD's prompts need its
+    chat templates and special-token handling)."""
+    from transformers import AutoTokenizer
+
+    folder = causal_lm_path(model)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{folder}: cannot load its tokenizer: {err}") from err
