@@ -38,7 +38,7 @@ from car_engine.config import (
 from car_engine.corpus import RecordsLike, as_records
 from car_engine.embed import CHUNK_TEXTS, Embedder, transformer_folder
 from car_engine.errors import ModelError
-from car_engine.iqs.model import IQSConfig
+from car_engine.iqs.model import IQSConfig, LayerMix
 from car_engine.iqs.store import CONFIG_FILE, load_model, resolve_model_dir
 from car_engine.models.registry import resolve_encoder
 from car_engine.turn_scores import iqs_table, pool_turns, turn_texts
@@ -181,8 +181,18 @@ class OnePassEncoder:
                 f"({body} forward)")
 
 
-def _mix_fp32(mix: torch.nn.Module, stack: torch.Tensor) -> torch.Tensor:
-    return mix(stack.float())
+def _mix_fp32(mix: LayerMix, stack: torch.Tensor) -> torch.Tensor:
+    """``mix(stack)`` in fp32, one layer at a time into one fp32 sum: no fp32 copy of a bf16
+    stack, no [layers, tokens, hidden] product, and layers of weight 0 (sparsemax) skipped.
+    That was 1.0 s of a 15 s bf16 run, profiled."""
+    out: torch.Tensor | None = None
+    for weight, layer in zip(mix.weights().tolist(), stack):
+        if weight == 0.0:
+            continue
+        out = layer.float() * weight if out is None else out.add_(layer, alpha=weight)
+    if out is None:
+        raise ValueError("a layer mix with every weight 0")
+    return out.mul_(mix.gamma)
 
 
 def encode_records(records: RecordsLike, *, iqs_model: str = DEFAULT_MODEL,

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from car_engine.io import write_json, write_npy, write_parquet
 
-DIGESTS = "digests.json"  # model-file digests by (path, size, mtime), beside what they key
+DIGESTS = "digests.json"  # model-file digests by (path, size, mtime), in the model cache
 
 KEY_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 KEY_FIELDS = ("instruction", "input", "output", "turns")
@@ -82,9 +82,13 @@ def keys_of(records: pa.Table) -> np.ndarray:
                          offset=column.offset * KEY_DTYPE.itemsize).copy()
 
 
-def models_digest(paths: list[Path], memo: Path) -> str:
-    """:func:`files_digest` of ``paths``, remembered in the JSON file ``memo`` by each file's
-    (path, size, mtime): hashing ~600 MB of weights costs ~1 s, so once per model version."""
+def models_digest(paths: list[Path]) -> str:
+    """:func:`files_digest` of ``paths``, remembered by each file's (path, size, mtime) in one
+    JSON file of the machine's model cache, shared by every run: hashing a model's weights
+    costs 0.5-1 s, so once per model version, not once per fresh run folder."""
+    from car_engine.models.registry import cache_dir
+
+    memo = cache_dir() / DIGESTS
     stamp = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
                         for p in paths])
     try:

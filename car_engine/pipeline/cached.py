@@ -21,14 +21,14 @@ from car_engine.backends import Backend, ShardJob
 from car_engine.config import params_dict
 from car_engine.io import write_npy, write_parquet
 from car_engine.rundir import StageDir, fingerprint
-from car_engine.score_cache import DIGESTS, ScoreCache, keys_of, models_digest
+from car_engine.score_cache import ScoreCache, keys_of, models_digest
 from car_engine.workers import Worker
 
 
-def scorer_fingerprint(worker: type[Worker], params: Any, root: Path) -> str:
+def scorer_fingerprint(worker: type[Worker], params: Any) -> str:
     """What a stage's per-record output depends on: its parameters, the contents of its model
     files and the engine version (in :func:`~car_engine.rundir.fingerprint`)."""
-    digest = models_digest(worker.model_files(params), root / DIGESTS)
+    digest = models_digest(worker.model_files(params))
     return fingerprint(worker.stage, params_dict(params), [digest])
 
 
@@ -48,7 +48,7 @@ def run_cached(worker: type[Worker], params: Any, stage: StageDir, shards: list[
     """Produce each ``(records file, output name)`` of ``shards`` in ``stage`` through the
     score cache at ``root``; each output's manifest entry says how many rows were cached.
     Returns where the computed parts ran (device, runtime, precision)."""
-    cache = ScoreCache(root, worker.stage, scorer_fingerprint(worker, params, root))
+    cache = ScoreCache(root, worker.stage, scorer_fingerprint(worker, params))
     for leftover in [*stage.path.glob("todo-*"), *stage.path.glob("part-*")]:
         leftover.unlink()  # of a run killed mid-stage (the run lock is ours)
     jobs: list[ShardJob] = []

@@ -22,7 +22,7 @@ from car_engine.corpus import FieldMap, read_corpus, say_mapping, source_files
 from car_engine.dedup import content_hashes
 from car_engine.io import atomic_path, write_jsonl, write_npy, write_parquet
 from car_engine.rundir import StageDir, file_digest, fingerprint
-from car_engine.score_cache import DIGESTS, keys_column, models_digest, record_keys
+from car_engine.score_cache import keys_column, models_digest, record_keys
 from car_engine.workers import Worker
 
 
@@ -96,8 +96,7 @@ def shard_stage(worker: type[Worker], params: Any, read: StageDir, run_dir: Path
     name = worker.stage
     # the model files' contents, not just their names: `default` is whatever model ships
     # with the package, and a user may retrain into the same folder
-    memo = (cache if cache is not None else Path(run_dir) / "stages") / DIGESTS
-    identity = {**params_dict(params), "models": models_digest(worker.model_files(params), memo)}
+    identity = {**params_dict(params), "models": models_digest(worker.model_files(params))}
     stage = StageDir(run_dir, name, fingerprint(name, identity, [read.fingerprint]))
     if stage.complete:
         return stage
