@@ -80,7 +80,7 @@ def test_lengths_outside_the_positions_are_refused(reference):
 
 @pytest.mark.parametrize("path", ["fused", "flash", "matmul"])
 def test_bf16_attention_paths_agree(reference, token_ids, path, monkeypatch):
-    # flash: runs of equal-length texts through PyTorch's flash kernel (AMX CPUs), the rest fused
+    # flash: every run of equal-length texts through PyTorch's flash kernel (AMX CPUs)
     if path != "matmul" and not fused_attention.AVAILABLE:
         pytest.skip("needs AVX512-BF16")
     monkeypatch.setattr(fused_attention, "AVAILABLE", path != "matmul")
@@ -94,17 +94,14 @@ def test_bf16_attention_paths_agree(reference, token_ids, path, monkeypatch):
         assert cosine >= 0.999
 
 
-def test_flash_runs_and_fused_singles_cover_every_text(reference):
-    # Runs of 1, 3, 5 and 4 equal-length texts, then singles: the flash kernel takes the runs of
-    # FLASH_MIN_TEXTS or more, the fused kernel the rest, each text's context where it belongs.
-    if not fused_attention.AVAILABLE:
-        pytest.skip("needs AVX512-BF16")
-    assert packed_bert.FLASH_MIN_TEXTS == 4
+def test_flash_runs_cover_every_text(reference):
+    # Runs of 1, 3, 5 and 4 equal-length texts, then singles: each run is one flash batch, and
+    # each text's context lands where it belongs (against the fused kernel, text by text).
     lengths = [7] + [9] * 3 + [12] * 5 + [20] * 4 + [3, 30]
     body = PackedBert(reference.model, torch.bfloat16)
     qkv = torch.randn(sum(lengths), 3 * body.heads * body.head_dim).to(torch.bfloat16)
     runs = body._attention_groups(lengths, capped=False)
     assert [count for _, count, _ in runs] == [1, 3, 5, 4, 1, 1]
     got = body._attention_amx(qkv, runs)
-    expected = fused_attention.fused_attention(qkv, lengths, body.heads)
+    expected = body._attention(qkv.float(), body._attention_groups(lengths))  # fp32 matmuls
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)

@@ -34,8 +34,6 @@ from car_engine.devices import cpu_has_amx
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
 MAX_GROUP_SCORES = 2 ** 21
 WEIGHTS_FILE = "model.safetensors"
-# bf16 on AMX: equal-length texts taken by PyTorch's flash kernel once there are this many.
-FLASH_MIN_TEXTS = 4
 
 
 class _Layer(TypedDict):
@@ -171,8 +169,8 @@ class PackedBert:
     def _attention_for(self, lengths: list[int], x: torch.Tensor
                        ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The attention every layer of this batch uses, with its per-batch layout computed
-        once: the fused kernel (bf16 on CPUs with AVX512-BF16; with AMX, runs of equal-length
-        texts go to PyTorch's flash kernel instead) or matmul + softmax."""
+        once: the fused kernel (bf16 on CPUs with AVX512-BF16; with AMX, PyTorch's flash kernel
+        instead) or matmul + softmax."""
         # fp32 keeps matmul + softmax, the path held to sentence-transformers at 2e-5 (the
         # fused fp32 kernel was written for IFD and not measured here).
         if fused_attention.runs(x, self.head_dim) and x.dtype == torch.bfloat16:
@@ -204,33 +202,17 @@ class PackedBert:
 
     def _attention_amx(self, qkv: torch.Tensor, runs: list[tuple[int, int, int]]
                        ) -> torch.Tensor:
-        """bf16 attention on a CPU with AMX: a run of at least FLASH_MIN_TEXTS equal-length
-        texts as one batch of PyTorch's flash kernel (AMX tiles: 2x the fused kernel on 32
-        texts of 512 tokens), every other text by the fused kernel (the flash kernel on one
-        text at a time was 2.3x slower than it)."""
+        """bf16 attention on a CPU with AMX: each run of equal-length texts (a single text
+        too) as one batch of PyTorch's flash kernel, whose AMX tiles beat the fused
+        AVX512-BF16 kernel at every length: 1.1-2.7x on one text of 40-500 tokens, 2x on 32
+        texts of 512 (benchmarks/RESULTS.md)."""
         hidden = qkv.shape[1] // 3
         context = qkv.new_empty((qkv.shape[0], hidden))
-        singles: list[int] = []  # lengths of the texts waiting for the fused kernel
-        first = 0  # their first token
-
-        def flush(end: int) -> None:
-            if singles:
-                context[first:end] = fused_attention.fused_attention(qkv[first:end], singles,
-                                                                     self.heads)
-                singles.clear()
-
         for start, count, n in runs:
-            if count < FLASH_MIN_TEXTS:
-                if not singles:
-                    first = start
-                singles.extend([n] * count)
-                continue
-            flush(start)
             block = qkv[start:start + count * n].view(count, n, 3, self.heads, self.head_dim)
             q, k, v = block.permute(2, 0, 3, 1, 4).unbind(0)  # each [count, heads, n, head_dim]
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2)
             context[start:start + count * n].view(count, n, self.heads, self.head_dim).copy_(out)
-        flush(qkv.shape[0])
         return context
 
     def _attention(self, qkv: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
