@@ -2,8 +2,8 @@
 transformers' fast tokenizer (which wraps that library), without importing transformers, whose
 import and tokenizer load took 0.9-1.2 s of every run's start-up (profiled).
 
-It takes the one call the encoders make (:func:`car_engine.batching.tokenize`): a batch of
-texts, special tokens added, optionally truncated, never padded.
+It takes the calls the encoders make (:func:`car_engine.batching.tokenize`): a batch of
+texts, special tokens added (or not), optionally truncated, never padded.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ class JsonTokenizer:
         self.pad_token_id: int | None = padding["pad_id"] if padding else \
             self._tokenizer.token_to_id("[PAD]")
 
-    def __call__(self, texts: list[str], *, truncation: bool = False,
+    def __call__(self, texts: str | list[str], *, truncation: bool = False,
                  max_length: int | None = None, padding: bool = False,
-                 return_attention_mask: bool = False, return_token_type_ids: bool = False
-                 ) -> dict[str, Any]:
-        """``{"input_ids": [[...], ...]}`` as transformers returns it for these arguments."""
+                 return_attention_mask: bool = False, return_token_type_ids: bool = False,
+                 add_special_tokens: bool = True) -> dict[str, Any]:
+        """``{"input_ids": [[...], ...]}`` as transformers returns it for these arguments (for
+        one text, ``{"input_ids": [...]}``)."""
         if padding or return_attention_mask or return_token_type_ids:
             raise ValueError("JsonTokenizer gives unpadded input ids only")
         limit = max_length if truncation else None
@@ -43,7 +44,10 @@ class JsonTokenizer:
             else:
                 self._tokenizer.enable_truncation(limit)
             self._max_length = limit
-        return {"input_ids": [e.ids for e in self._tokenizer.encode_batch(texts)]}
+        batch = [texts] if isinstance(texts, str) else texts
+        ids = [e.ids for e in self._tokenizer.encode_batch(batch,
+                                                           add_special_tokens=add_special_tokens)]
+        return {"input_ids": ids[0] if isinstance(texts, str) else ids}
 
 
 def load_tokenizer(folder: Path, *, light: bool = True) -> Any:
