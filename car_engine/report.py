@@ -1,4 +1,4 @@
-"""RUN_DIR/report.html: what was kept and why, with PNG plots beside it.
+"""RUN_DIR/report.html: what was kept and why, with SVG plots beside it (car_engine.svg_plots).
 
 Built only from the run folder (scores.parquet, summary.json, the records shards and the
 embeddings, read through car_engine.rundir), so `car-engine report RUN_DIR` can rebuild it at
@@ -10,105 +10,81 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from car_engine.errors import CorpusError
-from car_engine.io import atomic_path, write_text
+from car_engine.io import write_text
 from car_engine.rundir import take_run_records
 from car_engine.select import WHY_N1
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from car_engine.svg_plots import ALL, SELECTED, Chart, bin_edges, save
 
 EXAMPLES = 5
-MAP_POINTS = 20_000
+MAP_POINTS = 20_000  # at most this many points per series in a scatter (SVG grows per point)
 
 
-def _plt() -> ModuleType:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Figure, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path.name
+def _sample(mask: np.ndarray, limit: int = MAP_POINTS) -> np.ndarray:
+    """The rows where ``mask`` holds: all of them, or ``limit`` of them drawn evenly at random
+    (seeded: the same run gives the same plot), in order."""
+    rows = np.flatnonzero(mask)
+    if rows.size <= limit:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
 
 
 def _histogram(values: np.ndarray, selected: np.ndarray, title: str, xlabel: str,
                cuts: dict[str, float], path: Path) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    finite = np.isfinite(values)
-    bins = np.histogram_bin_edges(values[finite], bins=60) if finite.any() else 10
-    ax.hist(values[finite], bins=bins, color="#9db4cf", label="all records")
-    ax.hist(values[finite & selected], bins=bins, color="#d9534f", label="selected")
+    edges = bin_edges(values, 60)
+    chart = Chart(title, xlabel=xlabel, ylabel="records")
+    chart.histogram(values, edges, ALL, label="all records")
+    chart.histogram(values[selected], edges, SELECTED, label="selected")
     for label, x in cuts.items():
-        ax.axvline(x, color="black", linestyle="--", linewidth=1)
-        ax.annotate(label, (x, ax.get_ylim()[1] * 0.92), rotation=90, fontsize=8,
-                    ha="right", va="top")
-    ax.set(title=title, xlabel=xlabel, ylabel="records")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+        chart.vline(x, label)
+    return save(path, chart)
 
 
 def _scatter(iqs: np.ndarray, ifd: np.ndarray, selected: np.ndarray, path: Path) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     ok = np.isfinite(iqs) & np.isfinite(ifd)
-    ax.scatter(iqs[ok & ~selected], ifd[ok & ~selected], s=4, alpha=0.4, color="#9db4cf",
-               label="not selected")
-    ax.scatter(iqs[ok & selected], ifd[ok & selected], s=8, color="#d9534f", label="selected")
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
-    ax.set(title="IQS vs IFD", xlabel="IQS (higher = better quality)",
-           ylabel="IFD (ppl ratio; >= 1 dropped)")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    rest, picked = _sample(ok & ~selected), _sample(ok & selected)
+    shown = "" if rest.size + picked.size == ok.sum() else \
+        f" ({rest.size + picked.size} of {int(ok.sum())} shown)"
+    chart = Chart(f"IQS vs IFD{shown}", xlabel="IQS (higher = better quality)",
+                  ylabel="IFD (ppl ratio; >= 1 dropped)", width=540, height=420)
+    chart.scatter(iqs[rest], ifd[rest], ALL, radius=1.8, opacity=0.6, label="not selected")
+    chart.scatter(iqs[picked], ifd[picked], SELECTED, radius=2.2, label="selected")
+    chart.hline(1.0)
+    return save(path, chart)
 
 
 def _cluster_sizes(labels: np.ndarray, selected: np.ndarray, path: Path) -> str:
-    plt = _plt()
-    k = int(labels.max()) + 1
+    k = int(labels.max(initial=-1)) + 1
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     picks = np.bincount(labels[(labels >= 0) & selected], minlength=k)
     order = np.argsort(-sizes, kind="stable")
-    fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(k)
-    ax.bar(x, sizes[order], color="#9db4cf", width=1.0, label="cluster size")
-    ax.bar(x, picks[order], color="#d9534f", width=1.0, label="selected from cluster")
-    ax.set(title=f"{k} clusters, largest first", xlabel="cluster (by size)", ylabel="records")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    chart = Chart(f"{k} clusters, largest first", xlabel="cluster (by size)", ylabel="records",
+                  width=700)
+    chart.bars(x - 0.5, x + 0.5, sizes[order], ALL, label="cluster size")
+    chart.bars(x - 0.5, x + 0.5, picks[order], SELECTED, label="selected from cluster")
+    return save(path, chart)
 
 
 def _cluster_map(vectors: np.ndarray, labels: np.ndarray, selected: np.ndarray,
                  path: Path) -> str:
-    plt = _plt()
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(len(labels), min(MAP_POINTS, len(labels)), replace=False))
     x = np.asarray(vectors[rows], dtype=np.float64)
     x -= x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)  # the top 2 principal axes
     xy = x @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    ax.scatter(xy[:, 0], xy[:, 1], c=labels[rows] % 20, cmap="tab20", s=4, alpha=0.5)
+    chart = Chart("Clusters on the first two principal components (colour = cluster)",
+                  xlabel="PC 1", ylabel="PC 2", width=560, height=480)
+    chart.scatter(xy[:, 0], xy[:, 1], labels[rows], radius=1.5, opacity=0.5)
     sel = selected[rows]
-    ax.scatter(xy[sel, 0], xy[sel, 1], s=22, facecolors="none", edgecolors="black",
-               linewidths=0.8, label="selected")
-    ax.set(title="Clusters on the first two principal components (colour = cluster)",
-           xlabel="PC 1", ylabel="PC 2")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    chart.scatter(xy[sel, 0], xy[sel, 1], radius=3.5, hollow=True, label="selected")
+    return save(path, chart)
 
 
 def _answer_lengths(run_dir: Path, scores: pa.Table, selected: np.ndarray,
@@ -118,19 +94,18 @@ def _answer_lengths(run_dir: Path, scores: pa.Table, selected: np.ndarray,
     outputs = take_run_records(run_dir, np.arange(scores.num_rows), ["output"])
     words = np.array([len(str(t or "").split()) for t in outputs.column("output").to_pylist()],
                      dtype=np.float64)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    bins = np.logspace(0, np.log10(max(2.0, words.max() + 1)), 40)
+    bins = np.logspace(0, np.log10(max(2.0, words.max(initial=0) + 1)), 40)
+    chart = Chart("Answer length, selected vs the corpus", log_x=True,
+                  xlabel="answer words + 1 (log scale)", ylabel="share of its records")
     # Shares per bin (not densities: log-spaced bins differ in width).
-    ax.hist(words + 1, bins=bins, color="#9db4cf", weights=np.full(len(words), 1 / len(words)),
-            label="all records")
+    if words.size:
+        chart.histogram(words + 1, bins, ALL, weights=np.full(len(words), 1 / len(words)),
+                        label="all records")
     if selected.any():
-        ax.hist(words[selected] + 1, bins=bins, color="#d9534f", alpha=0.7,
-                weights=np.full(int(selected.sum()), 1 / selected.sum()), label="selected")
-    ax.set(xscale="log", title="Answer length, selected vs the corpus",
-           xlabel="answer words + 1 (log scale)", ylabel="share of its records")
-    ax.legend(fontsize=8)
-    png = _save(fig, path)
+        chart.histogram(words[selected] + 1, bins, SELECTED, opacity=0.7,
+                        weights=np.full(int(selected.sum()), 1 / selected.sum()),
+                        label="selected")
+    svg = save(path, chart)
     quantiles = (10, 25, 50, 75, 90)
     head = "".join(f"<th>p{q}</th>" for q in quantiles)
     rows = []
@@ -141,7 +116,7 @@ def _answer_lengths(run_dir: Path, scores: pa.Table, selected: np.ndarray,
                     f"{part.mean() if part.size else float('nan'):.0f}</td></tr>")
     table = (f"<table><tr><th>answer words</th>{head}<th>mean</th></tr>{''.join(rows)}"
              "</table>")
-    return png, table
+    return svg, table
 
 
 def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
@@ -172,15 +147,11 @@ def _examples(run_dir: Path, scores: pa.Table, column: str) -> str:
 
 def _similarity_plot(hist: dict, cut: float, title: str, xlabel: str, path: Path) -> str:
     """A stored histogram (summary.json) as bars, with the duplicate cut marked."""
-    plt = _plt()
-    edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#9db4cf")
-    ax.axvline(cut, color="black", linestyle="--", linewidth=1)
-    ax.annotate(f"cut {cut:g}", (cut, ax.get_ylim()[1] * 0.92), rotation=90, fontsize=8,
-                ha="right", va="top")
-    ax.set(title=title, xlabel=xlabel, ylabel="count")
-    return _save(fig, path)
+    edges, counts = np.asarray(hist["edges"], dtype=float), np.asarray(hist["counts"])
+    chart = Chart(title, xlabel=xlabel, ylabel="count")
+    chart.bars(edges[:-1], edges[1:], counts, ALL)
+    chart.vline(cut, f"cut {cut:g}")
+    return save(path, chart)
 
 
 def _duplicates(summary: dict, run_dir: Path) -> tuple[list[tuple[str, str]], str]:
@@ -188,15 +159,15 @@ def _duplicates(summary: dict, run_dir: Path) -> tuple[list[tuple[str, str]], st
     found = summary.get("duplicates", {})
     plots, parts = [], []
     kinds = (("near_dup", "threshold", "Near duplicates: estimated Jaccard of LSH candidates",
-              "estimated Jaccard (MinHash)", "near_dup_hist.png"),
+              "estimated Jaccard (MinHash)", "near_dup_hist.svg"),
              ("semantic_dup", "cut", "Semantic duplicates: nearest cosine in the cluster",
-              "cosine to the nearest record of its cluster", "semantic_dup_hist.png"))
-    for key, cut, title, xlabel, png in kinds:
+              "cosine to the nearest record of its cluster", "semantic_dup_hist.svg"))
+    for key, cut, title, xlabel, name in kinds:
         if key not in found:
             continue
         info = found[key]
         plots.append((title, _similarity_plot(info["histogram"], info[cut], title, xlabel,
-                                              run_dir / png)))
+                                              run_dir / name)))
         groups = "".join(f"<li>{html.escape(', '.join(g))}</li>" for g in info["examples"])
         parts.append(f"<h3>{html.escape(title.split(':')[0])}</h3><p>{info['groups']} groups "
                      f"(cut {info[cut]:g}); the largest, kept member first:</p><ul>{groups}</ul>")
@@ -204,7 +175,7 @@ def _duplicates(summary: dict, run_dir: Path) -> tuple[list[tuple[str, str]], st
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.html and its PNG plots from a finished run's outputs."""
+    """Write RUN_DIR/report.html and its SVG plots from a finished run's outputs."""
     run_dir = Path(run_dir)
     for need in ("scores.parquet", "summary.json"):
         if not (run_dir / need).is_file():
@@ -222,31 +193,31 @@ def build_report(run_dir: str | Path) -> Path:
         cuts = {f"top-n1 cut {n1_picks.min():.3f}": float(n1_picks.min())} if n1_picks.size \
             else {}
         plots.append(("IQS scores", _histogram(iqs, selected, "IQS score distribution", "IQS",
-                                               cuts, run_dir / "iqs_hist.png")))
+                                               cuts, run_dir / "iqs_hist.svg")))
     if "ifd_ppl" in cols:
         ifd = scores["ifd_ppl"].to_numpy(zero_copy_only=False).astype(float)
         cuts = {"IFD = 1": 1.0}
         if summary["method"] == "ifd" and selected.any():
             cuts[f"selection cut {np.nanmin(ifd[selected]):.3f}"] = float(np.nanmin(ifd[selected]))
         plots.append(("IFD scores", _histogram(ifd, selected, "IFD (ppl ratio) distribution",
-                                               "IFD", cuts, run_dir / "ifd_hist.png")))
+                                               "IFD", cuts, run_dir / "ifd_hist.svg")))
     if "iqs" in cols and "ifd_ppl" in cols:
-        plots.append(("IQS vs IFD", _scatter(iqs, ifd, selected, run_dir / "iqs_vs_ifd.png")))
+        plots.append(("IQS vs IFD", _scatter(iqs, ifd, selected, run_dir / "iqs_vs_ifd.svg")))
     if "cluster" in cols:
         labels = scores["cluster"].to_numpy(zero_copy_only=False)
         plots.append(("Cluster sizes", _cluster_sizes(labels, selected,
-                                                      run_dir / "cluster_sizes.png")))
+                                                      run_dir / "cluster_sizes.svg")))
         emb = run_dir / "stages" / "cluster" / "embeddings.npy"
         if emb.is_file():
             vectors = np.load(emb, mmap_mode="r")
             plots.append(("Cluster map", _cluster_map(vectors, labels, selected,
-                                                      run_dir / "cluster_map.png")))
-    length_png, length_table = _answer_lengths(run_dir, scores, selected,
-                                               run_dir / "answer_lengths.png")
-    plots.append(("Answer lengths", length_png))
+                                                      run_dir / "cluster_map.svg")))
+    length_svg, length_table = _answer_lengths(run_dir, scores, selected,
+                                               run_dir / "answer_lengths.svg")
+    plots.append(("Answer lengths", length_svg))
     from car_engine.report_turns import turns_section
 
-    turn_plots, turns_html = turns_section(run_dir, scores, selected, _save)
+    turn_plots, turns_html = turns_section(run_dir, scores, selected)
     plots.extend(turn_plots)
     # what the method ranks by (pre-experience: the instruction perplexity)
     # (an ifd run has the IQS too when its quality guard ran: IFD still ranks)
@@ -260,8 +231,8 @@ def build_report(run_dir: str | Path) -> Path:
                     f"<td>{c['cached']} of {c['cached'] + c['computed']}</td></tr>"
                     for stage, c in sorted(summary.get("score_cache", {}).items())
                     if isinstance(c, dict))
-    figures = "".join(f"<figure><img src='{html.escape(png)}' alt='{html.escape(t)}'>"
-                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, png in plots)
+    figures = "".join(f"<figure><img src='{html.escape(svg)}' alt='{html.escape(t)}'>"
+                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, svg in plots)
     params = html.escape(json.dumps({k: cfg[k] for k in ("method", "n1", "n2", "strategy",
                                                             "ifd_frac", "limit")}, indent=1))
     # Where each stage ran (summary.json "runtimes"; older run folders have none).

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 
 from car_engine.corpus.conversations import parse_json
 from car_engine.rundir import take_run_records
+from car_engine.svg_plots import ALL, Chart, bin_edges, save
 
 
 def per_turn_ifd(row: dict) -> list[float | None]:
@@ -23,10 +23,10 @@ def per_turn_ifd(row: dict) -> list[float | None]:
     return [None if c is None or d is None else math.exp(c - d) for c, d in zip(cond, direct)]
 
 
-def turns_section(run_dir: Path, scores: pa.Table, selected: np.ndarray,
-                  save: Callable[..., str]) -> tuple[list[tuple[str, str]], str]:
-    """(plots, HTML) of the conversation section; nothing when no record is a conversation.
-    ``save(fig, path)`` writes a figure and returns its file name."""
+def turns_section(run_dir: Path, scores: pa.Table,
+                  selected: np.ndarray) -> tuple[list[tuple[str, str]], str]:
+    """(plots, HTML) of the conversation section, its plot written to RUN_DIR/turns.svg;
+    nothing when no record is a conversation."""
     chats = take_run_records(run_dir, np.arange(scores.num_rows), ["turns"])
     parsed = [parse_json(c) if c else None for c in chats.column("turns").to_pylist()]
     if not any(parsed):
@@ -36,24 +36,20 @@ def turns_section(run_dir: Path, scores: pa.Table, selected: np.ndarray,
                                       "turn_status") if c in scores.column_names]).to_pylist()
     ifd = [v for r in rows for v in per_turn_ifd(r) if v is not None]
     iqs = [v for r in rows for v in (r.get("turn_iqs") or []) if v is not None]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("scored turns per conversation", counts)]
     panels += [(name, np.array(v)) for name, v in (("per-turn IFD", ifd), ("per-turn IQS", iqs))
                if v]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (name, values) in zip(axes[0], panels):
-        ax.hist(values, bins=min(40, max(5, len(np.unique(values)))), color="#9db4cf")
-        ax.set(title=name, ylabel="count")
-    png = save(fig, run_dir / "turns.png")
+    charts = []
+    for name, values in panels:
+        chart = Chart(name, ylabel="count", width=380, height=290)
+        chart.histogram(values, bin_edges(values, min(40, max(5, len(np.unique(values))))), ALL)
+        charts.append(chart)
+    svg = save(run_dir / "turns.svg", charts)
     quantiles = np.percentile(counts, (50, 90, 100))
     text = (f"<p>{counts.size} conversations of {scores.num_rows} records; scored turns per "
             f"conversation: median {quantiles[0]:.0f}, p90 {quantiles[1]:.0f}, max "
             f"{quantiles[2]:.0f}.</p>")
-    return [("Conversations", png)], text + _example(rows, parsed, selected)
+    return [("Conversations", svg)], text + _example(rows, parsed, selected)
 
 
 def _example(rows: list[dict], parsed: list, selected: np.ndarray) -> str:

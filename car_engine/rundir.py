@@ -36,10 +36,12 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: every file recorded with its size and SHA-256
 LOCK = ".lock"
 OUTPUTS_RECORD = ".outputs.json"
-# A run's final files: outputs.py writes the first four, report.py the page and its plots.
+# A run's final files: outputs.py writes the first four, report.py the page and its plots
+# (SVG; an older version's PNGs of the same names are removed with them).
+PLOTS = ("iqs_hist", "ifd_hist", "iqs_vs_ifd", "cluster_sizes", "cluster_map", "answer_lengths",
+         "turns", "near_dup_hist", "semantic_dup_hist")
 OUTPUTS = ("selected.jsonl", "scores.parquet", "rejected.jsonl", "summary.json", "report.html",
-           "iqs_hist.png", "ifd_hist.png", "iqs_vs_ifd.png", "cluster_sizes.png",
-           "cluster_map.png", "near_dup_hist.png", "semantic_dup_hist.png")
+           *(f"{plot}.{ext}" for ext in ("svg", "png") for plot in PLOTS))
 TEMP_FILES = ".*.tmp"  # how io.atomic_path names a file being written
 
 

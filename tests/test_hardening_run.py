@@ -26,7 +26,7 @@ OPENING = [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi! Ho
 FOLLOW_UPS = [("What is 2+2?", "4."), ("Name a colour.", "Blue."), ("Capital of France?", "Paris.")]
 ALPACA = {"instruction": "Write a haiku about rain.", "input": "", "output": "Soft rain."}
 FINAL = ("selected.jsonl", "scores.parquet", "rejected.jsonl", "summary.json")
-OUTPUTS = (*FINAL, "report.html", "iqs_hist.png", "cluster_sizes.png", "cluster_map.png")
+OUTPUTS = (*FINAL, "report.html", "iqs_hist.svg", "cluster_sizes.svg", "cluster_map.svg")
 
 
 def conversation(question: str, answer: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow as pa
 import pytest
@@ -220,7 +221,10 @@ def test_the_report_shows_turns_and_a_selected_conversations_per_turn_scores(tmp
                  "--ifd-model", str(tiny_model_dir), "--max-length", "128", "--ifd-frac", "0.5",
                  "--quiet", "--no-score-cache"]) == 0
     html = (out / "report.html").read_text()
-    assert "turns.png" in html and (out / "turns.png").stat().st_size > 5_000
+    assert "src='turns.svg'" in html
+    panels = ElementTree.parse(out / "turns.svg").getroot().findall(".//*[@class='chart']")
+    assert len(panels) >= 2  # the turn counts, and the per-turn IFD of --method ifd
+    assert all(p.findall(".//*[@class='bars']/*") for p in panels)
     scores = {r["id"]: r for r in pq.read_table(out / "scores.parquet").to_pylist()}
     from car_engine.corpus import load_corpus
     from car_engine.corpus.conversations import parse_json

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import pyarrow.parquet as pq
 import pytest
@@ -41,8 +42,11 @@ def test_every_record_is_accounted_for(reference_run, corpus):
     assert set(scores["why"].to_pylist()) >= {"selected: top n1 by score",
                                               "selected: top of its cluster"}
     html = (reference_run / "report.html").read_text()
-    for png in ("iqs_hist.png", "cluster_sizes.png", "cluster_map.png", "answer_lengths.png"):
-        assert png in html and (reference_run / png).stat().st_size > 5_000
+    for svg in ("iqs_hist.svg", "cluster_sizes.svg", "cluster_map.svg", "answer_lengths.svg"):
+        assert f"src='{svg}'" in html
+        drawn = ElementTree.parse(reference_run / svg).getroot()
+        assert drawn.tag == "{http://www.w3.org/2000/svg}svg"
+        assert drawn.findall(".//*[@class='bars']") or drawn.findall(".//*[@class='points']")
 
 
 KILLER = """

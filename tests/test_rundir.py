@@ -285,3 +285,15 @@ def test_ray_actor_killed_mid_stage_costs_only_its_shard(tmp_path, corpus, refer
     assert mtimes(out, "encode", list(done)) == kept  # finished shards were not redone
     assert not temp_files(out)
     assert_same_outputs(out, reference)
+
+
+def test_clearing_an_earlier_runs_outputs_takes_its_svg_plots_and_older_pngs(tmp_path, capsys):
+    from car_engine.rundir import clear_outputs
+
+    earlier = ["report.html", "answer_lengths.svg", "cluster_map.svg", "turns.svg",
+               "iqs_hist.png", "turns.png"]  # the PNGs: written by versions before the SVGs
+    for name in [*earlier, "notes.svg"]:
+        (tmp_path / name).write_text("x")
+    assert sorted(clear_outputs(tmp_path, "fingerprint")) == sorted(earlier)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.svg"]  # not a run's file: kept
+    assert "removed" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from car_engine.report import build_report
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="rebuild RUN_DIR/report.html",
-                       description="Rebuild the HTML report and PNG plots of a finished run.")
+                       description="Rebuild the HTML report and SVG plots of a finished run.")
     p.add_argument("run_dir", help="a folder written by `car-engine run`")
     p.set_defaults(func=main)
 
