@@ -8,10 +8,10 @@ GPU) but keeps every hidden state: the IQS layer mix reads all of them
 embedding's 256 tokens is then scored exactly as two passes would score it. A longer one is
 cut there for the embedding but not for IQS: the IQS model reads 512 tokens, and on long
 ShareGPT pairs reading only 256 changed a third of the top picks (Spearman 0.95,
-benchmarks/RESULTS.md), so such a text's IQS is read again at 512: by the IQS stage's own ONNX
-scorer in fp32 (as in two passes), by the same packed body in bf16 (which ONNX Runtime lacks).
-The saving is the IQS pass of every text that fits (91-95% of the expert-revision pairs; fewer
-in a corpus of long chats), and in fp32 the scores and selection stay the two-pass path's.
+benchmarks/RESULTS.md), so such a text's IQS is read again at 512: on a CPU by a second
+forward of the same packed body, on a GPU by the IQS stage's own ONNX scorer. The saving is
+the IQS pass of every text that fits (91-95% of the expert-revision pairs; fewer in a corpus of
+long chats), and in fp32 the scores and selection stay the two-pass path's (to 1e-6).
 """
 
 from __future__ import annotations
@@ -129,24 +129,33 @@ class OnePassEncoder:
 
     def _scores(self, mixed: list[torch.Tensor], token_ids: list[list[int]], rows: np.ndarray,
                 mask: torch.Tensor, keep: np.ndarray | None = None) -> np.ndarray:
-        """The IQS head on a batch's layer mixes (of its rows ``keep`` only, if given)."""
-        if keep is not None:
-            picked = torch.from_numpy(keep).to(mask.device)
-            width = max(len(token_ids[i]) for i in rows)
-            mixed, mask = [m[picked, :width] for m in mixed], mask[picked, :width]
-        ids = torch.from_numpy(pad_batch(token_ids, rows, self.embedder.pad_id)[0])
-        return self.iqs.score_mixes(mixed, ids.to(mask.device), mask).double().cpu().numpy()
+        """The IQS head on a batch's layer mixes (of its rows ``keep`` only, if given), one
+        text at a time over its own tokens: pooled and scored in a batch, a text's score moved
+        in its last bits with its neighbours (1e-7), and a rescore through the score cache must
+        equal a fresh run byte for byte. The head is a few small GEMVs a text."""
+        # position in the batch of each of ``rows`` (the kept ones)
+        at = np.flatnonzero(keep) if keep is not None else np.arange(len(rows))
+        ids = torch.from_numpy(pad_batch(token_ids, rows, self.embedder.pad_id)[0]).to(
+            mask.device)
+        out = np.empty(len(rows), dtype=np.float64)
+        for k, (j, row) in enumerate(zip(at.tolist(), rows.tolist())):
+            n = len(token_ids[row])
+            out[k] = float(self.iqs.score_mixes([m[j:j + 1, :n] for m in mixed], ids[k:k + 1, :n],
+                                                mask[j:j + 1, :n])[0])
+        return out
 
     def _iqs_at_own_length(self, texts: list[str]) -> np.ndarray:
         """IQS of texts longer than the embedding's length, read at the IQS model's length.
 
-        In fp32 (fp16 on a GPU) by the IQS stage's own scorer at the embedding's precision
-        (ONNX Runtime, loaded on the first such text), the faster body there: a long text then
-        costs what it costs in two passes. In bf16, which ONNX Runtime does not run, by a
-        second forward of the same body (packed on a CPU: 2.2x the ONNX fp32 scorer on 200 long
-        ShareGPT texts, benchmarks/RESULTS.md)."""
+        On a CPU by a second forward of the same packed body: its rows do not depend on their
+        batch neighbours, so a rescore through the score cache equals a fresh run byte for
+        byte (ONNX Runtime's scores moved by up to 2.4e-7 with their batch, and that flipped a
+        selection), and it is faster there (fp32 with the fused attention: 27.5 s vs 32-36 s
+        for the whole encode of 600 ShareGPT pairs; bf16, which ONNX Runtime lacks: 2.2x its
+        fp32). Elsewhere (a GPU, the transformers forward) by the IQS stage's own ONNX scorer at
+        the embedding's precision, loaded on the first such text."""
         embedder = self.embedder
-        if embedder.dtype in IQS_PRECISIONS:
+        if embedder.packed is None and embedder.dtype in IQS_PRECISIONS:
             if self._long_scorer is None:
                 from car_engine.iqs import IQSScorer
 

@@ -150,14 +150,5 @@ def test_rerun_on_a_changed_corpus_scores_only_what_is_new(tmp_path, sharegpt_re
     assert (b / "selected.jsonl").read_bytes() == (fresh / "selected.jsonl").read_bytes()
     got, want = pq.read_table(b / "scores.parquet"), pq.read_table(fresh / "scores.parquet")
     assert got.schema == want.schema
-    for name in got.column_names:
-        if name in ("iqs", "turn_iqs"):  # ONNX Runtime's last bit depends on a batch's
-            # neighbours (README); turn_iqs holds a list of per-turn scores per record
-            a, b = (t[name].combine_chunks() for t in (got, want))
-            if name == "turn_iqs":
-                assert a.value_lengths().equals(b.value_lengths())
-                a, b = a.flatten(), b.flatten()
-            np.testing.assert_allclose(a.to_numpy(zero_copy_only=False),
-                                       b.to_numpy(zero_copy_only=False), rtol=0, atol=5e-7)
-        else:
-            assert got[name].equals(want[name]), name
+    for name in got.column_names:  # every score too: the one pass is batch-invariant
+        assert got[name].equals(want[name]), name
