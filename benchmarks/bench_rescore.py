@@ -30,7 +30,8 @@ METHODS = {"car": (500, 40, ["--n2", "1"]), "ifd": (96, 16, ["--max-length", "25
 
 
 def changed_corpus(n: int, seed: int = 0) -> tuple[list[dict], list[dict], int]:
-    """(first corpus, the changed one, how many of its records are new or edited)."""
+    """(first corpus, the changed one, how many of its records are new or edited: not in the
+    first corpus)."""
     records = load_corpus("builtin:sharegpt", limit=2 * n + 50).records
     items = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]}
              for r in records.slice(0, n + n // 5).to_pylist()]
@@ -40,7 +41,11 @@ def changed_corpus(n: int, seed: int = 0) -> tuple[list[dict], list[dict], int]:
     for i in edited:
         grown[i]["output"] += " (edited)"
     order = rng.permutation(len(grown))
-    return first, [grown[i] for i in order], len(items) - n + len(edited)
+    # what the cache has not seen: a "new" pair may repeat one of the first corpus (ShareGPT
+    # has exact duplicates), and that one is a cache hit
+    seen = {tuple(item.values()) for item in first}
+    unseen = sum(tuple(item.values()) not in seen for item in grown)
+    return first, [grown[i] for i in order], unseen
 
 
 def _write(path: Path, items: list[dict]) -> Path:
