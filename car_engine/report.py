@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 
 from car_engine.errors import CorpusError
 from car_engine.io import write_text
+from car_engine.plot_axes import bin_edges
 from car_engine.rundir import take_run_records
 from car_engine.select import WHY_N1
-from car_engine.svg_plots import ALL, SELECTED, Chart, bin_edges, save
+from car_engine.svg_plots import ALL, SELECTED, Chart, save
 
 EXAMPLES = 5
 MAP_POINTS = 20_000  # at most this many points per series in a scatter (SVG grows per point)

@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from car_engine.corpus.conversations import parse_json
+from car_engine.plot_axes import bin_edges
 from car_engine.rundir import take_run_records
-from car_engine.svg_plots import ALL, Chart, bin_edges, save
+from car_engine.svg_plots import ALL, Chart, save
 
 
 def per_turn_ifd(row: dict) -> list[float | None]:

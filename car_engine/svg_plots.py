@@ -4,7 +4,7 @@ second of every run, to import and to render PNGs; these charts need none of it.
 
 A chart is built layer by layer, later layers drawn on top, then written with `save`::
 
-    edges = bin_edges(values, 60)
+    edges = bin_edges(values, 60)  # car_engine.plot_axes
     chart = Chart("IQS score distribution", xlabel="IQS", ylabel="records")
     chart.histogram(values, edges, ALL, label="all records")
     chart.histogram(values[selected], edges, SELECTED, label="selected")
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from car_engine.io import write_text
+from car_engine.plot_axes import Scale, limits, log_ticks, nice_ticks, tick_label
 
 ALL = "#9db4cf"  # all records
 SELECTED = "#d9534f"  # the selected records
@@ -45,67 +46,6 @@ def _num(v: float) -> str:
 
 def _esc(text: str) -> str:
     return html.escape(text, quote=True)
-
-
-def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """``bins`` equal-width bin edges over the finite ``values`` (0..1 when there are none)."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    return np.histogram_bin_edges(finite if finite.size else np.zeros(0), bins=bins,
-                                  range=None if finite.size else (0.0, 1.0))
-
-
-def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
-    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) inside [lo, hi], about
-    ``target`` steps apart."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return np.array([lo]) if math.isfinite(lo) else np.zeros(0)
-    raw = (hi - lo) / target
-    power = 10.0 ** math.floor(math.log10(raw))
-    # The round step nearest (by ratio) to ``target`` equal steps; no 2.5 between 1 and 10,
-    # where the ticks of counts and indices should be whole numbers.
-    steps = (1, 2, 5, 10) if power == 1 else (1, 2, 2.5, 5, 10)
-    step = min((m * power for m in steps), key=lambda st: abs(math.log(st / raw)))
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    # Multiply integers by the step (no running sum) and round, so 0.1 * 3 prints as 0.3.
-    return np.round(np.arange(first, last + 1) * step, 12)
-
-
-def log_ticks(lo: float, hi: float) -> np.ndarray:
-    """Tick values for a log axis on [lo, hi] (lo > 0): the powers of ten, or 1-2-5 steps
-    when fewer than two powers fall inside, or round linear ticks on a very short range."""
-    if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
-        return nice_ticks(lo, hi)
-    powers = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    for steps in ((1,), (1, 2, 5)):
-        ticks = np.array([m * 10.0 ** p for p in powers for m in steps])
-        ticks = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
-        if ticks.size >= 2:
-            return ticks
-    return nice_ticks(lo, hi)
-
-
-def _label(v: float) -> str:
-    """A tick label: the shortest exact form (ticks are already rounded)."""
-    return f"{v:.10g}"
-
-
-@dataclass(frozen=True)
-class _Scale:
-    """Data to pixels on one axis: [lo, hi] onto [start, start + length] (length < 0 for y)."""
-
-    lo: float
-    hi: float
-    start: float
-    length: float
-    log: bool
-
-    def __call__(self, v: np.ndarray | float) -> np.ndarray:
-        f = np.log10 if self.log else np.asarray
-        lo, hi = f(self.lo), f(self.hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self.start + (f(v) - lo) / (hi - lo) * self.length
 
 
 @dataclass
@@ -134,23 +74,6 @@ class _RefLine:
     vertical: bool
     at: float
     label: str | None
-
-
-def _limits(lo: float, hi: float, log: bool, margin: float) -> tuple[float, float]:
-    """Axis limits around data spanning [lo, hi], ``margin`` of the span added either side;
-    a zero span widens to +-5% of the value (+-0.5, or half a decade on a log axis, around 0
-    or 1); no data gives 0..1 (1..10 on a log axis)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return (1.0, 10.0) if log else (0.0, 1.0)
-    if log:
-        a, b = math.log10(lo), math.log10(hi)
-        a, b = (a - 0.5, b + 0.5) if b <= a else (a - (b - a) * margin, b + (b - a) * margin)
-        return 10.0 ** a, 10.0 ** b
-    if hi <= lo:
-        pad = abs(lo) * 0.05 or 0.5
-        return lo - pad, hi + pad
-    pad = (hi - lo) * margin
-    return lo - pad, hi + pad
 
 
 @dataclass
@@ -218,7 +141,7 @@ class Chart:
         if math.isfinite(y):
             self.layers.append(_RefLine(False, float(y), label))
 
-    def _scales(self, left: float, top: float) -> tuple[_Scale, _Scale]:
+    def _scales(self, left: float, top: float) -> tuple[Scale, Scale]:
         """The x and y scales of the plot area whose top-left corner is (left, top)."""
         xs = [np.zeros(0)]
         ys = [np.zeros(0)]
@@ -237,14 +160,14 @@ class Chart:
         # Bars sit on y = 0 and fill the x range (as bar charts usually do); points get a margin.
         bars_only = all(not isinstance(la, _Points) for la in self.layers) and any(
             isinstance(la, _Bars) for la in self.layers)
-        x_lo, x_hi = _limits(*spans[0], self.log_x, 0.0 if bars_only else 0.05)
-        y_lo, y_hi = _limits(*spans[1], False, 0.05)
+        x_lo, x_hi = limits(*spans[0], self.log_x, 0.0 if bars_only else 0.05)
+        y_lo, y_hi = limits(*spans[1], False, 0.05)
         if bars_only and spans[1][0] >= 0:
             y_lo = 0.0
         w = self.width - MARGIN[0] - MARGIN[1]
         h = self.height - MARGIN[2] - MARGIN[3]
-        return (_Scale(x_lo, x_hi, left, w, self.log_x),
-                _Scale(y_lo, y_hi, top + h, -h, False))
+        return (Scale(x_lo, x_hi, left, w, self.log_x),
+                Scale(y_lo, y_hi, top + h, -h, False))
 
     def svg(self, dx: float = 0.0) -> str:
         """This chart's SVG elements (no document around them), shifted right by ``dx``."""
@@ -266,7 +189,7 @@ class Chart:
         out.append("</g>")
         return "\n".join(s for s in out if s)
 
-    def _axes_svg(self, sx: _Scale, sy: _Scale, box: tuple[float, ...]) -> str:
+    def _axes_svg(self, sx: Scale, sy: Scale, box: tuple[float, ...]) -> str:
         left, top, right, bottom = box
         xt = log_ticks(sx.lo, sx.hi) if self.log_x else nice_ticks(sx.lo, sx.hi)
         yt = nice_ticks(sy.lo, sy.hi)
@@ -277,9 +200,9 @@ class Chart:
                 f'y2="{_num(p)}"/>' for p in sy(yt)]
         out.append(f'</g>\n<g font-family="sans-serif" font-size="{FONT}" fill="#222">')
         out += [f'<text class="xtick" x="{_num(p)}" y="{_num(bottom + 16)}" '
-                f'text-anchor="middle">{_esc(_label(t))}</text>' for t, p in zip(xt, sx(xt))]
+                f'text-anchor="middle">{_esc(tick_label(t))}</text>' for t, p in zip(xt, sx(xt))]
         out += [f'<text class="ytick" x="{_num(left - 6)}" y="{_num(p + 4)}" '
-                f'text-anchor="end">{_esc(_label(t))}</text>' for t, p in zip(yt, sy(yt))]
+                f'text-anchor="end">{_esc(tick_label(t))}</text>' for t, p in zip(yt, sy(yt))]
         mid_x, mid_y = (left + right) / 2, (top + bottom) / 2
         if self.title:
             out.append(f'<text class="title" x="{_num(mid_x)}" y="{_num(top - 9)}" '
@@ -294,7 +217,7 @@ class Chart:
                        f'{_esc(self.ylabel)}</text>')
         return "\n".join(out) + "\n</g>"
 
-    def _covered(self, sx: _Scale, sy: _Scale, box: tuple[float, ...]) -> int:
+    def _covered(self, sx: Scale, sy: Scale, box: tuple[float, ...]) -> int:
         """How many bars, points and reference lines reach into ``box`` (pixels)."""
         x0, y0, x1, y1 = box
         hits = 0
@@ -310,7 +233,7 @@ class Chart:
                 hits += 10 * bool(x0 - 12 < p < x1 + 2 if la.vertical else y0 < p < y1)
         return hits
 
-    def _legend_svg(self, sx: _Scale, sy: _Scale, box: tuple[float, ...]) -> str:
+    def _legend_svg(self, sx: Scale, sy: Scale, box: tuple[float, ...]) -> str:
         """A box of the labelled layers' swatches, in the plot's top corner (right, or left
         where that hides less of the data)."""
         entries = [la for la in self.layers if isinstance(la, (_Bars, _Points)) and la.label]
@@ -340,7 +263,7 @@ class Chart:
         return "\n".join(out) + "\n</g>"
 
 
-def _bars_svg(bars: _Bars, sx: _Scale, sy: _Scale) -> str:
+def _bars_svg(bars: _Bars, sx: Scale, sy: Scale) -> str:
     # Zero-height bars draw nothing: leave them out (keeps files small and bars countable).
     nonzero = bars.heights != 0
     x0, x1 = sx(bars.left[nonzero]), sx(bars.right[nonzero])
@@ -353,7 +276,7 @@ def _bars_svg(bars: _Bars, sx: _Scale, sy: _Scale) -> str:
             f'shape-rendering="crispEdges">{rects}</g>' if rects else "")
 
 
-def _points_svg(points: _Points, sx: _Scale, sy: _Scale) -> str:
+def _points_svg(points: _Points, sx: Scale, sy: Scale) -> str:
     px, py = sx(points.x), sy(points.y)
     colors = np.array(points.colors if len(points.colors) > 1 else points.colors * px.size)
     out = []
@@ -370,7 +293,7 @@ def _points_svg(points: _Points, sx: _Scale, sy: _Scale) -> str:
     return "\n".join(out)
 
 
-def _refline_svg(line: _RefLine, sx: _Scale, sy: _Scale, box: tuple[float, ...]) -> str:
+def _refline_svg(line: _RefLine, sx: Scale, sy: Scale, box: tuple[float, ...]) -> str:
     left, top, right, bottom = box
     dash = 'stroke="black" stroke-width="1" stroke-dasharray="5 3"'
     if line.vertical:

@@ -14,17 +14,8 @@ import numpy as np
 import pytest
 import tomllib
 
-from car_engine.svg_plots import (
-    ALL,
-    PALETTE,
-    SELECTED,
-    Chart,
-    bin_edges,
-    log_ticks,
-    nice_ticks,
-    save,
-    to_svg,
-)
+from car_engine.plot_axes import bin_edges, log_ticks, nice_ticks
+from car_engine.svg_plots import ALL, PALETTE, SELECTED, Chart, save, to_svg
 
 NS = "{http://www.w3.org/2000/svg}"
 
