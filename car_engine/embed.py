@@ -37,7 +37,8 @@ from car_engine.devices import torch_device, torch_dtype, warn_if_emulated
 from car_engine.embed_ids import ids_path, read_ids  # noqa: F401 (re-exported)
 from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
-from car_engine.models.bert import WEIGHTS_FILE, PackedBert, supports
+from car_engine.models.bert import PackedBert, supports
+from car_engine.models.folder import WEIGHTS_FILE
 from car_engine.models.registry import DEFAULT, resolve_encoder
 from car_engine.tokenizer import load_tokenizer
 from car_engine.turn_scores import embed_turns

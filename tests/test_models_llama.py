@@ -8,7 +8,8 @@ from car_engine.kernels import attention as fused_attention
 from car_engine.kernels import linear as cpu_linear
 from packed_models import assert_refused
 
-from car_engine.models.llama import WEIGHTS_FILE, PackedCausalLM, packs, supports
+from car_engine.models.folder import WEIGHTS_FILE
+from car_engine.models.llama import PackedCausalLM, packs, supports
 from car_engine.models.registry import causal_lm_path, load_causal_lm
 
 pytestmark = pytest.mark.slow  # real model (SmolLM2-135M-Instruct)

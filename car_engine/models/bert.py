@@ -17,7 +17,6 @@ else, and GPUs, use the transformers forward.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -29,11 +28,11 @@ from car_engine.kernels.linear import linear
 
 from car_engine.batching import packed_ids
 from car_engine.devices import cpu_has_amx
+from car_engine.models.folder import body_from_folder
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
 MAX_GROUP_SCORES = 2 ** 21
-WEIGHTS_FILE = "model.safetensors"
 
 
 class _Layer(TypedDict):
@@ -79,19 +78,7 @@ class PackedBert:
         """Read a transformers BERT folder (``config.json``, ``model.safetensors``) straight
         into the packed body, without building the transformers model (its import and
         construction were 2.6 s of a 21 s run, profiled)."""
-        from safetensors.torch import load_file
-
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        weights = load_file(str(folder / WEIGHTS_FILE))
-        prefix = "bert."  # BertForX checkpoints keep the encoder under it
-        if not any(k.startswith("embeddings.") for k in weights):
-            weights = {k.removeprefix(prefix): v for k, v in weights.items()}
-        body = cls.__new__(cls)
-        try:
-            body._load(config, weights, dtype)
-        except KeyError as err:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: no BERT weight {err}") from err
-        return body
+        return body_from_folder(cls, folder, dtype, "bert.", "BERT")  # BertForX: under bert.
 
     def _load(self, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
               dtype: torch.dtype) -> None:

@@ -19,7 +19,6 @@ forward.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -31,8 +30,8 @@ from car_engine.kernels import linear as cpu_linear
 from car_engine.kernels import rms_norm as cpu_rms_norm
 
 from car_engine.batching import packed_ids
+from car_engine.models.folder import WEIGHTS_FILE, body_from_folder, read_config
 
-WEIGHTS_FILE = "model.safetensors"
 BODY_PREFIX = "model."  # LlamaForCausalLM keeps the body under it
 HEAD_WEIGHT = "lm_head.weight"  # absent when tied to the input embeddings
 
@@ -68,9 +67,8 @@ def supports(model: Any) -> str | None:
 def packs(folder: Path) -> bool:
     """Whether :meth:`PackedCausalLM.from_folder` reads this model folder (a supported
     config and a safetensors file)."""
-    config = folder / "config.json"
-    return (config.is_file() and (folder / WEIGHTS_FILE).is_file()
-            and supports(json.loads(config.read_text(encoding="utf-8"))) is None)
+    return ((folder / "config.json").is_file() and (folder / WEIGHTS_FILE).is_file()
+            and supports(read_config(folder)) is None)
 
 
 def _config_dict(model: Any) -> Mapping[str, Any]:
@@ -98,17 +96,7 @@ class PackedCausalLM:
         """Read a transformers Llama folder (``config.json``, ``model.safetensors``) straight
         into the packed body, without building the transformers model (its import and
         construction were 1.5 s of a 33 s IFD run, profiled)."""
-        from safetensors.torch import load_file
-
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        weights = {name.removeprefix(BODY_PREFIX): w
-                   for name, w in load_file(str(folder / WEIGHTS_FILE)).items()}
-        body = cls.__new__(cls)
-        try:
-            body._load(config, weights, dtype)
-        except KeyError as err:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: no Llama weight {err}") from err
-        return body
+        return body_from_folder(cls, folder, dtype, BODY_PREFIX, "Llama")
 
     def _load(self, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
               dtype: torch.dtype) -> None:
