@@ -38,7 +38,7 @@ from car_engine.embed_ids import ids_path, read_ids  # noqa: F401 (re-exported)
 from car_engine.errors import ModelError, UsageError
 from car_engine.io import atomic_path, write_parquet
 from car_engine.models.bert import PackedBert, supports
-from car_engine.models.folder import WEIGHTS_FILE
+from car_engine.models.folder import WEIGHTS_FILE, read_config
 from car_engine.models.registry import DEFAULT, resolve_encoder
 from car_engine.tokenizer import load_tokenizer
 from car_engine.turn_scores import embed_turns
@@ -133,7 +133,7 @@ class Embedder:
         self.packed: PackedBert | None = None
         self.model: Any = None  # the transformers forward, where the packed body does not serve
         try:
-            config = json.loads((transformer_dir / "config.json").read_text(encoding="utf-8"))
+            config = read_config(transformer_dir)
             packs = pack and not compile and self.device.type == "cpu" and \
                 supports(config) is None and (transformer_dir / WEIGHTS_FILE).is_file()
             # The packed body reads the folder's files itself; so does its tokenizer (the same

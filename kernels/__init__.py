@@ -6,6 +6,7 @@
 - ``attention.py``: packed-sequence attention on the native AVX512 kernel (CPU).
 - ``linear.py``: oneDNN linears with bias, GELU/SiLU, residual adds fused in (CPU).
 - ``rms_norm.py``: RMSNorm of packed rows on the native kernel (CPU).
+- ``native_views.py``: CPU tensors as the numpy arrays those native kernels take.
 
 ``CAR_ENGINE_KERNELS=torch|triton`` forces one (``triton`` on CPU tensors needs
 ``TRITON_INTERPRET=1``, which is how the tests run it).

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from car_engine.kernels.native_views import DTYPES, as_numpy
 
 from car_engine import native
 
 # Built in and this CPU has AVX512-BF16 (the fp32 kernel is built and gated with it).
 AVAILABLE = native.attention_supported()
-_AS_NUMPY = {torch.bfloat16: torch.int16, torch.float32: torch.float32}  # numpy has no bf16
 
 
 HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is compiled for
@@ -27,7 +27,7 @@ HEAD_DIMS = (16, 32, 64, 128)  # the head sizes the kernel is compiled for
 def runs(x: torch.Tensor, head_dim: int | None = None) -> bool:
     """Whether :func:`fused_attention` can take ``x``: a CPU tensor of a kernel's dtype, on a
     CPU that has the kernel, with heads of ``head_dim`` (when given) that it is built for."""
-    return AVAILABLE and x.device.type == "cpu" and x.dtype in _AS_NUMPY and \
+    return AVAILABLE and x.device.type == "cpu" and x.dtype in DTYPES and \
         (head_dim is None or head_dim in HEAD_DIMS)
 
 
@@ -45,8 +45,7 @@ def fused_attention(qkv: torch.Tensor, lengths: Sequence[int], heads: int,
     lens = np.asarray(lengths, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lens[:-1])]).astype(np.int64)
     context = qkv.new_empty((qkv.shape[0], heads * head_dim))
-    as_numpy = _AS_NUMPY[qkv.dtype]  # bf16 passes its bits as int16
-    native.attention(qkv.contiguous().view(as_numpy).numpy(), starts, lens, heads, kv_heads,
-                     head_dim, causal, context.view(as_numpy).numpy(), torch.get_num_threads(),
+    native.attention(as_numpy(qkv.contiguous()), starts, lens, heads, kv_heads, head_dim,
+                     causal, as_numpy(context), torch.get_num_threads(),
                      bf16=qkv.dtype == torch.bfloat16)
     return context

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from car_engine.kernels.native_views import DTYPES, as_numpy
 
 from car_engine import native
-
-_AS_NUMPY = {torch.bfloat16: torch.int16, torch.float32: torch.float32}  # numpy has no bf16
 
 
 def runs(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`rms_norm` takes the native kernel for ``x`` and ``weight``."""
-    return x.device.type == "cpu" and x.dim() == 2 and x.dtype in _AS_NUMPY and \
+    return x.device.type == "cpu" and x.dim() == 2 and x.dtype in DTYPES and \
         weight.dtype == x.dtype and weight.shape == x.shape[1:]
 
 
@@ -29,8 +28,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
-    as_numpy = _AS_NUMPY[x.dtype]
-    native.rms_norm(x.view(as_numpy).numpy(), weight.view(as_numpy).numpy(), eps,
-                    out.view(as_numpy).numpy(), torch.get_num_threads(),
+    native.rms_norm(as_numpy(x), as_numpy(weight), eps, as_numpy(out), torch.get_num_threads(),
                     bf16=x.dtype == torch.bfloat16)
     return out

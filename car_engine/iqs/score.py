@@ -8,7 +8,6 @@ CaR/COMET ``.ckpt``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -198,14 +197,13 @@ def _tokenizer_of(model: str | os.PathLike) -> tuple[Any, int]:
     from car_engine.iqs.model import IQSConfig
     from car_engine.iqs.store import CONFIG_FILE
     from car_engine.models.bert import supports
+    from car_engine.models.folder import read_config
     from car_engine.models.registry import resolve_encoder
     from car_engine.tokenizer import load_tokenizer
 
     config = IQSConfig.from_file(resolve_model_dir(model) / CONFIG_FILE)
     folder = resolve_encoder(config.backbone)
-    backbone = folder / "config.json"
-    light = backbone.is_file() and \
-        supports(json.loads(backbone.read_text(encoding="utf-8"))) is None
+    light = (folder / "config.json").is_file() and supports(read_config(folder)) is None
     return load_tokenizer(folder, light=light), config.max_length
 
 

@@ -28,7 +28,7 @@ from car_engine.kernels.linear import linear
 
 from car_engine.batching import packed_ids
 from car_engine.devices import cpu_has_amx
-from car_engine.models.folder import body_from_folder
+from car_engine.models.folder import body_from_folder, config_of
 
 # Attention scores (heads x n x n) held at once: two 256-token texts of a 12-head model.
 # Larger groups spill out of L2 and slowed the softmax by half (measured).
@@ -53,7 +53,7 @@ class _Layer(TypedDict):
 def supports(model: Any) -> str | None:
     """None when ``model`` (a transformers model, or its config as a dict) is a BERT encoder
     this module computes exactly, else the reason."""
-    config: Mapping[str, Any] = model.config.to_dict() if hasattr(model, "config") else model
+    config = config_of(model)
     checks = {
         "model type is not bert": config.get("model_type") != "bert",
         "position embeddings are not absolute":
@@ -70,8 +70,7 @@ class PackedBert:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
         """Copy the weights of ``model`` (a transformers ``BertModel``, see :func:`supports`)."""
-        config: Any = model.config  # a BertConfig (torch types it Tensor | Module)
-        self._load(config.to_dict(), model.state_dict(), dtype)
+        self._load(config_of(model), model.state_dict(), dtype)
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> PackedBert:

@@ -28,6 +28,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
+def config_of(model: Any) -> Mapping[str, Any]:
+    """The config of ``model`` (a transformers model) as a dict, or ``model`` when it is one."""
+    # torch types a config read off a Module as Tensor | Module: it is transformers' config
+    return model.config.to_dict() if hasattr(model, "config") else model
+
+
 def body_from_folder(cls: type[B], folder: Path, dtype: torch.dtype, prefix: str,
                      kind: str) -> B:
     """``cls`` (a packed body) loaded from ``folder`` in ``dtype``; weight names lose

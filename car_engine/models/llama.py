@@ -30,7 +30,7 @@ from car_engine.kernels import linear as cpu_linear
 from car_engine.kernels import rms_norm as cpu_rms_norm
 
 from car_engine.batching import packed_ids
-from car_engine.models.folder import WEIGHTS_FILE, body_from_folder, read_config
+from car_engine.models.folder import WEIGHTS_FILE, body_from_folder, config_of, read_config
 
 BODY_PREFIX = "model."  # LlamaForCausalLM keeps the body under it
 HEAD_WEIGHT = "lm_head.weight"  # absent when tied to the input embeddings
@@ -51,7 +51,7 @@ class _Layer(TypedDict):
 def supports(model: Any) -> str | None:
     """None when ``model`` (a ``LlamaForCausalLM`` or its body, or its config as a dict) is
     computed exactly by :class:`PackedCausalLM`, else the reason it is not."""
-    config = _config_dict(model)
+    config = config_of(model)
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     checks = {
         "model type is not llama": config.get("model_type") != "llama",
@@ -71,11 +71,6 @@ def packs(folder: Path) -> bool:
             and supports(read_config(folder)) is None)
 
 
-def _config_dict(model: Any) -> Mapping[str, Any]:
-    # torch types a config read off a Module as Tensor | Module: it is transformers' LlamaConfig
-    return model.config.to_dict() if hasattr(model, "config") else model
-
-
 def _rope_theta(config: Mapping[str, Any]) -> float:
     rope = config.get("rope_parameters") or {}
     return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
@@ -89,7 +84,7 @@ class PackedCausalLM:
         """Take the weights of ``model`` (``LlamaForCausalLM`` or ``LlamaModel``), cast to
         ``dtype``; query/key/value concatenated."""
         weights = {name.removeprefix(BODY_PREFIX): w for name, w in model.state_dict().items()}
-        self._load(_config_dict(model), weights, dtype)
+        self._load(config_of(model), weights, dtype)
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> PackedCausalLM:
