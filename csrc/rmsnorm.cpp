@@ -47,33 +47,29 @@ Rows check(const py::array_t<T>& x, const py::array_t<T>& weight, const py::arra
 }
 
 // Each row: the sum of squares in fp32 (as PyTorch's kernel), then the scaled row stored.
+// ``load(i, scratch)`` gives row i as fp32: itself, or widened into ``scratch`` (one per
+// thread).
 template <typename Load, typename Store>
 void norm_rows(Rows rows, double eps, int64_t threads, Load load, Store store) {
     const int t = pick_threads(static_cast<int>(threads), rows.n);
-    std::vector<float> scratch(static_cast<size_t>(t) * rows.d);
-    std::atomic<int64_t> next{0};
-    constexpr int64_t chunk = 64;
-    run_threads(t, [&](int id) {
-        float* row = scratch.data() + static_cast<size_t>(id) * rows.d;
-        for (int64_t lo; (lo = next.fetch_add(chunk)) < rows.n;) {
-            for (int64_t i = lo; i < std::min(rows.n, lo + chunk); ++i) {
-                load(i, row);
-                // Partial sums in lanes (a single float accumulator cannot be vectorised
-                // without reassociating, which the compiler may not do on its own).
-                constexpr int lanes = 16;
-                float part[lanes] = {};
-                int64_t j = 0;
-                for (; j + lanes <= rows.d; j += lanes) {
-                    for (int l = 0; l < lanes; ++l) part[l] += row[j + l] * row[j + l];
-                }
-                for (; j < rows.d; ++j) part[0] += row[j] * row[j];
-                float squares = 0.0f;
-                for (int l = 0; l < lanes; ++l) squares += part[l];
-                const float scale = 1.0f / std::sqrt(squares / static_cast<float>(rows.d) +
-                                                     static_cast<float>(eps));
-                store(i, row, scale);
-            }
+    parallel_for(rows.n, t, 64, [&](int64_t i) {
+        thread_local std::vector<float> scratch;
+        scratch.resize(static_cast<size_t>(rows.d));
+        const float* row = load(i, scratch.data());
+        // Partial sums in lanes (a single float accumulator cannot be vectorised without
+        // reassociating, which the compiler may not do on its own).
+        constexpr int lanes = 16;
+        float part[lanes] = {};
+        int64_t j = 0;
+        for (; j + lanes <= rows.d; j += lanes) {
+            for (int l = 0; l < lanes; ++l) part[l] += row[j + l] * row[j + l];
         }
+        for (; j < rows.d; ++j) part[0] += row[j] * row[j];
+        float squares = 0.0f;
+        for (int l = 0; l < lanes; ++l) squares += part[l];
+        const float scale = 1.0f / std::sqrt(squares / static_cast<float>(rows.d) +
+                                             static_cast<float>(eps));
+        store(i, row, scale);
     });
 }
 
@@ -88,9 +84,10 @@ void rms_norm_bf16(const py::array_t<int16_t>& x, const py::array_t<int16_t>& we
     for (int64_t j = 0; j < rows.d; ++j) w[j] = widen(weight.data()[j]);
     py::gil_scoped_release release;
     norm_rows(rows, eps, threads,
-              [&](int64_t i, float* row) {
+              [&](int64_t i, float* scratch) {
                   const int16_t* src = in + i * rows.d;
-                  for (int64_t j = 0; j < rows.d; ++j) row[j] = widen(src[j]);
+                  for (int64_t j = 0; j < rows.d; ++j) scratch[j] = widen(src[j]);
+                  return static_cast<const float*>(scratch);
               },
               [&](int64_t i, const float* row, float scale) {
                   int16_t* o = dst + i * rows.d;
@@ -106,9 +103,7 @@ void rms_norm_f32(const py::array_t<float>& x, const py::array_t<float>& weight,
     float* dst = out.mutable_data();
     py::gil_scoped_release release;
     norm_rows(rows, eps, threads,
-              [&](int64_t i, float* row) {
-                  std::memcpy(row, in + i * rows.d, sizeof(float) * rows.d);
-              },
+              [&](int64_t i, float*) { return in + i * rows.d; },
               [&](int64_t i, const float* row, float scale) {
                   float* o = dst + i * rows.d;
                   for (int64_t j = 0; j < rows.d; ++j) o[j] = row[j] * scale * w[j];
