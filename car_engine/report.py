@@ -74,8 +74,7 @@ def _cluster_sizes(labels: np.ndarray, selected: np.ndarray, path: Path) -> str:
 
 def _cluster_map(vectors: np.ndarray, labels: np.ndarray, selected: np.ndarray,
                  path: Path) -> str:
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(labels), min(MAP_POINTS, len(labels)), replace=False))
+    rows = _sample(np.ones(len(labels), dtype=bool))
     x = np.asarray(vectors[rows], dtype=np.float64)
     x -= x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)  # the top 2 principal axes
