@@ -26,7 +26,6 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from car_engine.batching import pad_batch
 from car_engine.config import (
     AUTO,
     DEFAULT_MODEL,
@@ -135,12 +134,11 @@ class OnePassEncoder:
         equal a fresh run byte for byte. The head is a few small GEMVs a text."""
         # position in the batch of each of ``rows`` (the kept ones)
         at = np.flatnonzero(keep) if keep is not None else np.arange(len(rows))
-        ids = torch.from_numpy(pad_batch(token_ids, rows, self.embedder.pad_id)[0]).to(
-            mask.device)
         out = np.empty(len(rows), dtype=np.float64)
         for k, (j, row) in enumerate(zip(at.tolist(), rows.tolist())):
-            n = len(token_ids[row])
-            out[k] = float(self.iqs.score_mixes([m[j:j + 1, :n] for m in mixed], ids[k:k + 1, :n],
+            ids = torch.tensor([token_ids[row]], device=mask.device)
+            n = ids.shape[1]
+            out[k] = float(self.iqs.score_mixes([m[j:j + 1, :n] for m in mixed], ids,
                                                 mask[j:j + 1, :n])[0])
         return out
 
