@@ -4,6 +4,7 @@ reloaded and exported to ONNX with the same two inputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ import torch
 from corpus_files import subset_csv
 from packed_models import copy_minilm_tokenizer
 
+from car_engine.errors import UsageError
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.composite_train import FAMILIES, CompositeOptions, train_composite
+from car_engine.iqs.extra_answers import answer_pairs, visible
 from car_engine.iqs.model import ORDER_POOLS, order_pools, pool_masks, segment_pools
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
-from car_engine.iqs.robustness import KINDS
+from car_engine.iqs.robustness import KINDS, Corruption
 from car_engine.iqs.store import load_model
 from car_engine.iqs.train import TrainOptions, train
 
@@ -43,6 +46,18 @@ def test_order_pools_extend_the_segment_pools():
     assert torch.allclose(pools[:, 1, 6], want, atol=1e-6)
 
 
+def _answers_corpus(path: Path) -> Path:
+    """Twenty real-looking pairs of another shape than the expert split's."""
+    topics = ["rivers", "bread", "chess", "volcanoes", "tides", "bees", "glass", "maps",
+              "clocks", "salt"]
+    rows = [{"instruction": f"Explain {t} to a child{' in detail' * (i % 2)}.",
+             "output": f"{t.capitalize()} are interesting. " * (2 + i % 3)
+             + f"People have studied {t} for a long time, and each answer differs {i}."}
+            for i, t in enumerate(topics * 2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def composite_folder(tmp_path_factory, expert_revised_dir) -> tuple[Path, Path, dict]:
     """A tiny random BERT, a mean-head expert on it, and a composite trained on top."""
@@ -64,7 +79,9 @@ def composite_folder(tmp_path_factory, expert_revised_dir) -> tuple[Path, Path, 
         train(train_csv, valid_csv, root / "expert", backbone=str(bert),
               options=TrainOptions(epochs=1, batch_pairs=8, hidden_sizes=[16], max_length=64),
               progress=False)
-        options = CompositeOptions(epochs=2, batch_pairs=8, hidden_sizes=[8], train_length=64)
+        options = CompositeOptions(epochs=2, batch_pairs=8, hidden_sizes=[8], train_length=64,
+                                   extra_corpus=str(_answers_corpus(root / "answers.jsonl")),
+                                   extra_skip=2, extra_limit=12, extra_valid=6)
         result = train_composite(train_csv, valid_csv, root / "composite", root / "expert",
                                  options, progress=False)
     finally:
@@ -76,6 +93,9 @@ def test_composite_trains_saves_and_scores_in_score_states(composite_folder):
     root, valid_csv, result = composite_folder
     best = result["best"]
     assert set(best["valid_robustness"]) == set(KINDS)
+    # The extra answers' held-out slice is reported: its false alarms and its own suite.
+    assert 0.0 <= best["extra_real_fired"] <= 1.0
+    assert set(best["extra_robustness"]) <= set(KINDS) and best["extra_robustness"]
     model, tokenizer = load_model(root / "composite")
     expert, _ = load_model(root / "expert")
     assert model.config.head_input == "composite"
@@ -112,3 +132,21 @@ def test_composite_exports_to_onnx_with_two_inputs(composite_folder):
     graph = onnx.load(str(exported[0])).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == ["score"]
+
+
+def test_extra_answers_name_a_slice_the_corpus_lacks(tmp_path):
+    corpus = str(_answers_corpus(tmp_path / "answers.jsonl"))
+    assert len(answer_pairs(corpus, 5, 10).texts) == 20  # each answer twice, a pseudo-pair
+    with pytest.raises(UsageError, match="has 20 usable records"):
+        answer_pairs(corpus, 15, 10)
+
+
+def test_visible_drops_a_corruption_the_window_cannot_see(tmp_path):
+    from transformers import AutoTokenizer
+
+    copy_minilm_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    good = "Instruction: say it Input:  Response: " + "word " * 200
+    seen = Corruption("truncate", 0, good, good[:60])
+    unseen = Corruption("truncate", 0, good, good[: len(good) // 2])
+    assert visible(tokenizer, [seen, unseen], 32) == [seen]

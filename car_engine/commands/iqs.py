@@ -66,6 +66,17 @@ def register(subparsers) -> None:
     train.add_argument("--penalty-gate", type=float, default=0.1,
                        help="composite: penalty outputs below -GATE on real answers, above "
                        "+GATE for a corrupted copy's family")
+    train.add_argument("--extra-answers", metavar="CORPUS", default="",
+                       help="composite: real answers of another corpus (e.g. builtin:sharegpt) "
+                       "the penalties must leave alone, with corrupted copies they must flag")
+    train.add_argument("--extra-skip", type=int, default=4000, metavar="N",
+                       help="composite: skip the corpus's first N records (the demo's and the "
+                       "benches' share)")
+    train.add_argument("--extra-limit", type=int, default=4000, metavar="N",
+                       help="composite: train on the next N records; the 500 after them are "
+                       "held out to report false alarms on")
+    train.add_argument("--extra-weight", type=float, default=1.0,
+                       help="composite: weight of the extra answers' loss")
     train.add_argument("--negatives", type=int, default=0, metavar="N",
                        help="corrupted copies per training pair (random words, loops, "
                        "off-topic answers, cuts, shuffles, swapped instructions) held below "
@@ -161,7 +172,9 @@ def _train_composite(args: argparse.Namespace, hidden: list[int]) -> int:
         expert_weight=args.expert_weight, real_weight=args.real_weight,
         negative_weight=args.negative_weight, negatives=args.negatives or 3,
         hidden_sizes=hidden, dropout=args.dropout, train_length=args.train_length or 256,
-        seed=args.seed, ema=args.ema)
+        seed=args.seed, ema=args.ema, extra_corpus=args.extra_answers,
+        extra_skip=args.extra_skip, extra_limit=args.extra_limit,
+        extra_weight=args.extra_weight)
     best = train_composite(args.train, args.valid, args.out, args.expert_model,
                            composite)["best"]
     shares = ", ".join(f"{k} {v:.3f}" for k, v in best["valid_robustness"].items())

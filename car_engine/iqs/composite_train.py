@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.errors import UsageError
+from car_engine.iqs.extra_answers import answer_pairs, visible
 from car_engine.iqs.features import CachedFeatures, cached_features
 from car_engine.iqs.model import IQSConfig, IQSModel
 from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
@@ -40,6 +41,19 @@ class FeatureSets:
     negatives: list[Corruption]
     suite: list[Corruption]
     feats: dict[str, CachedFeatures]
+    extra_negatives: list[Corruption] = field(default_factory=list)  # of feats["extra"]
+    extra_suite: list[Corruption] = field(default_factory=list)  # of feats["extra-valid"]
+
+
+@dataclass(frozen=True)
+class ExtraAnswers:
+    """Where the extra real answers come from: records ``skip .. skip + limit`` of
+    ``source`` to train on, the next ``valid`` to report the false alarms on."""
+
+    source: str
+    skip: int
+    limit: int
+    valid: int
 
 
 def chunked_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str,
@@ -54,11 +68,13 @@ def chunked_features(model: IQSModel, tokenizer: Any, texts: list[str], name: st
 
 def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
                  valid_csv: str | os.PathLike, per_pair: int, seed: int, length: int,
-                 batch_size: int, limit: int = 0,
+                 batch_size: int, limit: int = 0, extra: ExtraAnswers | None = None,
                  log: Callable[[str], None] = lambda _: None) -> FeatureSets:
     """The training pairs (the first ``limit`` when given), ``per_pair`` negatives of each
     (the FOCUS kinds first; fresh draws from the training split only), the validation pairs
-    and their robustness suite, all encoded at ``length`` tokens."""
+    and their robustness suite, all encoded at ``length`` tokens; with ``extra``, that
+    corpus's real answers with ``per_pair`` visible negatives each, and a held-out slice of
+    it with its own suite (reported, never trained on)."""
     train, valid = read_pairs(train_csv), read_pairs(valid_csv)
     n = len(train) if limit <= 0 else min(limit, len(train))
     drawn = [c for c in corrupt(train, seed=seed + SUITE_SEED + 1) if c.pair < n]
@@ -67,11 +83,25 @@ def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
     texts = {Path(valid_csv).stem: valid.texts, "valid-suite": [c.bad for c in suite],
              Path(train_csv).stem: train.texts[: 2 * n],
              f"train-negatives{per_pair}": [c.bad for c in negatives]}
+    keys = ["valid", "suite", "train", "negatives"]
+    extra_negatives: list[Corruption] = []
+    extra_suite: list[Corruption] = []
+    if extra is not None:
+        answers = answer_pairs(extra.source, extra.skip, extra.limit)
+        held = answer_pairs(extra.source, extra.skip + extra.limit, extra.valid)
+        drawn = visible(tokenizer, corrupt(answers, seed=seed + SUITE_SEED + 2), length)
+        extra_negatives = pick_negatives(drawn, per_pair, seed, FOCUS)
+        extra_suite = visible(tokenizer, corrupt(held), length)
+        texts |= {"extra-answers": answers.texts[1::2],
+                  f"extra-negatives{per_pair}": [c.bad for c in extra_negatives],
+                  "extra-valid": held.texts[1::2],
+                  "extra-valid-suite": [c.bad for c in extra_suite]}
+        keys += ["extra", "extra-negatives", "extra-valid", "extra-suite"]
     feats = {}
-    for key, name in zip(("valid", "suite", "train", "negatives"), texts):
+    for key, name in zip(keys, texts):
         log(f"{name}: {len(texts[name])} texts")
         feats[key] = chunked_features(model, tokenizer, texts[name], name, length, batch_size)
-    return FeatureSets(train, valid, negatives, suite, feats)
+    return FeatureSets(train, valid, negatives, suite, feats, extra_negatives, extra_suite)
 
 
 # One penalty output per corruption family; each negative's own family output must fire.
@@ -102,6 +132,11 @@ class CompositeOptions:
     seed: int = 0
     limit: int = 0  # training pairs used (0: all)
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    extra_corpus: str = ""  # real answers beyond the expert split (extra_answers.py)
+    extra_skip: int = 4000  # past the records the demo and the benches read
+    extra_limit: int = 4000
+    extra_valid: int = 500  # the next records: false alarms reported on them
+    extra_weight: float = 1.0
 
 
 def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions) -> IQSModel:
@@ -151,17 +186,40 @@ def _composite_scores(model: IQSModel, pooled: torch.Tensor, expert: torch.Tenso
 
 
 def evaluate(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor]) -> dict:
-    """Expert-pair accuracy, suite shares and how often a penalty fires on a real answer."""
+    """Expert-pair accuracy, suite shares and how often a penalty fires on a real answer
+    (and, with extra answers, the same on their held-out slice)."""
     valid, logits = _composite_scores(model, sets.feats["valid"].pooled, expert["valid"])
     bad, _ = _composite_scores(model, sets.feats["suite"].pooled, expert["suite"])
     good = valid[[2 * c.pair + 1 for c in sets.suite]]
     shares = {k: v["share"] for k, v in win_shares(sets.suite, good, bad).items()}
     accuracy = pairwise_accuracy(valid)
-    return {"valid_accuracy": accuracy["accuracy"], "valid_ties": accuracy["ties"],
-            "valid_pairs": accuracy["pairs"], "valid_robustness": shares,
-            "valid_real_fired": float((logits.max(axis=1) > 0).mean()),
-            "criterion": min(accuracy["accuracy"] - EXPERT_TARGET,
-                             min(shares.values()) - KIND_TARGET)}
+    row = {"valid_accuracy": accuracy["accuracy"], "valid_ties": accuracy["ties"],
+           "valid_pairs": accuracy["pairs"], "valid_robustness": shares,
+           "valid_real_fired": float((logits.max(axis=1) > 0).mean()),
+           "criterion": min(accuracy["accuracy"] - EXPERT_TARGET,
+                            min(shares.values()) - KIND_TARGET)}
+    if sets.extra_suite:
+        real, logits = _composite_scores(model, sets.feats["extra-valid"].pooled,
+                                         expert["extra-valid"])
+        bad, _ = _composite_scores(model, sets.feats["extra-suite"].pooled, expert["extra-suite"])
+        good = real[[c.pair for c in sets.extra_suite]]
+        row["extra_robustness"] = {k: v["share"] for k, v in
+                                   win_shares(sets.extra_suite, good, bad).items()}
+        row["extra_real_fired"] = float((logits.max(axis=1) > 0).mean())
+    return row
+
+
+def _copies_loss(model: IQSModel, pooled: torch.Tensor, expert: torch.Tensor,
+                 good: torch.Tensor, original: torch.Tensor, families: torch.Tensor,
+                 strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+    """Bad copies ranked ``margin`` below their good text (and below the original, for the
+    kinds that are no answer at all), with their own family's output above ``gate``."""
+    logits = _penalty(model, pooled)
+    bad = expert - torch.relu(logits).sum(dim=-1)
+    rank = (torch.relu(options.margin - (good - bad))
+            + strict.float() * torch.relu(options.margin - (original - bad)))
+    fired = torch.relu(options.gate - logits[torch.arange(len(bad)), families])
+    return (rank + fired).mean()
 
 
 def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
@@ -180,13 +238,35 @@ def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tenso
         where = {int(k): i for i, k in enumerate(chosen)}
         rows = torch.tensor([where[sets.negatives[j].pair] for j in neg])
         nb = torch.tensor(neg)
-        bad_logits = _penalty(model, sets.feats["negatives"].pooled[:, nb])
-        bad = expert["negatives"][nb] - torch.relu(bad_logits).sum(dim=-1)
-        rank = (torch.relu(options.margin - (pairs[rows, 1] - bad))
-                + strict[nb].float() * torch.relu(options.margin - (pairs[rows, 0] - bad)))
-        fired = torch.relu(options.gate - bad_logits[torch.arange(len(neg)), families[nb]])
-        loss = loss + options.negative_weight * (rank + fired).mean()
+        loss = loss + options.negative_weight * _copies_loss(
+            model, sets.feats["negatives"].pooled[:, nb], expert["negatives"][nb],
+            pairs[rows, 1], pairs[rows, 0], families[nb], strict[nb], options)
     return loss
+
+
+def _extra_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
+                chosen: np.ndarray, by_answer: dict[int, list[int]], families: torch.Tensor,
+                strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+    """The extra answers' loss: every output below ``-gate`` on them, their copies flagged."""
+    logits = _penalty(model, sets.feats["extra"].pooled[:, torch.from_numpy(chosen)])
+    loss = options.real_weight * torch.relu(logits + options.gate).sum(dim=-1).mean()
+    neg = [j for k in chosen for j in by_answer.get(int(k), [])]
+    if neg:
+        where = {int(k): i for i, k in enumerate(chosen)}
+        rows = torch.tensor([where[sets.extra_negatives[j].pair] for j in neg])
+        good = (expert["extra"][torch.from_numpy(chosen)]
+                - torch.relu(logits).sum(dim=-1))[rows]
+        nb = torch.tensor(neg)
+        loss = loss + options.negative_weight * _copies_loss(
+            model, sets.feats["extra-negatives"].pooled[:, nb], expert["extra-negatives"][nb],
+            good, good, families[nb], strict[nb], options)
+    return options.extra_weight * loss
+
+
+def _kind_tensors(copies: list[Corruption]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each copy's penalty family, and whether it is no answer at all (NOT_AN_ANSWER)."""
+    return (torch.tensor([FAMILY_OF[c.kind] for c in copies], dtype=torch.int64),
+            torch.tensor([c.kind in NOT_AN_ANSWER for c in copies], dtype=torch.bool))
 
 
 @torch.no_grad()
@@ -208,14 +288,20 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     rng = np.random.default_rng(options.seed)
     expert_iqs, tokenizer = load_model(expert_model)
     model = composite_model(expert_iqs, tokenizer, options)
+    extra = (ExtraAnswers(options.extra_corpus, options.extra_skip, options.extra_limit,
+                          options.extra_valid) if options.extra_corpus else None)
     sets = feature_sets(model, tokenizer, train_csv, valid_csv, options.negatives, options.seed,
-                        options.train_length, options.encode_batch_size, options.limit)
+                        options.train_length, options.encode_batch_size, options.limit, extra)
     expert = {k: _expert_scores(model, f.pooled) for k, f in sets.feats.items()}
     by_pair: dict[int, list[int]] = {}
     for j, c in enumerate(sets.negatives):
         by_pair.setdefault(c.pair, []).append(j)
-    families = torch.tensor([FAMILY_OF[c.kind] for c in sets.negatives], dtype=torch.int64)
-    strict = torch.tensor([c.kind in NOT_AN_ANSWER for c in sets.negatives], dtype=torch.bool)
+    families, strict = _kind_tensors(sets.negatives)
+    by_answer: dict[int, list[int]] = {}
+    for j, c in enumerate(sets.extra_negatives):
+        by_answer.setdefault(c.pair, []).append(j)
+    extra_families, extra_strict = _kind_tensors(sets.extra_negatives)
+    answers = sets.feats["extra"].pooled.shape[1] if "extra" in sets.feats else 0
     params = [*model.penalty_mix.parameters(), *model.penalty.parameters()]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     # The penalty's validation false alarms swing from epoch to epoch; an average is steadier.
@@ -225,10 +311,15 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     for epoch in tqdm(range(1, options.epochs + 1), desc="epochs", disable=not progress):
         model.train()
         order = rng.permutation(pairs)
+        steps = -(-pairs // options.batch_pairs)
+        extra_order = np.array_split(rng.permutation(answers), steps)
         total = 0.0
-        for start in range(0, pairs, options.batch_pairs):
+        for step, start in enumerate(range(0, pairs, options.batch_pairs)):
             chosen = order[start:start + options.batch_pairs]
             loss = _step_loss(model, sets, expert, chosen, by_pair, families, strict, options)
+            if answers:
+                loss = loss + _extra_loss(model, sets, expert, extra_order[step], by_answer,
+                                          extra_families, extra_strict, options)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -243,9 +334,12 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         history.append(row)
         if progress:
             shares = " ".join(f"{k} {v:.3f}" for k, v in row["valid_robustness"].items())
+            extra_note = (f" | extra real-fired {row['extra_real_fired']:.3f} " + " ".join(
+                f"{k} {v:.3f}" for k, v in row["extra_robustness"].items())
+                if "extra_robustness" in row else "")
             tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f} accuracy "
                        f"{row['valid_accuracy']:.4f} real-fired {row['valid_real_fired']:.3f} "
-                       f"| {shares}")
+                       f"| {shares}{extra_note}")
         if best is None or row["criterion"] > best["criterion"]:
             best, best_state = row, copy.deepcopy(trained_state(model))
         _assign(params, live)
