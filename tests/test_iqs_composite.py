@@ -16,7 +16,7 @@ from packed_models import copy_minilm_tokenizer
 from car_engine.errors import UsageError
 from car_engine.iqs import IQSScorer
 from car_engine.iqs.composite_train import FAMILIES, CompositeOptions, train_composite
-from car_engine.iqs.extra_answers import answer_pairs, visible
+from car_engine.iqs.extra_answers import ExtraAnswers, visible
 from car_engine.iqs.model import ORDER_POOLS, order_pools, pool_masks, segment_pools
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
 from car_engine.iqs.robustness import KINDS, Corruption
@@ -136,9 +136,11 @@ def test_composite_exports_to_onnx_with_two_inputs(composite_folder):
 
 def test_extra_answers_name_a_slice_the_corpus_lacks(tmp_path):
     corpus = str(_answers_corpus(tmp_path / "answers.jsonl"))
-    assert len(answer_pairs(corpus, 5, 10).texts) == 20  # each answer twice, a pseudo-pair
+    answers, held = ExtraAnswers(corpus, 5, 10, 4).pairs()
+    assert len(answers.texts) == 20  # each answer twice, a pseudo-pair
+    assert len(held.texts) == 8 and held.texts[0] not in answers.texts
     with pytest.raises(UsageError, match="has 20 usable records"):
-        answer_pairs(corpus, 15, 10)
+        ExtraAnswers(corpus, 15, 10, 0).pairs()
 
 
 def test_visible_drops_a_corruption_the_window_cannot_see(tmp_path):

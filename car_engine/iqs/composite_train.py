@@ -20,13 +20,19 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.errors import UsageError
-from car_engine.iqs.extra_answers import answer_pairs, visible
+from car_engine.iqs.extra_answers import ExtraAnswers, visible
 from car_engine.iqs.features import CachedFeatures, cached_features
 from car_engine.iqs.model import IQSConfig, IQSModel
 from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
 from car_engine.iqs.robustness import KINDS, SUITE_SEED, Corruption, corrupt, win_shares
 from car_engine.iqs.store import load_model, save_model, segment_markers, trained_state
-from car_engine.iqs.train import NOT_AN_ANSWER, pick_negatives
+from car_engine.iqs.train import (
+    NOT_AN_ANSWER,
+    copies_by_pair,
+    negative_batch,
+    negative_loss,
+    pick_negatives,
+)
 
 CHUNK = 1024  # texts per cached feature file
 FOCUS = ("truncate", "shuffle")  # the kinds the earlier heads missed: always drawn
@@ -43,17 +49,6 @@ class FeatureSets:
     feats: dict[str, CachedFeatures]
     extra_negatives: list[Corruption] = field(default_factory=list)  # of feats["extra"]
     extra_suite: list[Corruption] = field(default_factory=list)  # of feats["extra-valid"]
-
-
-@dataclass(frozen=True)
-class ExtraAnswers:
-    """Where the extra real answers come from: records ``skip .. skip + limit`` of
-    ``source`` to train on, the next ``valid`` to report the false alarms on."""
-
-    source: str
-    skip: int
-    limit: int
-    valid: int
 
 
 def chunked_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str,
@@ -87,8 +82,7 @@ def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
     extra_negatives: list[Corruption] = []
     extra_suite: list[Corruption] = []
     if extra is not None:
-        answers = answer_pairs(extra.source, extra.skip, extra.limit)
-        held = answer_pairs(extra.source, extra.skip + extra.limit, extra.valid)
+        answers, held = extra.pairs()
         drawn = visible(tokenizer, corrupt(answers, seed=seed + SUITE_SEED + 2), length)
         extra_negatives = pick_negatives(drawn, per_pair, seed, FOCUS)
         extra_suite = visible(tokenizer, corrupt(held), length)
@@ -185,27 +179,33 @@ def _composite_scores(model: IQSModel, pooled: torch.Tensor, expert: torch.Tenso
     return (expert - torch.relu(logits).sum(dim=-1)).numpy(), logits.numpy()
 
 
+def _real_and_suite(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
+                    real: str, copies: str, suite: list[Corruption], good_rows: list[int],
+                    ) -> tuple[np.ndarray, dict[str, float], float]:
+    """Scores of the real texts ``feats[real]``, the suite's shares of its good text (row
+    ``good_rows[i]`` of them) over its copy ``feats[copies]``, and the share of real texts
+    on which a penalty fires."""
+    scores, logits = _composite_scores(model, sets.feats[real].pooled, expert[real])
+    bad, _ = _composite_scores(model, sets.feats[copies].pooled, expert[copies])
+    shares = {k: v["share"] for k, v in win_shares(suite, scores[good_rows], bad).items()}
+    return scores, shares, float((logits.max(axis=1) > 0).mean())
+
+
 def evaluate(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor]) -> dict:
     """Expert-pair accuracy, suite shares and how often a penalty fires on a real answer
     (and, with extra answers, the same on their held-out slice)."""
-    valid, logits = _composite_scores(model, sets.feats["valid"].pooled, expert["valid"])
-    bad, _ = _composite_scores(model, sets.feats["suite"].pooled, expert["suite"])
-    good = valid[[2 * c.pair + 1 for c in sets.suite]]
-    shares = {k: v["share"] for k, v in win_shares(sets.suite, good, bad).items()}
+    valid, shares, fired = _real_and_suite(model, sets, expert, "valid", "suite", sets.suite,
+                                           [2 * c.pair + 1 for c in sets.suite])
     accuracy = pairwise_accuracy(valid)
     row = {"valid_accuracy": accuracy["accuracy"], "valid_ties": accuracy["ties"],
            "valid_pairs": accuracy["pairs"], "valid_robustness": shares,
-           "valid_real_fired": float((logits.max(axis=1) > 0).mean()),
+           "valid_real_fired": fired,
            "criterion": min(accuracy["accuracy"] - EXPERT_TARGET,
                             min(shares.values()) - KIND_TARGET)}
     if sets.extra_suite:
-        real, logits = _composite_scores(model, sets.feats["extra-valid"].pooled,
-                                         expert["extra-valid"])
-        bad, _ = _composite_scores(model, sets.feats["extra-suite"].pooled, expert["extra-suite"])
-        good = real[[c.pair for c in sets.extra_suite]]
-        row["extra_robustness"] = {k: v["share"] for k, v in
-                                   win_shares(sets.extra_suite, good, bad).items()}
-        row["extra_real_fired"] = float((logits.max(axis=1) > 0).mean())
+        _, row["extra_robustness"], row["extra_real_fired"] = _real_and_suite(
+            model, sets, expert, "extra-valid", "extra-suite", sets.extra_suite,
+            [c.pair for c in sets.extra_suite])
     return row
 
 
@@ -216,10 +216,13 @@ def _copies_loss(model: IQSModel, pooled: torch.Tensor, expert: torch.Tensor,
     kinds that are no answer at all), with their own family's output above ``gate``."""
     logits = _penalty(model, pooled)
     bad = expert - torch.relu(logits).sum(dim=-1)
-    rank = (torch.relu(options.margin - (good - bad))
-            + strict.float() * torch.relu(options.margin - (original - bad)))
     fired = torch.relu(options.gate - logits[torch.arange(len(bad)), families])
-    return (rank + fired).mean()
+    return negative_loss(good, original, bad, strict, options.margin) + fired.mean()
+
+
+def _real_loss(logits: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+    """Every penalty output below ``-gate`` on real answers."""
+    return options.real_weight * torch.relu(logits + options.gate).sum(dim=-1).mean()
 
 
 def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
@@ -232,12 +235,10 @@ def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tenso
     pairs = base - torch.relu(logits).sum(dim=-1).view(-1, 2)
     target = torch.clamp(base[:, 1] - base[:, 0], max=options.margin)  # never below v1's gap
     loss = options.expert_weight * torch.relu(target - (pairs[:, 1] - pairs[:, 0])).mean()
-    loss = loss + options.real_weight * torch.relu(logits + options.gate).sum(dim=-1).mean()
-    neg = [j for k in chosen for j in by_pair.get(int(k), [])]
-    if neg:
-        where = {int(k): i for i, k in enumerate(chosen)}
-        rows = torch.tensor([where[sets.negatives[j].pair] for j in neg])
-        nb = torch.tensor(neg)
+    loss = loss + _real_loss(logits, options)
+    neg, rows = negative_batch(sets.negatives, by_pair, chosen)
+    if len(neg):
+        nb = torch.from_numpy(neg)
         loss = loss + options.negative_weight * _copies_loss(
             model, sets.feats["negatives"].pooled[:, nb], expert["negatives"][nb],
             pairs[rows, 1], pairs[rows, 0], families[nb], strict[nb], options)
@@ -249,14 +250,12 @@ def _extra_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tens
                 strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
     """The extra answers' loss: every output below ``-gate`` on them, their copies flagged."""
     logits = _penalty(model, sets.feats["extra"].pooled[:, torch.from_numpy(chosen)])
-    loss = options.real_weight * torch.relu(logits + options.gate).sum(dim=-1).mean()
-    neg = [j for k in chosen for j in by_answer.get(int(k), [])]
-    if neg:
-        where = {int(k): i for i, k in enumerate(chosen)}
-        rows = torch.tensor([where[sets.extra_negatives[j].pair] for j in neg])
+    loss = _real_loss(logits, options)
+    neg, rows = negative_batch(sets.extra_negatives, by_answer, chosen)
+    if len(neg):
         good = (expert["extra"][torch.from_numpy(chosen)]
                 - torch.relu(logits).sum(dim=-1))[rows]
-        nb = torch.tensor(neg)
+        nb = torch.from_numpy(neg)
         loss = loss + options.negative_weight * _copies_loss(
             model, sets.feats["extra-negatives"].pooled[:, nb], expert["extra-negatives"][nb],
             good, good, families[nb], strict[nb], options)
@@ -293,13 +292,9 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     sets = feature_sets(model, tokenizer, train_csv, valid_csv, options.negatives, options.seed,
                         options.train_length, options.encode_batch_size, options.limit, extra)
     expert = {k: _expert_scores(model, f.pooled) for k, f in sets.feats.items()}
-    by_pair: dict[int, list[int]] = {}
-    for j, c in enumerate(sets.negatives):
-        by_pair.setdefault(c.pair, []).append(j)
+    by_pair = copies_by_pair(sets.negatives)
     families, strict = _kind_tensors(sets.negatives)
-    by_answer: dict[int, list[int]] = {}
-    for j, c in enumerate(sets.extra_negatives):
-        by_answer.setdefault(c.pair, []).append(j)
+    by_answer = copies_by_pair(sets.extra_negatives)
     extra_families, extra_strict = _kind_tensors(sets.extra_negatives)
     answers = sets.feats["extra"].pooled.shape[1] if "extra" in sets.feats else 0
     params = [*model.penalty_mix.parameters(), *model.penalty.parameters()]

@@ -122,10 +122,21 @@ def negative_loss(good: torch.Tensor, original: torch.Tensor, bad: torch.Tensor,
     return loss.mean()
 
 
-def _negative_batch(negatives: list[Corruption], by_pair: dict[int, list[int]],
-                    chosen: np.ndarray) -> np.ndarray:
-    """Indices (into ``negatives``) of the corrupted copies of the ``chosen`` pairs."""
-    return np.array([j for k in chosen for j in by_pair.get(int(k), [])], dtype=np.int64)
+def copies_by_pair(copies: list[Corruption]) -> dict[int, list[int]]:
+    """Each pair's corrupted copies, as indices into ``copies``."""
+    by_pair: dict[int, list[int]] = {}
+    for j, c in enumerate(copies):
+        by_pair.setdefault(c.pair, []).append(j)
+    return by_pair
+
+
+def negative_batch(copies: list[Corruption], by_pair: dict[int, list[int]],
+                   chosen: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Indices (into ``copies``) of the corrupted copies of the ``chosen`` pairs, and for
+    each the row of its pair within ``chosen``."""
+    neg = np.array([j for k in chosen for j in by_pair.get(int(k), [])], dtype=np.int64)
+    where = {int(k): i for i, k in enumerate(chosen)}
+    return neg, torch.tensor([where[copies[j].pair] for j in neg], dtype=torch.int64)
 
 
 def train(train_csv: str | os.PathLike, valid_csv: str | os.PathLike, out: str | os.PathLike,
@@ -165,9 +176,7 @@ def train(train_csv: str | os.PathLike, valid_csv: str | os.PathLike, out: str |
     if negatives:
         feats["negatives"] = features([c.bad for c in negatives], "train-negatives")
         feats["suite"] = features([c.bad for c in suite], "valid-suite")
-    by_pair: dict[int, list[int]] = {}
-    for j, c in enumerate(negatives):
-        by_pair.setdefault(c.pair, []).append(j)
+    by_pair = copies_by_pair(negatives)
     strict = torch.tensor([c.kind in NOT_AN_ANSWER for c in negatives], dtype=torch.bool)
 
     groups = [{"params": [*model.layer_mix.parameters(), *model.head.parameters()],
@@ -188,10 +197,8 @@ def train(train_csv: str | os.PathLike, valid_csv: str | os.PathLike, out: str |
             idx = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
             scores = scores_from_cache(model, feats["train"], idx, boundary)
             loss = pair_loss(scores, options.loss, options.margin)
-            neg = _negative_batch(negatives, by_pair, chosen)
+            neg, rows = negative_batch(negatives, by_pair, chosen)
             if len(neg):
-                where = {int(k): i for i, k in enumerate(chosen)}
-                rows = torch.tensor([where[negatives[j].pair] for j in neg])
                 bad = scores_from_cache(model, feats["negatives"], neg, boundary)
                 pair_scores = scores.view(-1, 2)
                 loss = loss + options.negative_weight * negative_loss(
