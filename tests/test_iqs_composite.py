@@ -15,8 +15,14 @@ from packed_models import copy_minilm_tokenizer
 
 from car_engine.errors import UsageError
 from car_engine.iqs import IQSScorer
-from car_engine.iqs.composite_train import FAMILIES, CompositeOptions, train_composite
+from car_engine.iqs.composite_train import (
+    FAMILIES,
+    CompositeOptions,
+    chunked_features,
+    train_composite,
+)
 from car_engine.iqs.extra_answers import ExtraAnswers, visible
+from car_engine.iqs.features import scores_from_cache
 from car_engine.iqs.model import ORDER_POOLS, order_pools, pool_masks, segment_pools
 from car_engine.iqs.pairs import pairwise_accuracy, read_pairs
 from car_engine.iqs.robustness import KINDS, Corruption
@@ -132,6 +138,52 @@ def test_composite_exports_to_onnx_with_two_inputs(composite_folder):
     graph = onnx.load(str(exported[0])).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == ["score"]
+
+
+def test_composite_with_a_trained_top_block_scores_as_it_was_picked(composite_folder,
+                                                                   expert_revised_dir):
+    """--train-blocks 1: the top block trains on cached lower-layer states, is stored with
+    the heads, and the reloaded model (a full eager forward) scores the validation pairs
+    exactly as the epoch pick did from the cache."""
+    from safetensors.torch import load_file
+
+    root, valid_csv, _ = composite_folder
+    train_csv = root / "t.csv"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAR_ENGINE_CACHE", str(root / "cache"))
+    try:
+        options = CompositeOptions(epochs=2, batch_pairs=8, hidden_sizes=[8], train_length=64,
+                                   train_blocks=1, encoder_lr=1e-2)
+        result = train_composite(train_csv, valid_csv, root / "blocks", root / "expert",
+                                 options, progress=False)
+    finally:
+        mp.undo()
+    model, tokenizer = load_model(root / "blocks")
+    expert, _ = load_model(root / "expert")
+    assert model.config.trained_encoder_layers == [1]
+    stored = load_file(str(root / "blocks" / "iqs.safetensors"))
+    block = [k for k in stored if k.startswith("encoder.")]
+    assert block and all(".layer.1." in k for k in block)
+    trained, frozen = model.encoder.state_dict(), expert.encoder.state_dict()
+    assert any(not torch.equal(trained[k[len("encoder."):]], frozen[k[len("encoder."):]])
+               for k in block)  # the block moved
+    texts = read_pairs(valid_csv).texts
+    eager = IQSScorer.load(str(root / "blocks"), runtime="torch").score_texts(
+        texts, progress=False)
+    assert pairwise_accuracy(eager)["accuracy"] == pytest.approx(result["best"]["valid_accuracy"])
+    # What training scored from the cache (lower layers cached, the block run on their
+    # states) is what a full forward scores.
+    mp.setenv("CAR_ENGINE_CACHE", str(root / "cache"))
+    try:
+        feats = chunked_features(model, tokenizer, texts, "v", 64, 4, boundary=1)
+    finally:
+        mp.undo()
+    with torch.no_grad():
+        cached = scores_from_cache(model, feats, np.arange(len(texts)), 1).numpy()
+    assert np.abs(cached - eager).max() < 1e-4
+    with pytest.raises(UsageError, match="--train-blocks 5"):
+        train_composite(train_csv, valid_csv, root / "bad", root / "expert",
+                        CompositeOptions(train_blocks=5), progress=False)
 
 
 def test_extra_answers_name_a_slice_the_corpus_lacks(tmp_path):

@@ -33,8 +33,10 @@ def register(subparsers) -> None:
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--freeze-backbone", action="store_true",
                        help="train only the layer mix and head (same as --train-blocks 0)")
-    train.add_argument("--train-blocks", type=int, default=-1, metavar="N",
-                       help="fine-tune the top N encoder blocks (-1 = all; embeddings stay frozen)")
+    train.add_argument("--train-blocks", type=int, default=None, metavar="N",
+                       help="fine-tune the top N encoder blocks (-1 = all; embeddings stay "
+                            "frozen). Default: all, or none with --head-input composite (whose "
+                            "trained blocks read cached lower layers)")
     train.add_argument("--loss", default="mse", choices=["mse", "margin", "mse+margin"],
                        help="CaR's MSE on 0/1 targets, a pairwise hinge, or both")
     train.add_argument("--margin", type=float, default=0.3, help="hinge margin")
@@ -146,7 +148,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.head_input == "composite":
         return _train_composite(args, hidden)
     train_options = TrainOptions(
-        epochs=args.epochs, train_blocks=0 if args.freeze_backbone else args.train_blocks,
+        epochs=args.epochs, train_blocks=(0 if args.freeze_backbone else
+                                          -1 if args.train_blocks is None else args.train_blocks),
         batch_pairs=args.batch_pairs, head_lr=args.head_lr, encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay, loss=args.loss, margin=args.margin, seed=args.seed,
         hidden_sizes=hidden, dropout=args.dropout, layer_transform=args.layer_transform,
@@ -174,7 +177,8 @@ def _train_composite(args: argparse.Namespace, hidden: list[int]) -> int:
         hidden_sizes=hidden, dropout=args.dropout, train_length=args.train_length or 256,
         seed=args.seed, ema=args.ema, extra_corpus=args.extra_answers,
         extra_skip=args.extra_skip, extra_limit=args.extra_limit,
-        extra_weight=args.extra_weight)
+        extra_weight=args.extra_weight, encoder_lr=args.encoder_lr,
+        train_blocks=0 if args.freeze_backbone or args.train_blocks is None else args.train_blocks)
     best = train_composite(args.train, args.valid, args.out, args.expert_model,
                            composite)["best"]
     shares = ", ".join(f"{k} {v:.3f}" for k, v in best["valid_robustness"].items())

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from car_engine.errors import UsageError
 from car_engine.iqs.extra_answers import ExtraAnswers, visible
-from car_engine.iqs.features import CachedFeatures, cached_features
-from car_engine.iqs.model import IQSConfig, IQSModel
+from car_engine.iqs.features import CachedFeatures, cached_features, pooled_from_cache
+from car_engine.iqs.model import IQSConfig, IQSModel, encoder_blocks
 from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
 from car_engine.iqs.robustness import KINDS, SUITE_SEED, Corruption, corrupt, win_shares
 from car_engine.iqs.store import load_model, save_model, segment_markers, trained_state
@@ -52,24 +52,29 @@ class FeatureSets:
 
 
 def chunked_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str,
-                     length: int, batch_size: int) -> CachedFeatures:
+                     length: int, batch_size: int, boundary: int | None = None
+                     ) -> CachedFeatures:
     """:func:`cached_features` over ``texts`` in CHUNK-sized files (a prefix of the list
-    reuses the same files), concatenated."""
+    reuses the same files), concatenated; with ``boundary``, hidden state ``boundary``'s
+    token states too (what a trained top block reads)."""
     parts = [cached_features(model, tokenizer, texts[s:s + CHUNK], f"{name}-{s // CHUNK}",
-                             None, batch_size, length) for s in range(0, len(texts), CHUNK)]
+                             boundary, batch_size, length) for s in range(0, len(texts), CHUNK)]
+    states = None if boundary is None else [t for p in parts for t in p.states or []]
     return CachedFeatures(torch.cat([p.pooled for p in parts], dim=1),
-                          torch.cat([p.starts for p in parts]), None)
+                          torch.cat([p.starts for p in parts]), states)
 
 
 def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
                  valid_csv: str | os.PathLike, per_pair: int, seed: int, length: int,
                  batch_size: int, limit: int = 0, extra: ExtraAnswers | None = None,
+                 boundary: int | None = None,
                  log: Callable[[str], None] = lambda _: None) -> FeatureSets:
     """The training pairs (the first ``limit`` when given), ``per_pair`` negatives of each
     (the FOCUS kinds first; fresh draws from the training split only), the validation pairs
     and their robustness suite, all encoded at ``length`` tokens; with ``extra``, that
     corpus's real answers with ``per_pair`` visible negatives each, and a held-out slice of
-    it with its own suite (reported, never trained on)."""
+    it with its own suite (reported, never trained on). ``boundary``: see
+    :func:`chunked_features`."""
     train, valid = read_pairs(train_csv), read_pairs(valid_csv)
     n = len(train) if limit <= 0 else min(limit, len(train))
     drawn = [c for c in corrupt(train, seed=seed + SUITE_SEED + 1) if c.pair < n]
@@ -94,7 +99,8 @@ def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
     feats = {}
     for key, name in zip(keys, texts):
         log(f"{name}: {len(texts[name])} texts")
-        feats[key] = chunked_features(model, tokenizer, texts[name], name, length, batch_size)
+        feats[key] = chunked_features(model, tokenizer, texts[name], name, length, batch_size,
+                                      boundary)
     return FeatureSets(train, valid, negatives, suite, feats, extra_negatives, extra_suite)
 
 
@@ -131,15 +137,22 @@ class CompositeOptions:
     extra_limit: int = 4000
     extra_valid: int = 500  # the next records: false alarms reported on them
     extra_weight: float = 1.0
+    train_blocks: int = 0  # top encoder blocks trained with the penalties (their input cached)
+    encoder_lr: float = 3e-5
 
 
 def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions) -> IQSModel:
     """A composite model whose expert path is ``expert``'s (weights copied, frozen) and whose
-    penalty mix and heads are fresh."""
+    penalty mix and heads are fresh; the top ``options.train_blocks`` encoder blocks are
+    trained too (both paths read them)."""
     if expert.config.head_input != "mean" or expert.config.trained_encoder_layers:
         raise UsageError("--expert-model must be a mean-head model on a frozen backbone "
                          f"(got head_input {expert.config.head_input!r}, trained blocks "
                          f"{expert.config.trained_encoder_layers})")
+    blocks = encoder_blocks(expert.encoder)
+    if not 0 <= options.train_blocks <= len(blocks):
+        raise UsageError(f"--train-blocks {options.train_blocks}: a composite head trains "
+                         f"0..{len(blocks)} top blocks of this encoder")
     base = expert.config
     config = IQSConfig(backbone=base.backbone, num_layers=base.num_layers,
                        hidden_size=base.hidden_size, hidden_sizes=list(base.hidden_sizes),
@@ -147,13 +160,16 @@ def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions)
                        layer_transform=base.layer_transform, max_length=base.max_length,
                        head_input="composite", segment_markers=segment_markers(tokenizer),
                        penalty_hidden_sizes=list(options.hidden_sizes),
-                       penalty_outputs=len(FAMILIES))
+                       penalty_outputs=len(FAMILIES),
+                       trained_encoder_layers=list(range(len(blocks) - options.train_blocks,
+                                                         len(blocks))))
     model = IQSModel(expert.encoder, config)
     model.layer_mix.load_state_dict(expert.layer_mix.state_dict())
     model.head.load_state_dict(expert.head.state_dict())
     model.requires_grad_(False)
     model.penalty_mix.requires_grad_(True)
     model.penalty.requires_grad_(True)
+    encoder_blocks(model.encoder)[len(blocks) - options.train_blocks:].requires_grad_(True)
     return model.eval()
 
 
@@ -163,38 +179,61 @@ def _penalty(model: IQSModel, pooled: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _expert_scores(model: IQSModel, pooled: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """The frozen expert path's scores (eval mode: no dropout), computed once."""
+    """The untrained expert path's scores (eval mode: no dropout), computed once."""
     model.eval()
     return torch.cat([model.score_pools(model.layer_mix(pooled[:, s:s + batch]))
                       for s in range(0, pooled.shape[1], batch)])
 
 
-@torch.no_grad()
-def _composite_scores(model: IQSModel, pooled: torch.Tensor, expert: torch.Tensor,
-                      batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and the raw penalty outputs (eval mode)."""
-    model.eval()
-    logits = torch.cat([_penalty(model, pooled[:, s:s + batch])
-                        for s in range(0, pooled.shape[1], batch)])
-    return (expert - torch.relu(logits).sum(dim=-1)).numpy(), logits.numpy()
+class Outputs:
+    """Expert scores and raw penalty outputs of cached texts. With a frozen backbone the
+    expert's never change, so they are the ones computed once (``fixed``); with trained top
+    blocks both come from the blocks' fresh pools. ``fixed`` always keeps the untrained
+    expert's (v1's) scores: the expert pairs' gaps to keep."""
+
+    def __init__(self, model: IQSModel, sets: FeatureSets) -> None:
+        self.model, self.sets = model, sets
+        layers = model.config.trained_encoder_layers
+        self.boundary = layers[0] if layers else None
+        # The fixed scores read the cached pools only: the untrained blocks' outputs.
+        self.fixed = {k: _expert_scores(model, f.pooled) for k, f in sets.feats.items()}
+
+    def __call__(self, key: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(expert scores, penalty outputs)`` of texts ``rows`` of ``sets.feats[key]``."""
+        feats = self.sets.feats[key]
+        if self.boundary is None:
+            picked = torch.from_numpy(rows)
+            return self.fixed[key][picked], _penalty(self.model, feats.pooled[:, picked])
+        pooled = pooled_from_cache(self.model, feats, rows, self.boundary)
+        return self.model.score_pools(self.model.layer_mix(pooled)), _penalty(self.model, pooled)
+
+    @torch.no_grad()
+    def scores(self, key: str, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """Composite scores and raw penalty outputs of every text of ``key`` (eval mode)."""
+        self.model.eval()
+        n = self.sets.feats[key].pooled.shape[1]
+        parts = [self(key, np.arange(s, min(s + batch, n))) for s in range(0, n, batch)]
+        expert = torch.cat([e for e, _ in parts])
+        logits = torch.cat([g for _, g in parts])
+        return (expert - torch.relu(logits).sum(dim=-1)).numpy(), logits.numpy()
 
 
-def _real_and_suite(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
-                    real: str, copies: str, suite: list[Corruption], good_rows: list[int],
-                    ) -> tuple[np.ndarray, dict[str, float], float]:
+def _real_and_suite(out: Outputs, real: str, copies: str, suite: list[Corruption],
+                    good_rows: list[int]) -> tuple[np.ndarray, dict[str, float], float]:
     """Scores of the real texts ``feats[real]``, the suite's shares of its good text (row
     ``good_rows[i]`` of them) over its copy ``feats[copies]``, and the share of real texts
     on which a penalty fires."""
-    scores, logits = _composite_scores(model, sets.feats[real].pooled, expert[real])
-    bad, _ = _composite_scores(model, sets.feats[copies].pooled, expert[copies])
+    scores, logits = out.scores(real)
+    bad, _ = out.scores(copies)
     shares = {k: v["share"] for k, v in win_shares(suite, scores[good_rows], bad).items()}
     return scores, shares, float((logits.max(axis=1) > 0).mean())
 
 
-def evaluate(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor]) -> dict:
+def evaluate(out: Outputs) -> dict:
     """Expert-pair accuracy, suite shares and how often a penalty fires on a real answer
     (and, with extra answers, the same on their held-out slice)."""
-    valid, shares, fired = _real_and_suite(model, sets, expert, "valid", "suite", sets.suite,
+    sets = out.sets
+    valid, shares, fired = _real_and_suite(out, "valid", "suite", sets.suite,
                                            [2 * c.pair + 1 for c in sets.suite])
     accuracy = pairwise_accuracy(valid)
     row = {"valid_accuracy": accuracy["accuracy"], "valid_ties": accuracy["ties"],
@@ -204,17 +243,16 @@ def evaluate(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor]
                             min(shares.values()) - KIND_TARGET)}
     if sets.extra_suite:
         _, row["extra_robustness"], row["extra_real_fired"] = _real_and_suite(
-            model, sets, expert, "extra-valid", "extra-suite", sets.extra_suite,
+            out, "extra-valid", "extra-suite", sets.extra_suite,
             [c.pair for c in sets.extra_suite])
     return row
 
 
-def _copies_loss(model: IQSModel, pooled: torch.Tensor, expert: torch.Tensor,
-                 good: torch.Tensor, original: torch.Tensor, families: torch.Tensor,
-                 strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+def _copies_loss(expert: torch.Tensor, logits: torch.Tensor, good: torch.Tensor,
+                 original: torch.Tensor, families: torch.Tensor, strict: torch.Tensor,
+                 options: CompositeOptions) -> torch.Tensor:
     """Bad copies ranked ``margin`` below their good text (and below the original, for the
     kinds that are no answer at all), with their own family's output above ``gate``."""
-    logits = _penalty(model, pooled)
     bad = expert - torch.relu(logits).sum(dim=-1)
     fired = torch.relu(options.gate - logits[torch.arange(len(bad)), families])
     return negative_loss(good, original, bad, strict, options.margin) + fired.mean()
@@ -225,40 +263,38 @@ def _real_loss(logits: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
     return options.real_weight * torch.relu(logits + options.gate).sum(dim=-1).mean()
 
 
-def _step_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
-               chosen: np.ndarray, by_pair: dict[int, list[int]], families: torch.Tensor,
-               strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+def _step_loss(out: Outputs, chosen: np.ndarray, by_pair: dict[int, list[int]],
+               families: torch.Tensor, strict: torch.Tensor, options: CompositeOptions
+               ) -> torch.Tensor:
     """The loss of one batch of training pairs and their negatives."""
-    idx = torch.from_numpy(np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1))
-    logits = _penalty(model, sets.feats["train"].pooled[:, idx])
-    base = expert["train"][idx].view(-1, 2)
-    pairs = base - torch.relu(logits).sum(dim=-1).view(-1, 2)
-    target = torch.clamp(base[:, 1] - base[:, 0], max=options.margin)  # never below v1's gap
+    idx = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
+    expert, logits = out("train", idx)
+    pairs = (expert - torch.relu(logits).sum(dim=-1)).view(-1, 2)
+    v1 = out.fixed["train"][torch.from_numpy(idx)].view(-1, 2)
+    target = torch.clamp(v1[:, 1] - v1[:, 0], max=options.margin)  # never below v1's gap
     loss = options.expert_weight * torch.relu(target - (pairs[:, 1] - pairs[:, 0])).mean()
     loss = loss + _real_loss(logits, options)
-    neg, rows = negative_batch(sets.negatives, by_pair, chosen)
+    neg, rows = negative_batch(out.sets.negatives, by_pair, chosen)
     if len(neg):
         nb = torch.from_numpy(neg)
         loss = loss + options.negative_weight * _copies_loss(
-            model, sets.feats["negatives"].pooled[:, nb], expert["negatives"][nb],
-            pairs[rows, 1], pairs[rows, 0], families[nb], strict[nb], options)
+            *out("negatives", neg), pairs[rows, 1], pairs[rows, 0], families[nb], strict[nb],
+            options)
     return loss
 
 
-def _extra_loss(model: IQSModel, sets: FeatureSets, expert: dict[str, torch.Tensor],
-                chosen: np.ndarray, by_answer: dict[int, list[int]], families: torch.Tensor,
-                strict: torch.Tensor, options: CompositeOptions) -> torch.Tensor:
+def _extra_loss(out: Outputs, chosen: np.ndarray, by_answer: dict[int, list[int]],
+                families: torch.Tensor, strict: torch.Tensor, options: CompositeOptions
+                ) -> torch.Tensor:
     """The extra answers' loss: every output below ``-gate`` on them, their copies flagged."""
-    logits = _penalty(model, sets.feats["extra"].pooled[:, torch.from_numpy(chosen)])
+    expert, logits = out("extra", chosen)
     loss = _real_loss(logits, options)
-    neg, rows = negative_batch(sets.extra_negatives, by_answer, chosen)
+    neg, rows = negative_batch(out.sets.extra_negatives, by_answer, chosen)
     if len(neg):
-        good = (expert["extra"][torch.from_numpy(chosen)]
-                - torch.relu(logits).sum(dim=-1))[rows]
+        good = (expert - torch.relu(logits).sum(dim=-1))[rows]
         nb = torch.from_numpy(neg)
         loss = loss + options.negative_weight * _copies_loss(
-            model, sets.feats["extra-negatives"].pooled[:, nb], expert["extra-negatives"][nb],
-            good, good, families[nb], strict[nb], options)
+            *out("extra-negatives", neg), good, good, families[nb], strict[nb], options)
     return options.extra_weight * loss
 
 
@@ -277,9 +313,10 @@ def _assign(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> N
 def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
                     out: str | os.PathLike, expert_model: str | os.PathLike,
                     options: CompositeOptions | None = None, progress: bool = True) -> dict:
-    """Train the penalty mix and heads on top of ``expert_model`` (frozen), keep the epoch
-    closest to issue #21's targets on the validation split (min of accuracy - 95% and worst
-    suite share - 97%), save it to ``out``; returns the per-epoch history and the best."""
+    """Train the penalty mix and heads (and the top ``train_blocks`` encoder blocks) on top of
+    ``expert_model`` (frozen), keep the epoch closest to issue #21's targets on the validation
+    split (min of accuracy - 95% and worst suite share - 97%), save it to ``out``; returns
+    the per-epoch history and the best."""
     options = options or CompositeOptions()
     if options.epochs < 1 or options.batch_pairs < 1 or not 1 <= options.negatives <= len(KINDS):
         raise UsageError(f"--epochs and --batch-pairs must be >= 1 and --negatives 1..{len(KINDS)}")
@@ -289,31 +326,39 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     model = composite_model(expert_iqs, tokenizer, options)
     extra = (ExtraAnswers(options.extra_corpus, options.extra_skip, options.extra_limit,
                           options.extra_valid) if options.extra_corpus else None)
+    trained = model.config.trained_encoder_layers
     sets = feature_sets(model, tokenizer, train_csv, valid_csv, options.negatives, options.seed,
-                        options.train_length, options.encode_batch_size, options.limit, extra)
-    expert = {k: _expert_scores(model, f.pooled) for k, f in sets.feats.items()}
+                        options.train_length, options.encode_batch_size, options.limit, extra,
+                        trained[0] if trained else None)
+    outputs = Outputs(model, sets)
     by_pair = copies_by_pair(sets.negatives)
     families, strict = _kind_tensors(sets.negatives)
     by_answer = copies_by_pair(sets.extra_negatives)
     extra_families, extra_strict = _kind_tensors(sets.extra_negatives)
     answers = sets.feats["extra"].pooled.shape[1] if "extra" in sets.feats else 0
-    params = [*model.penalty_mix.parameters(), *model.penalty.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    heads = [*model.penalty_mix.parameters(), *model.penalty.parameters()]
+    blocks = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": heads, "lr": options.lr},
+                                   {"params": blocks, "lr": options.encoder_lr}],
+                                  weight_decay=options.weight_decay)
+    params = heads + blocks
     # The penalty's validation false alarms swing from epoch to epoch; an average is steadier.
     average = [p.detach().clone() for p in params]
     pairs = sets.feats["train"].pooled.shape[1] // 2
     history, best, best_state = [], None, None
     for epoch in tqdm(range(1, options.epochs + 1), desc="epochs", disable=not progress):
         model.train()
+        model.head.eval()  # the expert head is frozen: no dropout on its scores either
         order = rng.permutation(pairs)
         steps = -(-pairs // options.batch_pairs)
         extra_order = np.array_split(rng.permutation(answers), steps)
         total = 0.0
-        for step, start in enumerate(range(0, pairs, options.batch_pairs)):
+        for step, start in enumerate(tqdm(range(0, pairs, options.batch_pairs), leave=False,
+                                          desc=f"epoch {epoch}", disable=not progress)):
             chosen = order[start:start + options.batch_pairs]
-            loss = _step_loss(model, sets, expert, chosen, by_pair, families, strict, options)
+            loss = _step_loss(outputs, chosen, by_pair, families, strict, options)
             if answers:
-                loss = loss + _extra_loss(model, sets, expert, extra_order[step], by_answer,
+                loss = loss + _extra_loss(outputs, extra_order[step], by_answer,
                                           extra_families, extra_strict, options)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -325,7 +370,7 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
         live = [p.detach().clone() for p in params]
         if options.ema:
             _assign(params, average)
-        row = {"epoch": epoch, "train_loss": total / pairs, **evaluate(model, sets, expert)}
+        row = {"epoch": epoch, "train_loss": total / pairs, **evaluate(outputs)}
         history.append(row)
         if progress:
             shares = " ".join(f"{k} {v:.3f}" for k, v in row["valid_robustness"].items())

@@ -20,10 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.batching import length_batches, pad_batch, pad_states, tokenize
+from car_engine.devices import cpu_has_native_bf16
 from car_engine.io import atomic_path
 from car_engine.iqs.model import ORDER_POOLS, IQSModel, encoder_blocks, order_pools, run_blocks
 from car_engine.models.registry import DEFAULT, cache_dir
 
+BLOCK_TOKENS = 8192  # padded tokens per run of the trained blocks on cached states
 CACHE_VERSION = 4  # 3: prompt/response/end pools; 4: + the order pools (model.order_pools)
 
 
@@ -109,19 +111,40 @@ def cached_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str
     return feats
 
 
+def pooled_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
+                      boundary: int) -> torch.Tensor:
+    """Per-layer pools ``[layers, texts, pools, hidden]`` of texts ``idx``: the cached frozen
+    layers' up to ``boundary``, the trained top blocks' run on the cached token states."""
+    pooled = feats.pooled[: boundary + 1, torch.from_numpy(idx)]
+    top = encoder_blocks(model.encoder)[boundary:]
+    if not len(top):
+        return pooled
+    assert feats.states is not None  # cached whenever blocks above boundary are trained
+    # Training runs the blocks in bf16 where the CPU has it natively (fp32 master weights).
+    fast = model.training and cpu_has_native_bf16()
+    lengths = np.array([feats.states[i].shape[0] for i in idx])
+    order = np.argsort(lengths, kind="stable")  # like lengths together: little padding
+    parts, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= BLOCK_TOKENS:
+            end += 1
+        group = idx[order[start:end]]
+        states, mask = pad_states([feats.states[i] for i in group])
+        positions = torch.arange(mask.shape[1]).unsqueeze(0)
+        response = ((positions >= feats.starts[torch.from_numpy(group)].unsqueeze(1))
+                    & mask.bool())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            parts.append(torch.stack(run_blocks(top, states, mask, response)).float())
+        start = end
+    trained = torch.cat(parts, dim=1)[:, torch.from_numpy(np.argsort(order))]
+    return torch.cat([pooled, trained], dim=0)
+
+
 def scores_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
                       boundary: int) -> torch.Tensor:
     """Scores of texts ``idx`` from cached frozen features plus the trained top blocks."""
-    rows = torch.from_numpy(idx)
-    pooled = feats.pooled[: boundary + 1, rows]
-    top = encoder_blocks(model.encoder)[boundary:]
-    if len(top):
-        assert feats.states is not None  # cached whenever blocks above boundary are trained
-        states, mask = pad_states([feats.states[i] for i in idx])
-        positions = torch.arange(mask.shape[1]).unsqueeze(0)
-        response = (positions >= feats.starts[rows].unsqueeze(1)) & mask.bool()
-        pooled = torch.cat([pooled, torch.stack(run_blocks(top, states, mask, response))], dim=0)
-    return model.score_pooled(pooled)
+    return model.score_pooled(pooled_from_cache(model, feats, idx, boundary))
 
 
 @torch.no_grad()
