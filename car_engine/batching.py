@@ -123,10 +123,12 @@ def pad_batch(token_ids: list[list[int]], indices, pad_id: int) -> tuple[np.ndar
     return ids, mask
 
 
-def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_states(states: list[torch.Tensor], multiple: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad per-text hidden states ``[..., tokens, hidden]`` (one text's, or its every
-    layer's) into float32 ``[..., batch, tokens, hidden]`` plus the matching attention mask."""
-    width = max(s.shape[-2] for s in states)
+    layer's) into float32 ``[..., batch, tokens, hidden]`` plus the matching attention mask;
+    the width is rounded up to a ``multiple`` (fewer distinct shapes for the kernels' caches)."""
+    width = -(-max(s.shape[-2] for s in states) // multiple) * multiple
     first = states[0]
     out = first.new_zeros((*first.shape[:-2], len(states), width, first.shape[-1]),
                           dtype=torch.float32)
