@@ -144,7 +144,7 @@ def test_composite_with_a_trained_top_block_scores_as_it_was_picked(composite_fo
                                                                    expert_revised_dir):
     """--train-blocks 1: the top block trains on cached lower-layer states, is stored with
     the heads, and the reloaded model (a full eager forward) scores the validation pairs
-    exactly as the epoch pick did from the cache."""
+    as the epoch pick did from the cache (to 1e-4)."""
     from safetensors.torch import load_file
 
     root, valid_csv, _ = composite_folder

@@ -169,8 +169,14 @@ def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions)
     model.requires_grad_(False)
     model.penalty_mix.requires_grad_(True)
     model.penalty.requires_grad_(True)
-    encoder_blocks(model.encoder)[len(blocks) - options.train_blocks:].requires_grad_(True)
+    blocks[len(blocks) - options.train_blocks:].requires_grad_(True)  # model.encoder's own
     return model.eval()
+
+
+def _boundary(model: IQSModel) -> int | None:
+    """The hidden state the first trained block reads (None: the backbone is frozen)."""
+    layers = model.config.trained_encoder_layers
+    return layers[0] if layers else None
 
 
 def _penalty(model: IQSModel, pooled: torch.Tensor) -> torch.Tensor:
@@ -193,8 +199,7 @@ class Outputs:
 
     def __init__(self, model: IQSModel, sets: FeatureSets) -> None:
         self.model, self.sets = model, sets
-        layers = model.config.trained_encoder_layers
-        self.boundary = layers[0] if layers else None
+        self.boundary = _boundary(model)
         # The fixed scores read the cached pools only: the untrained blocks' outputs.
         self.fixed = {k: _expert_scores(model, f.pooled) for k, f in sets.feats.items()}
 
@@ -326,10 +331,9 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     model = composite_model(expert_iqs, tokenizer, options)
     extra = (ExtraAnswers(options.extra_corpus, options.extra_skip, options.extra_limit,
                           options.extra_valid) if options.extra_corpus else None)
-    trained = model.config.trained_encoder_layers
     sets = feature_sets(model, tokenizer, train_csv, valid_csv, options.negatives, options.seed,
                         options.train_length, options.encode_batch_size, options.limit, extra,
-                        trained[0] if trained else None)
+                        _boundary(model))
     outputs = Outputs(model, sets)
     by_pair = copies_by_pair(sets.negatives)
     families, strict = _kind_tensors(sets.negatives)

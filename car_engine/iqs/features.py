@@ -130,7 +130,7 @@ def pooled_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
         while end < len(order) and (end + 1 - start) * lengths[order[end]] <= BLOCK_TOKENS:
             end += 1
         group = idx[order[start:end]]
-        # Widths in steps of 32: training's memory stays flat (oneDNN caches per shape).
+        # Widths in steps of 32: few distinct shapes for oneDNN's per-shape caches.
         states, mask = pad_states([feats.states[i] for i in group], 32)
         positions = torch.arange(mask.shape[1]).unsqueeze(0)
         response = ((positions >= feats.starts[torch.from_numpy(group)].unsqueeze(1))
