@@ -4,9 +4,11 @@
 
 The validation split's expert-revised answers are the good texts; their corrupted copies
 (car_engine/iqs/robustness.py, the suite's seed) the bad ones. Scores every text with the
-shipped IQS model and the IFD scorer (its direct pass gives the answer-alone loss), then prints
-each bound that GOOD_KEPT of the good answers pass and the share of each corruption it stops.
-The printed bounds are what car_engine/quality_guard.py ships.
+shipped IQS model, the default embedder (each answer's relevance to its instruction,
+car_engine/relevance.py) and the IFD scorer (its direct pass gives the answer-alone loss), then
+prints each bound that GOOD_KEPT of the good answers pass and the share of each corruption it
+stops. The printed bounds are what car_engine/quality_guard.py ships. ``--no-ifd`` leaves the
+costly IFD pass out (the IQS and relevance floors only).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def _records(texts: list[str]) -> pa.Table:
     return pa.table(rows)
 
 
-def scores(limit: int | None, max_length: int) -> pa.Table:
-    """kind ('good' or a corruption), IQS and the IFD columns of every suite text."""
+def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Table:
+    """kind ('good' or a corruption), IQS, relevance and the IFD columns of every suite
+    text (the IFD columns NaN without ``ifd_pass``)."""
+    from car_engine.embed import Embedder
     from car_engine.ifd import IFDScorer
     from car_engine.iqs import IQSScorer
+    from car_engine.relevance import RELEVANCE_COLUMN, records_relevance
 
     pairs = read_pairs(default_valid_csv())
     corruptions = corrupt(pairs, limit=limit)
@@ -47,8 +52,16 @@ def scores(limit: int | None, max_length: int) -> pa.Table:
     texts = [pairs.texts[2 * k + 1] for k in good] + [c.bad for c in corruptions]
     kinds = ["good"] * len(good) + [c.kind for c in corruptions]
     iqs = IQSScorer.load().score_texts(texts)
-    print(json.dumps(report(pa.table({"kind": kinds, "iqs": iqs, "loss_direct": np.full(
-        len(texts), np.nan)}), ("iqs_floor",))), flush=True)  # the IQS floor before IFD runs
+    embedder = Embedder()
+    relevance = records_relevance(_records(texts), lambda t: embedder.embed(t, progress=False))
+    table = pa.table({"kind": kinds, "iqs": iqs,
+                      "relevance": relevance.column(RELEVANCE_COLUMN),
+                      "loss_direct": np.full(len(texts), np.nan),
+                      "ifd_ppl": np.full(len(texts), np.nan)})
+    # the floors that need no IFD, before it runs
+    print(json.dumps(report(table, ("iqs_floor", "relevance_floor"))), flush=True)
+    if not ifd_pass:
+        return table
     # IFD only for the kinds the direct-pass bounds are for (it is the costly part)
     want = [i for i, k in enumerate(kinds) if k == "good" or k in NOISE_KINDS]
     ifd = IFDScorer(max_length=max_length).score(_records([texts[i] for i in want]))
@@ -56,10 +69,13 @@ def scores(limit: int | None, max_length: int) -> pa.Table:
     loss[want] = np.asarray(ifd.column("loss_direct").to_pylist(), dtype=np.float64)
     ifd_ppl = np.full(len(texts), np.nan)
     ifd_ppl[want] = np.asarray(ifd.column("ifd_ppl").to_pylist(), dtype=np.float64)
-    return pa.table({"kind": kinds, "iqs": iqs, "loss_direct": loss, "ifd_ppl": ifd_ppl})
+    return table.set_column(table.schema.get_field_index("loss_direct"), "loss_direct",
+                            pa.array(loss)).set_column(
+        table.schema.get_field_index("ifd_ppl"), "ifd_ppl", pa.array(ifd_ppl))
 
 
-BOUNDS = (("iqs_floor", "iqs", False), ("direct_loss_floor", "loss_direct", False),
+BOUNDS = (("iqs_floor", "iqs", False), ("relevance_floor", "relevance", False),
+          ("direct_loss_floor", "loss_direct", False),
           ("direct_loss_ceiling", "loss_direct", True))
 
 
@@ -81,11 +97,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--no-ifd", action="store_true", help="IQS and relevance floors only")
     args = parser.parse_args()
-    table = scores(args.limit, args.max_length)
+    table = scores(args.limit, args.max_length, not args.no_ifd)
     if args.out:
         write_parquet(args.out, table)
-    print(json.dumps(report(table), indent=1))
+    names = tuple(b[0] for b in BOUNDS if not (args.no_ifd and b[1] == "loss_direct"))
+    print(json.dumps(report(table, names), indent=1))
 
 
 if __name__ == "__main__":

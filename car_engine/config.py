@@ -243,6 +243,9 @@ class RunConfig:
     fields: str | None = None  # --fields instruction=KEY,input=KEY,output=KEY
     output_format: str = OUTPUT_FORMAT
     quality_guard: bool = True  # ifd, car+ifd: noise dropped first (quality_guard.py; no compat)
+    # the guard's relevance bound (answer vs its own instruction); False
+    # (--no-relevance-floor) keeps context-less follow-ups ("continue") and non-English pairs
+    relevance_floor: bool = True
     # car, car+ifd: IQS and embeddings from one encoder forward when the IQS backbone is the
     # embedding model (car_engine/one_pass.py; same scores); False (--two-pass): IQS in a
     # pass of its own on its runtime

@@ -8,7 +8,10 @@ records that look like noise, on signals the run already has or gets cheaply:
 - the IQS score below :data:`IQS_FLOOR` (the IQS stage runs for ``--method ifd`` too);
 - the direct-pass loss (the answer alone, from IFD's second pass) above
   :data:`DIRECT_LOSS_CEILING` (random words are hard to predict even without a prompt) or
-  below :data:`DIRECT_LOSS_FLOOR` (a loop predicts itself).
+  below :data:`DIRECT_LOSS_FLOOR` (a loop predicts itself);
+- the answer's relevance to its own instruction (car_engine/relevance.py: the embedding
+  model's cosine of the two) below :data:`RELEVANCE_FLOOR` (another instruction's answer is
+  fluent, so only this sees it).
 
 Each bound was calibrated once (:func:`calibrate`) on the IQS robustness suite's texts
 (car_engine/iqs/robustness.py: the validation split's expert-revised answers and their
@@ -38,6 +41,10 @@ from car_engine.iqs.robustness import corrupt, split_pair_text
 IQS_FLOOR: float | None = 0.2241
 DIRECT_LOSS_FLOOR: float | None = 1.3776
 DIRECT_LOSS_CEILING: float | None = 5.2627
+# `python -m benchmarks.guard_calibrate --no-ifd` (all 254 validation pairs, their 1,746
+# corruptions; default embedder): 98% of the good answers pass; it stops 88% of other
+# instructions' answers, 90% of swapped instructions, 62-69% of random words, 11% of loops.
+RELEVANCE_FLOOR: float | None = 0.1894
 GOOD_KEPT = 0.98  # the share of validation good answers each bound lets through
 # The noise the benchmark plants (robustness kinds): random words at 1x and 2-3x the answer's
 # length, a loop of its first sentence, another instruction's answer.
@@ -56,6 +63,11 @@ def needs_iqs(cfg: RunConfig) -> bool:
     return cfg.uses_car or (guard_on(cfg) and floors_for(cfg).iqs is not None)
 
 
+def needs_relevance(cfg: RunConfig) -> bool:
+    """Whether a run measures each answer's relevance to its instruction (the guard's)."""
+    return guard_on(cfg) and floors_for(cfg).relevance is not None
+
+
 @dataclass(frozen=True)
 class Floors:
     """The guard's bounds: a record is noise when any bound that is set says so."""
@@ -63,29 +75,38 @@ class Floors:
     iqs: float | None = IQS_FLOOR
     direct_floor: float | None = DIRECT_LOSS_FLOOR
     direct_ceiling: float | None = DIRECT_LOSS_CEILING
+    relevance: float | None = RELEVANCE_FLOOR
 
     def as_dict(self) -> dict[str, float | None]:
         """The bounds as summary.json reports them."""
         return {"iqs_floor": self.iqs, "direct_loss_floor": self.direct_floor,
-                "direct_loss_ceiling": self.direct_ceiling}
+                "direct_loss_ceiling": self.direct_ceiling, "relevance_floor": self.relevance}
 
 
 def floors_for(cfg: RunConfig) -> Floors:
     """The bounds that apply to a run: each was calibrated on the shipped models (the IQS
     floor on the default IQS model; the direct-loss bounds on the default causal LM with
-    template ``none``), so another model leaves its bounds out (None)."""
+    template ``none``; the relevance floor on the default embedding model), so another model
+    leaves its bounds out (None); ``--no-relevance-floor`` leaves the relevance one out."""
     iqs = IQS_FLOOR if cfg.iqs.model == DEFAULT_MODEL else None
     lm = cfg.ifd.model == DEFAULT_MODEL and cfg.ifd.template == IFDParams.template
-    return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None)
+    relevance = (RELEVANCE_FLOOR if cfg.relevance_floor and cfg.embed.model == DEFAULT_MODEL
+                 else None)
+    return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None,
+                  relevance)
 
 
 def below_floor(floors: Floors, iqs: np.ndarray | None = None,
-                loss_direct: np.ndarray | None = None) -> np.ndarray:
-    """Rows the guard drops: IQS under the floor, or a direct-pass loss outside its bounds.
-    A missing value (NaN: no score) never trips a bound (IFD already leaves such rows out)."""
-    arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct) if a is not None]
+                loss_direct: np.ndarray | None = None,
+                relevance: np.ndarray | None = None) -> np.ndarray:
+    """Rows the guard drops: IQS or relevance under its floor, or a direct-pass loss outside
+    its bounds. A missing value (NaN: no score) never trips a bound (IFD already leaves such
+    rows out)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct, relevance)
+              if a is not None]
     if not arrays:
-        raise ValueError("the quality guard needs the IQS or the direct-pass losses")
+        raise ValueError("the quality guard needs the IQS, the direct-pass losses or the "
+                         "relevance")
     out = np.zeros(arrays[0].shape[0], dtype=bool)
     with np.errstate(invalid="ignore"):
         if iqs is not None and floors.iqs is not None:
@@ -96,6 +117,8 @@ def below_floor(floors: Floors, iqs: np.ndarray | None = None,
                 out |= loss < floors.direct_floor
             if floors.direct_ceiling is not None:
                 out |= loss > floors.direct_ceiling
+        if relevance is not None and floors.relevance is not None:
+            out |= np.asarray(relevance, dtype=np.float64) < floors.relevance
     return out
 
 

@@ -151,6 +151,20 @@ class EmbedWorker(Worker):
         return model_folder_files(resolve_encoder(params.model))
 
 
+class RelevanceWorker(EmbedWorker):
+    """How well each answer fits its own instruction (column ``relevance``, see
+    car_engine/relevance.py), on the embedding model: what the IFD quality guard reads."""
+
+    stage = "relevance"
+    suffix = ".parquet"
+
+    def __call__(self, records: pa.Table) -> pa.Table:
+        from car_engine.relevance import records_relevance
+
+        return records_relevance(records, lambda texts: self.embedder.embed(texts,
+                                                                            progress=False))
+
+
 class EncodeWorker(Worker):
     """IQS and embeddings of a shard from one encoder forward per text (SPEC §10): the IQS
     table's columns plus ``embedding`` (a fixed-size list of float32, unit length)."""

@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ifd, car+ifd: rank by IFD alone, as the paper does (by default records "
                    "the quality guard calls noise are dropped first; a --compat preset implies "
                    "this flag)")
+    p.add_argument("--no-relevance-floor", action="store_false", dest="relevance_floor",
+                   default=RunConfig.relevance_floor,
+                   help="keep the quality guard but drop its relevance bound (the answer's "
+                   "similarity to its own instruction, which stops answers pasted to the wrong "
+                   "prompt): it also drops context-less follow-up turns such as 'continue', "
+                   "and the default embedding model is English-only, so it can drop "
+                   "non-English pairs; this flag keeps both")
     options.add_limit(p)
     p.add_argument("--strict", action="store_true", help="stop at the first bad item")
     options.add_fields(p)
@@ -84,7 +91,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         near_dup_threshold=args.near_dup_threshold, semdedup_eps=args.semdedup_eps,
         near=NearDupParams(seed=args.seed), exact=args.exact, fields=args.fields,
         output_format=args.output_format, quality_guard=args.quality_guard,
-        one_pass=args.one_pass,
+        relevance_floor=args.relevance_floor, one_pass=args.one_pass,
     )
     cfg.check()
     return cfg

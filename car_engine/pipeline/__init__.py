@@ -10,7 +10,8 @@ Methods (the rules live in car_engine.select):
 - ``car``: IQS ranks; the top n1 plus the top n2 of every embedding cluster (SPEC §4).
 - ``ifd``: drop IFD >= 1, keep the top ``ifd_frac`` of the input by IFD (SPEC §2); unless
   ``--no-quality-guard`` (or a ``--compat`` preset), records the quality guard calls noise
-  are dropped first (car_engine/quality_guard.py; the IQS stage runs too), also in car+ifd.
+  are dropped first (car_engine/quality_guard.py; the IQS and relevance stages run too),
+  also in car+ifd.
 - ``car+ifd``: CaR where records with IFD >= 1 are dropped first (their instruction does not
   help the model predict the answer); IQS then ranks what is left. Records IFD could not
   score (e.g. no room for the answer) stay eligible on IQS alone.
@@ -39,9 +40,16 @@ from car_engine.pipeline.stages import (
     shard_stage,
     split_encoded,
 )
-from car_engine.quality_guard import needs_iqs
+from car_engine.quality_guard import needs_iqs, needs_relevance
 from car_engine.rundir import clear_outputs, fingerprint, record_outputs, run_lock
-from car_engine.workers import EmbedWorker, EncodeWorker, IFDWorker, IQSWorker, PreWorker
+from car_engine.workers import (
+    EmbedWorker,
+    EncodeWorker,
+    IFDWorker,
+    IQSWorker,
+    PreWorker,
+    RelevanceWorker,
+)
 
 
 @dataclass
@@ -116,6 +124,9 @@ def run(
                 iqs = shard_stage(IQSWorker, cfg.iqs, read, run_dir, runner, cache)
             ifd = (shard_stage(IFDWorker, cfg.ifd, read, run_dir, runner, cache)
                    if cfg.uses_ifd else None)
+            # the guard's relevance floor (#22): prompt and answer embedded on their own
+            relevance = (shard_stage(RelevanceWorker, cfg.embed, read, run_dir, runner, cache)
+                         if needs_relevance(cfg) else None)
             clusters = None
             if cfg.uses_car:
                 if embed is None:
@@ -125,9 +136,10 @@ def run(
                    if cfg.uses_pre else None)
             cached = {"folder": _named(cache, run_dir),
                       **{s.name: {"cached": s.info["cached"], "computed": s.info["computed"]}
-                         for s in (iqs, ifd, embed, pre) if s is not None}}
+                         for s in (iqs, ifd, embed, pre, relevance) if s is not None}}
             counts = write_outputs(read, iqs, ifd, clusters, run_dir, cfg, runner, cached,
-                                   pre=pre, minhash=minhash, source=source)
+                                   pre=pre, minhash=minhash, relevance=relevance,
+                                   source=source)
         finally:
             runner.shutdown()
         record_outputs(run_dir, outputs_fp)

@@ -19,6 +19,7 @@ from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.selected import selected_items
 from car_engine.pipeline.stages import concat_shards, records_columns
 from car_engine.quality_guard import below_floor, floors_for, guard_on
+from car_engine.relevance import RELEVANCE_COLUMN
 from car_engine.rundir import StageDir, take_records
 from car_engine.score_tables import attach, float_column
 from car_engine.select import (
@@ -34,9 +35,10 @@ from car_engine.select import (
 
 def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                  clusters: StageDir | None, pre: StageDir | None = None,
-                 cfg: RunConfig | None = None) -> pa.Table:
+                 cfg: RunConfig | None = None, relevance: StageDir | None = None) -> pa.Table:
     """One row per record, in input order: id, position, every score, cluster (with ``pre``:
-    the instruction perplexity and the k-means cluster of the instruction vectors)."""
+    the instruction perplexity and the k-means cluster of the instruction vectors; with
+    ``relevance``: the quality guard's relevance of each answer to its instruction)."""
     table = records_columns(read, ["id", "position", "content_hash"])
     if iqs is not None:
         iqs_table = concat_shards(iqs)  # with --turns all, also the per-turn scores
@@ -50,6 +52,9 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
         named = ["ifd_status" if c == "status" else c for c in ifd_table.column_names]
         ifd_table = ifd_table.rename_columns(named)
         table = attach(table, ifd_table, [c for c in named if c != "id"], "ifd stage",
+                       required=True)
+    if relevance is not None:
+        table = attach(table, concat_shards(relevance), [RELEVANCE_COLUMN], "relevance stage",
                        required=True)
     if pre is not None:
         table = _with_pre_clusters(table, concat_shards(pre), cfg or RunConfig())
@@ -78,9 +83,9 @@ def quality_guard(table: pa.Table, cfg: RunConfig) -> np.ndarray | None:
     if not guard_on(cfg):
         return None
     # no IQS stage: no IQS column, and no IQS floor applies (floors_for)
-    iqs, loss = (float_column(table, c, "scores") if c in table.column_names else None
-                 for c in ("iqs", "loss_direct"))
-    return below_floor(floors_for(cfg), iqs, loss)
+    iqs, loss, relevance = (float_column(table, c, "scores") if c in table.column_names
+                            else None for c in ("iqs", "loss_direct", RELEVANCE_COLUMN))
+    return below_floor(floors_for(cfg), iqs, loss, relevance)
 
 
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],
@@ -132,13 +137,14 @@ def selected_rows(source: str, read: StageDir, table: pa.Table, selection: Selec
 def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                   clusters: StageDir | None, run_dir: Path, cfg: RunConfig,
                   backend: Backend, score_cache: dict[str, Any] | None = None,
-                  pre: StageDir | None = None, minhash: StageDir | None = None, *,
-                  source: str) -> dict[str, int]:
+                  pre: StageDir | None = None, minhash: StageDir | None = None,
+                  relevance: StageDir | None = None, *, source: str) -> dict[str, int]:
     """Select, then write selected.jsonl, scores.parquet, rejected.jsonl and summary.json
     (with ``score_cache``: the cache folder and each scoring stage's cached/computed counts;
-    near duplicates from the ``minhash`` signature stage when it ran). ``source`` is the
-    corpus the selected items are read back from."""
-    table = scores_table(read, iqs, ifd, clusters, pre, cfg)
+    near duplicates from the ``minhash`` signature stage when it ran; the guard's
+    ``relevance`` stage when it ran). ``source`` is the corpus the selected items are read
+    back from."""
+    table = scores_table(read, iqs, ifd, clusters, pre, cfg, relevance)
     items = int(read.info["items"])
     duplicates = find_duplicates(minhash, clusters, cfg)
     selection = select(table, cfg, backend, read.info["sizes"], items, duplicates)
@@ -161,7 +167,8 @@ def write_outputs(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     config = json.loads(json.dumps(asdict(cfg), default=str))
     # Where every stage ran (device, runtime, precision), as its workers reported it.
     ran = {name: stage.info.get("runtimes", []) for name, stage in
-           (("iqs", iqs), ("ifd", ifd), ("cluster", clusters)) if stage is not None}
+           (("iqs", iqs), ("ifd", ifd), ("cluster", clusters), ("relevance", relevance))
+           if stage is not None}
     if clusters is not None:  # the embedding stage is seen through the clusters made from it
         ran["embed"] = clusters.info.get("embed_runtimes", [])
     summary = {"method": cfg.method, "counts": counts, "config": config, "runtimes": ran}

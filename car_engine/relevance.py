@@ -1,0 +1,59 @@
+"""How well an answer fits its own instruction: the cosine of the prompt's and the answer's
+sentence embeddings (the default embedder, all-MiniLM-L6-v2, was trained on question-answer
+pairs among others, so this is its semantic-search score).
+
+The IFD quality guard (car_engine/quality_guard.py) reads it to stop answers of other
+instructions: they are fluent, so neither the IQS floor nor the direct-loss bounds see them,
+and their IFD sits among the real top picks (benchmarks/RESULTS.md, "IFD quality guard"). On
+the IQS robustness suite the own answer is closer to its instruction than another
+instruction's answer in 100% of the validation pairs.
+
+Both texts are embedded on their own (the pair text's embedding mixes them), so this is two
+extra passes of the small encoder over about a pair's tokens: a fraction of IFD's two passes
+of the causal LM. A multi-turn record is judged on its first turn (its instruction and
+output columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+RELEVANCE_COLUMN = "relevance"
+
+
+def prompt_text(instruction: str, input_text: str) -> str:
+    """What the answer should fit: the instruction, then its input (when there is one)."""
+    instruction, input_text = instruction.strip(), input_text.strip()
+    return f"{instruction}\n{input_text}" if input_text else instruction
+
+
+def relevance(prompts: Sequence[str], answers: Sequence[str],
+              embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Cosine of ``embed(prompt)`` and ``embed(answer)`` per row (float64); NaN where the
+    prompt or the answer is blank (nothing to compare: the guard never trips on NaN)."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
+    out = np.full(len(prompts), np.nan)
+    rows = [i for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+            if p.strip() and a.strip()]
+    if not rows:
+        return out
+    vectors = np.asarray(embed([prompts[i] for i in rows] + [answers[i] for i in rows]),
+                         dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    out[rows] = np.einsum("ij,ij->i", vectors[: len(rows)], vectors[len(rows):])
+    return out
+
+
+def records_relevance(records: pa.Table, embed: Callable[[list[str]], np.ndarray]) -> pa.Table:
+    """``id`` and :data:`RELEVANCE_COLUMN` (float64, NaN when blank) of every record."""
+    cols = {c: records.column(c).to_pylist() for c in ("instruction", "input", "output")}
+    prompts = [prompt_text(i or "", x or "") for i, x in zip(cols["instruction"], cols["input"],
+                                                             strict=True)]
+    answers = [o or "" for o in cols["output"]]
+    return pa.table({"id": records.column("id"),
+                     RELEVANCE_COLUMN: pa.array(relevance(prompts, answers, embed),
+                                                pa.float64())})
