@@ -22,12 +22,12 @@ import pyarrow as pa
 from car_engine.io import write_parquet
 from car_engine.iqs.pairs import read_pairs
 from car_engine.iqs.robustness import KINDS, corrupt, default_valid_csv, split_pair_text
-from car_engine.quality_guard import NOISE_KINDS, calibrate
+from car_engine.quality_guard import LOOPS_STOPPED, NOISE_KINDS, calibrate
 
 
 def _records(texts: list[str]) -> pa.Table:
     """Records (id, instruction, input, output) parsed back from pair texts."""
-    rows = {"id": [], "instruction": [], "input": [], "output": []}
+    rows: dict[str, list[str]] = {"id": [], "instruction": [], "input": [], "output": []}
     for i, text in enumerate(texts):
         prompt, answer = split_pair_text(text)
         body = prompt.removeprefix("Instruction: ").removesuffix(" Response: ")
@@ -45,6 +45,7 @@ def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Tabl
     from car_engine.ifd import IFDScorer
     from car_engine.iqs import IQSScorer
     from car_engine.relevance import RELEVANCE_COLUMN, records_relevance
+    from car_engine.repetition import answers_repetition
 
     pairs = read_pairs(default_valid_csv())
     corruptions = corrupt(pairs, limit=limit)
@@ -53,13 +54,16 @@ def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Tabl
     kinds = ["good"] * len(good) + [c.kind for c in corruptions]
     iqs = IQSScorer.load().score_texts(texts)
     embedder = Embedder()
-    relevance = records_relevance(_records(texts), lambda t: embedder.embed(t, progress=False))
+    records = _records(texts)
+    relevance = records_relevance(records, lambda t: embedder.embed(t, progress=False))
     table = pa.table({"kind": kinds, "iqs": iqs,
                       "relevance": relevance.column(RELEVANCE_COLUMN),
+                      "repetition": answers_repetition(records.column("output").to_pylist()),
                       "loss_direct": np.full(len(texts), np.nan),
                       "ifd_ppl": np.full(len(texts), np.nan)})
     # the floors that need no IFD, before it runs
-    print(json.dumps(report(table, ("iqs_floor", "relevance_floor"))), flush=True)
+    print(json.dumps(report(table, ("iqs_floor", "relevance_floor", "repetition_ceiling"))),
+          flush=True)
     if not ifd_pass:
         return table
     # IFD only for the kinds the direct-pass bounds are for (it is the costly part)
@@ -74,20 +78,34 @@ def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Tabl
         table.schema.get_field_index("ifd_ppl"), "ifd_ppl", pa.array(ifd_ppl))
 
 
-BOUNDS = (("iqs_floor", "iqs", False), ("relevance_floor", "relevance", False),
-          ("direct_loss_floor", "loss_direct", False),
-          ("direct_loss_ceiling", "loss_direct", True))
+# (name, column, a ceiling?, the kind it is calibrated to stop: None = GOOD_KEPT of the good
+# answers pass; a kind = LOOPS_STOPPED of that kind stops, see quality_guard.REPETITION_CEILING)
+BOUNDS = (("iqs_floor", "iqs", False, None), ("relevance_floor", "relevance", False, None),
+          ("repetition_ceiling", "repetition", True, "loop"),
+          ("direct_loss_floor", "loss_direct", False, None),
+          ("direct_loss_ceiling", "loss_direct", True, None))
 
 
-def report(table: pa.Table, names: tuple[str, ...] = tuple(b[0] for b in BOUNDS)) -> dict:
+def _stopped(values: np.ndarray, bound: float, upper: bool) -> float:
+    """The share of the (finite) values a bound stops."""
+    values = values[np.isfinite(values)]
+    return float(((values > bound) if upper else (values < bound)).mean()) if values.size else 0.0
+
+
+ALL_BOUNDS = tuple(name for name, *_ in BOUNDS)
+
+
+def report(table: pa.Table, names: tuple[str, ...] = ALL_BOUNDS) -> dict:
     """Each bound (of ``names``) and the share of every corruption kind it stops."""
     kinds = np.array(table.column("kind").to_pylist())
     out = {}
-    for name, column, upper in (b for b in BOUNDS if b[0] in names):
+    for name, column, upper, target in (b for b in BOUNDS if b[0] in names):
         values = np.asarray(table.column(column).to_pylist(), dtype=np.float64)
-        bound = calibrate(values[kinds == "good"], values[kinds != "good"], upper=upper)
-        per_kind = {k: calibrate(values[kinds == "good"], values[kinds == k],
-                                 upper=upper)["bad_stopped"] for k in KINDS if (kinds == k).any()}
+        good = values[kinds == "good"]
+        bad = values[kinds == target] if target else values[kinds != "good"]
+        bound = calibrate(good, bad, upper=upper, stop=None if target is None else LOOPS_STOPPED)
+        per_kind = {k: _stopped(values[kinds == k], bound["bound"], upper)
+                    for k in KINDS if (kinds == k).any()}
         out[name] = {**bound, "stopped_by_kind": per_kind}
     return out
 

@@ -11,7 +11,9 @@ records that look like noise, on signals the run already has or gets cheaply:
   below :data:`DIRECT_LOSS_FLOOR` (a loop predicts itself);
 - the answer's relevance to its own instruction (car_engine/relevance.py: the embedding
   model's cosine of the two) below :data:`RELEVANCE_FLOOR` (another instruction's answer is
-  fluent, so only this sees it).
+  fluent, so only this sees it);
+- the share of the answer's word 4-grams that repeat (car_engine/repetition.py) above
+  :data:`REPETITION_CEILING` (a loop; no model, so it holds for any model).
 
 Each bound was calibrated once (:func:`calibrate`) on the IQS robustness suite's texts
 (car_engine/iqs/robustness.py: the validation split's expert-revised answers and their
@@ -45,6 +47,13 @@ DIRECT_LOSS_CEILING: float | None = 5.2627
 # corruptions; default embedder): 98% of the good answers pass; it stops 88% of other
 # instructions' answers, 90% of swapped instructions, 62-69% of random words, 11% of loops.
 RELEVANCE_FLOOR: float | None = 0.1894
+# Same command: a ceiling on car_engine/repetition.py's share that stops 99% of the suite's
+# loops (LOOPS_STOPPED; the lowest loops tie, so it stops all 254). A 98%-of-good-answers
+# bound (0.127) would drop 10% of real ShareGPT answers (lists, code, formulas repeat far more
+# than the expert-revised prose); this one drops none of the 254 validation answers and 1 of
+# 600 ShareGPT answers (a role-play script repeating its speakers' names).
+REPETITION_CEILING: float | None = 0.5833
+LOOPS_STOPPED = 0.99
 GOOD_KEPT = 0.98  # the share of validation good answers each bound lets through
 # The noise the benchmark plants (robustness kinds): random words at 1x and 2-3x the answer's
 # length, a loop of its first sentence, another instruction's answer.
@@ -76,37 +85,41 @@ class Floors:
     direct_floor: float | None = DIRECT_LOSS_FLOOR
     direct_ceiling: float | None = DIRECT_LOSS_CEILING
     relevance: float | None = RELEVANCE_FLOOR
+    repetition: float | None = REPETITION_CEILING
 
     def as_dict(self) -> dict[str, float | None]:
         """The bounds as summary.json reports them."""
         return {"iqs_floor": self.iqs, "direct_loss_floor": self.direct_floor,
-                "direct_loss_ceiling": self.direct_ceiling, "relevance_floor": self.relevance}
+                "direct_loss_ceiling": self.direct_ceiling, "relevance_floor": self.relevance,
+                "repetition_ceiling": self.repetition}
 
 
 def floors_for(cfg: RunConfig) -> Floors:
     """The bounds that apply to a run: each was calibrated on the shipped models (the IQS
     floor on the default IQS model; the direct-loss bounds on the default causal LM with
     template ``none``; the relevance floor on the default embedding model), so another model
-    leaves its bounds out (None); ``--no-relevance-floor`` leaves the relevance one out."""
+    leaves its bounds out (None); ``--no-relevance-floor`` leaves the relevance one out. The
+    repetition ceiling reads no model: it always applies."""
     iqs = IQS_FLOOR if cfg.iqs.model == DEFAULT_MODEL else None
     lm = cfg.ifd.model == DEFAULT_MODEL and cfg.ifd.template == IFDParams.template
     relevance = (RELEVANCE_FLOOR if cfg.relevance_floor and cfg.embed.model == DEFAULT_MODEL
                  else None)
     return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None,
-                  relevance)
+                  relevance, REPETITION_CEILING)
 
 
 def below_floor(floors: Floors, iqs: np.ndarray | None = None,
                 loss_direct: np.ndarray | None = None,
-                relevance: np.ndarray | None = None) -> np.ndarray:
-    """Rows the guard drops: IQS or relevance under its floor, or a direct-pass loss outside
-    its bounds. A missing value (NaN: no score) never trips a bound (IFD already leaves such
-    rows out)."""
-    arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct, relevance)
-              if a is not None]
+                relevance: np.ndarray | None = None,
+                repetition: np.ndarray | None = None) -> np.ndarray:
+    """Rows the guard drops: IQS or relevance under its floor, a direct-pass loss outside
+    its bounds, or repetition above its ceiling. A missing value (NaN: no score) never trips
+    a bound (IFD already leaves such rows out)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct, relevance,
+                                                         repetition) if a is not None]
     if not arrays:
-        raise ValueError("the quality guard needs the IQS, the direct-pass losses or the "
-                         "relevance")
+        raise ValueError("the quality guard needs at least one signal (IQS, direct-pass "
+                         "losses, relevance, repetition)")
     out = np.zeros(arrays[0].shape[0], dtype=bool)
     with np.errstate(invalid="ignore"):
         if iqs is not None and floors.iqs is not None:
@@ -119,22 +132,32 @@ def below_floor(floors: Floors, iqs: np.ndarray | None = None,
                 out |= loss > floors.direct_ceiling
         if relevance is not None and floors.relevance is not None:
             out |= np.asarray(relevance, dtype=np.float64) < floors.relevance
+        if repetition is not None and floors.repetition is not None:
+            out |= np.asarray(repetition, dtype=np.float64) > floors.repetition
     return out
 
 
 def calibrate(good: np.ndarray, bad: np.ndarray, *, upper: bool = False,
-              kept: float = GOOD_KEPT) -> dict[str, float]:
+              kept: float = GOOD_KEPT, stop: float | None = None) -> dict[str, float]:
     """A bound that ``kept`` of the ``good`` values pass (a floor; with ``upper`` a ceiling),
-    and the share of ``bad`` values it stops."""
+    or, given ``stop``, one that stops that share of the ``bad`` values; with the share of
+    ``bad`` values it stops and of ``good`` values it keeps."""
     good = np.asarray(good, dtype=np.float64)
     bad = np.asarray(bad, dtype=np.float64)
     good, bad = good[np.isfinite(good)], bad[np.isfinite(bad)]
-    # "lower"/"higher": a value of the data, so at least ``kept`` pass (a bound passes its
-    # equal: below_floor trips on strictly beyond)
-    bound = float(np.quantile(good, kept if upper else 1 - kept,
-                              method="higher" if upper else "lower"))
+    # "lower"/"higher": a value of the data, so at least the asked share passes (or stops)
+    # whatever the ties (a bound passes its equal: below_floor trips on strictly beyond)
+    if stop is None:
+        bound = float(np.quantile(good, kept if upper else 1 - kept,
+                                  method="higher" if upper else "lower"))
+    else:  # just inside the stopped share of bad values
+        edge = float(np.quantile(bad, 1 - stop if upper else stop,
+                                 method="lower" if upper else "higher"))
+        bound = float(np.nextafter(edge, -np.inf if upper else np.inf))
     stopped = (bad > bound) if upper else (bad < bound)
+    passed = (good <= bound) if upper else (good >= bound)
     return {"bound": bound, "bad_stopped": float(stopped.mean()) if bad.size else 0.0,
+            "good_kept": float(passed.mean()) if good.size else 0.0,
             "good": int(good.size), "bad": int(bad.size)}
 
 

@@ -15,6 +15,7 @@ from car_engine.quality_guard import (
     IQS_FLOOR,
     NOISE_KINDS,
     RELEVANCE_FLOOR,
+    REPETITION_CEILING,
     Floors,
     below_floor,
     calibrate,
@@ -43,6 +44,10 @@ def test_below_floor_checks_every_bound_and_never_a_missing_value():
         False, False, False, False, True, False]
     assert below_floor(floors, iqs, loss, relevance).tolist() == [
         False, True, True, True, True, False]  # floors' relevance floor is the shipped one
+    repetition = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.95])
+    assert below_floor(Floors(None, None, None, None, 0.5), repetition=repetition).tolist() == [
+        False] * 5 + [True]
+    assert below_floor(Floors(None, None, None, None, None), repetition=repetition).sum() == 0
 
 
 def test_calibrate_keeps_the_share_of_good_values_it_is_asked_to():
@@ -184,7 +189,8 @@ def _clean(run: dict) -> list[dict]:
 def _floored(rows: list[dict], floors: Floors) -> np.ndarray:
     def column(key: str) -> np.ndarray:
         return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
-    return below_floor(floors, column("iqs"), column("loss_direct"), column("relevance"))
+    return below_floor(floors, column("iqs"), column("loss_direct"), column("relevance"),
+                       column("repetition"))
 
 
 @pytest.mark.slow  # the default IQS model and SmolLM2 on a few dozen real pairs
@@ -194,8 +200,11 @@ def test_guarded_ifd_run_picks_no_planted_noise(guarded_run):
     summary, rows, planted = guarded_run["summary"], guarded_run["rows"], guarded_run["planted"]
     assert summary["quality_guard"]["on"] and summary["quality_guard"]["iqs_floor"] == IQS_FLOOR
     assert summary["quality_guard"]["relevance_floor"] == RELEVANCE_FLOOR
+    assert summary["quality_guard"]["repetition_ceiling"] == REPETITION_CEILING
     assert {p.split("~")[1] for p in planted} == set(NOISE_KINDS)  # off-topic too
-    assert all(r["relevance"] is not None for r in rows)
+    assert all(r["relevance"] is not None and r["repetition"] is not None for r in rows)
+    loops = [r for r in rows if r["id"].endswith("~loop")]
+    assert loops and all(r["repetition"] > REPETITION_CEILING for r in loops)
     floored = np.array([r["why"] == WHY_FLOOR for r in rows])
     assert summary["counts"]["below_quality_floor"] == floored.sum() > 0
     # the bounds summary.json reports, applied to the scores it wrote, drop those rows (and

@@ -17,9 +17,10 @@ from car_engine.config import RunConfig
 from car_engine.io import write_bytes, write_json, write_jsonl, write_parquet
 from car_engine.pipeline.duplicates import Duplicates, find_duplicates
 from car_engine.pipeline.selected import selected_items
-from car_engine.pipeline.stages import concat_shards, records_columns
+from car_engine.pipeline.stages import concat_shards, per_record, records_columns
 from car_engine.quality_guard import below_floor, floors_for, guard_on
 from car_engine.relevance import RELEVANCE_COLUMN
+from car_engine.repetition import REPETITION_COLUMN, answers_repetition
 from car_engine.rundir import StageDir, take_records
 from car_engine.score_tables import attach, float_column
 from car_engine.select import (
@@ -38,7 +39,8 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
                  cfg: RunConfig | None = None, relevance: StageDir | None = None) -> pa.Table:
     """One row per record, in input order: id, position, every score, cluster (with ``pre``:
     the instruction perplexity and the k-means cluster of the instruction vectors; with
-    ``relevance``: the quality guard's relevance of each answer to its instruction)."""
+    ``relevance``: the quality guard's relevance of each answer to its instruction; when the
+    guard is on, each answer's repetition, read from the records: no model, no stage)."""
     table = records_columns(read, ["id", "position", "content_hash"])
     if iqs is not None:
         iqs_table = concat_shards(iqs)  # with --turns all, also the per-turn scores
@@ -56,6 +58,9 @@ def scores_table(read: StageDir, iqs: StageDir | None, ifd: StageDir | None,
     if relevance is not None:
         table = attach(table, concat_shards(relevance), [RELEVANCE_COLUMN], "relevance stage",
                        required=True)
+    if cfg is not None and guard_on(cfg):
+        table = table.append_column(REPETITION_COLUMN, pa.array(
+            per_record(read, "output", answers_repetition), pa.float64()))
     if pre is not None:
         table = _with_pre_clusters(table, concat_shards(pre), cfg or RunConfig())
     if clusters is not None:
@@ -83,9 +88,10 @@ def quality_guard(table: pa.Table, cfg: RunConfig) -> np.ndarray | None:
     if not guard_on(cfg):
         return None
     # no IQS stage: no IQS column, and no IQS floor applies (floors_for)
-    iqs, loss, relevance = (float_column(table, c, "scores") if c in table.column_names
-                            else None for c in ("iqs", "loss_direct", RELEVANCE_COLUMN))
-    return below_floor(floors_for(cfg), iqs, loss, relevance)
+    iqs, loss, relevance, repetition = (
+        float_column(table, c, "scores") if c in table.column_names else None
+        for c in ("iqs", "loss_direct", RELEVANCE_COLUMN, REPETITION_COLUMN))
+    return below_floor(floors_for(cfg), iqs, loss, relevance, repetition)
 
 
 def select(table: pa.Table, cfg: RunConfig, backend: Backend, sizes: list[int],

@@ -8,6 +8,7 @@ not grow with the corpus.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,13 @@ def cluster_stage(embed: StageDir, read: StageDir, run_dir: Path, cfg: RunConfig
 def concat_shards(stage: StageDir) -> pa.Table:
     """A scoring stage's shards as one table, in record order."""
     return pa.concat_tables([pq.read_table(stage.file(s)) for s in stage.info["shards"]])
+
+
+def per_record(read: StageDir, column: str, fn: Callable[[list], np.ndarray]) -> np.ndarray:
+    """``fn`` of one column of the records, shard by shard (only one shard's texts in
+    memory), in input order."""
+    return np.concatenate([fn(pq.read_table(read.file(s), columns=[column])[column].to_pylist())
+                           for s in read.info["shards"]])
 
 
 def records_columns(read: StageDir, columns: list[str]) -> pa.Table:
