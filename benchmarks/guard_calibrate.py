@@ -82,7 +82,6 @@ def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Tabl
 # answers pass; a kind = LOOPS_STOPPED of that kind stops, see quality_guard.REPETITION_CEILING)
 BOUNDS = (("iqs_floor", "iqs", False, None), ("relevance_floor", "relevance", False, None),
           ("repetition_ceiling", "repetition", True, "loop"),
-          ("direct_loss_floor", "loss_direct", False, None),
           ("direct_loss_ceiling", "loss_direct", True, None))
 
 

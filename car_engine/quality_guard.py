@@ -7,13 +7,14 @@ records that look like noise, on signals the run already has or gets cheaply:
 
 - the IQS score below :data:`IQS_FLOOR` (the IQS stage runs for ``--method ifd`` too);
 - the direct-pass loss (the answer alone, from IFD's second pass) above
-  :data:`DIRECT_LOSS_CEILING` (random words are hard to predict even without a prompt) or
-  below :data:`DIRECT_LOSS_FLOOR` (a loop predicts itself);
+  :data:`DIRECT_LOSS_CEILING` (random words are hard to predict even without a prompt);
 - the answer's relevance to its own instruction (car_engine/relevance.py: the embedding
   model's cosine of the two) below :data:`RELEVANCE_FLOOR` (another instruction's answer is
   fluent, so only this sees it);
 - the share of the answer's word 4-grams that repeat (car_engine/repetition.py) above
-  :data:`REPETITION_CEILING` (a loop; no model, so it holds for any model).
+  :data:`REPETITION_CEILING` (a loop; no model, so it holds for any model). It replaced a
+  floor on the direct-pass loss (a loop predicts itself), which stopped 78% of the suite's
+  loops but nothing the other bounds miss, and dropped real code and tutorials (RESULTS.md).
 
 Each bound was calibrated once (:func:`calibrate`) on the IQS robustness suite's texts
 (car_engine/iqs/robustness.py: the validation split's expert-revised answers and their
@@ -39,9 +40,8 @@ from car_engine.iqs.robustness import corrupt, split_pair_text
 # 98% of the good answers pass each: a 99% bound of 60 values is their maximum, one outlier
 # (a direct loss of 7.85, above most random-word answers). Stopped, of each kind: the IQS floor
 # 10% random words, 15% cuts (the shipped model is fooled by the rest, RESULTS.md "IQS
-# robustness"); the loss floor 78% of loops; the ceiling 100% of random words (1x and 2-3x).
+# robustness"); the loss ceiling 100% of random words (1x and 2-3x).
 IQS_FLOOR: float | None = 0.2241
-DIRECT_LOSS_FLOOR: float | None = 1.3776
 DIRECT_LOSS_CEILING: float | None = 5.2627
 # `python -m benchmarks.guard_calibrate --no-ifd` (all 254 validation pairs, their 1,746
 # corruptions; default embedder): 98% of the good answers pass; it stops 88% of other
@@ -82,21 +82,19 @@ class Floors:
     """The guard's bounds: a record is noise when any bound that is set says so."""
 
     iqs: float | None = IQS_FLOOR
-    direct_floor: float | None = DIRECT_LOSS_FLOOR
     direct_ceiling: float | None = DIRECT_LOSS_CEILING
     relevance: float | None = RELEVANCE_FLOOR
     repetition: float | None = REPETITION_CEILING
 
     def as_dict(self) -> dict[str, float | None]:
         """The bounds as summary.json reports them."""
-        return {"iqs_floor": self.iqs, "direct_loss_floor": self.direct_floor,
-                "direct_loss_ceiling": self.direct_ceiling, "relevance_floor": self.relevance,
-                "repetition_ceiling": self.repetition}
+        return {"iqs_floor": self.iqs, "direct_loss_ceiling": self.direct_ceiling,
+                "relevance_floor": self.relevance, "repetition_ceiling": self.repetition}
 
 
 def floors_for(cfg: RunConfig) -> Floors:
     """The bounds that apply to a run: each was calibrated on the shipped models (the IQS
-    floor on the default IQS model; the direct-loss bounds on the default causal LM with
+    floor on the default IQS model; the direct-loss ceiling on the default causal LM with
     template ``none``; the relevance floor on the default embedding model), so another model
     leaves its bounds out (None); ``--no-relevance-floor`` leaves the relevance one out. The
     repetition ceiling reads no model: it always applies."""
@@ -104,16 +102,15 @@ def floors_for(cfg: RunConfig) -> Floors:
     lm = cfg.ifd.model == DEFAULT_MODEL and cfg.ifd.template == IFDParams.template
     relevance = (RELEVANCE_FLOOR if cfg.relevance_floor and cfg.embed.model == DEFAULT_MODEL
                  else None)
-    return Floors(iqs, DIRECT_LOSS_FLOOR if lm else None, DIRECT_LOSS_CEILING if lm else None,
-                  relevance, REPETITION_CEILING)
+    return Floors(iqs, DIRECT_LOSS_CEILING if lm else None, relevance, REPETITION_CEILING)
 
 
 def below_floor(floors: Floors, iqs: np.ndarray | None = None,
                 loss_direct: np.ndarray | None = None,
                 relevance: np.ndarray | None = None,
                 repetition: np.ndarray | None = None) -> np.ndarray:
-    """Rows the guard drops: IQS or relevance under its floor, a direct-pass loss outside
-    its bounds, or repetition above its ceiling. A missing value (NaN: no score) never trips
+    """Rows the guard drops: IQS or relevance under its floor, a direct-pass loss or the
+    repetition above its ceiling. A missing value (NaN: no score) never trips
     a bound (IFD already leaves such rows out)."""
     arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct, relevance,
                                                          repetition) if a is not None]
@@ -124,12 +121,8 @@ def below_floor(floors: Floors, iqs: np.ndarray | None = None,
     with np.errstate(invalid="ignore"):
         if iqs is not None and floors.iqs is not None:
             out |= np.asarray(iqs, dtype=np.float64) < floors.iqs
-        if loss_direct is not None:
-            loss = np.asarray(loss_direct, dtype=np.float64)
-            if floors.direct_floor is not None:
-                out |= loss < floors.direct_floor
-            if floors.direct_ceiling is not None:
-                out |= loss > floors.direct_ceiling
+        if loss_direct is not None and floors.direct_ceiling is not None:
+            out |= np.asarray(loss_direct, dtype=np.float64) > floors.direct_ceiling
         if relevance is not None and floors.relevance is not None:
             out |= np.asarray(relevance, dtype=np.float64) < floors.relevance
         if repetition is not None and floors.repetition is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -30,24 +31,28 @@ from car_engine.select import WHY_FLOOR, WHY_IFD, select_car_ifd, select_ifd
 TEST_PAIRS, TEST_FRAC = 36, 0.2
 
 
+NO_BOUNDS = Floors(iqs=None, direct_ceiling=None, relevance=None, repetition=None)
+
+
 def test_below_floor_checks_every_bound_and_never_a_missing_value():
-    floors = Floors(iqs=0.0, direct_floor=1.0, direct_ceiling=6.0)
+    floors = Floors(iqs=0.0, direct_ceiling=6.0, relevance=None, repetition=None)
     iqs = np.array([0.5, -0.5, 0.5, 0.5, np.nan, 0.5])
     loss = np.array([3.0, 3.0, 0.5, 7.0, 3.0, np.nan])
-    assert below_floor(floors, iqs, loss).tolist() == [False, True, True, True, False, False]
-    assert below_floor(Floors(None, None, None), iqs, loss).sum() == 0
+    assert below_floor(floors, iqs, loss).tolist() == [False, True, False, True, False, False]
+    assert below_floor(NO_BOUNDS, iqs, loss).sum() == 0
     assert below_floor(floors, iqs).tolist() == [False, True, False, False, False, False]
     with pytest.raises(ValueError):
         below_floor(floors)
     relevance = np.array([0.5, 0.5, 0.5, 0.5, 0.05, np.nan])
-    assert below_floor(Floors(None, None, None, 0.1), relevance=relevance).tolist() == [
+    assert below_floor(replace(NO_BOUNDS, relevance=0.1), relevance=relevance).tolist() == [
         False, False, False, False, True, False]
-    assert below_floor(floors, iqs, loss, relevance).tolist() == [
-        False, True, True, True, True, False]  # floors' relevance floor is the shipped one
     repetition = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.95])
-    assert below_floor(Floors(None, None, None, None, 0.5), repetition=repetition).tolist() == [
+    assert below_floor(replace(NO_BOUNDS, repetition=0.5), repetition=repetition).tolist() == [
         False] * 5 + [True]
-    assert below_floor(Floors(None, None, None, None, None), repetition=repetition).sum() == 0
+    assert below_floor(NO_BOUNDS, repetition=repetition).sum() == 0
+    every = Floors(iqs=0.0, direct_ceiling=6.0, relevance=0.1, repetition=0.5)
+    assert below_floor(every, iqs, loss, relevance, repetition).tolist() == [
+        False, True, False, True, True, True]
 
 
 def test_calibrate_keeps_the_share_of_good_values_it_is_asked_to():
@@ -98,7 +103,7 @@ def test_guard_is_on_for_ifd_methods_unless_compat_or_turned_off():
 def test_bounds_apply_only_to_the_models_they_were_calibrated_on():
     assert floors_for(RunConfig(method="ifd")) == Floors()
     other_lm = floors_for(RunConfig(method="ifd", ifd=IFDParams(model="some/folder")))
-    assert other_lm == Floors(IQS_FLOOR, None, None)
+    assert other_lm == replace(Floors(), direct_ceiling=None)
     other_iqs = floors_for(RunConfig(method="ifd", iqs=IQSParams(model="x")))
     assert other_iqs.iqs is None and other_iqs.direct_ceiling is not None
     other_embedder = floors_for(RunConfig(method="ifd", embed=EmbedParams(model="y")))
