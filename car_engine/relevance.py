@@ -11,7 +11,10 @@ instruction's answer in 100% of the validation pairs.
 Both texts are embedded on their own (the pair text's embedding mixes them), so this is two
 extra passes of the small encoder over about a pair's tokens: a fraction of IFD's two passes
 of the causal LM. A multi-turn record is judged on its first turn (its instruction and
-output columns).
+output columns). The default embedder learned English: where most letters of the prompt or of
+the answer are outside the Latin script (Korean, Chinese, Russian...), its cosine says little,
+so the relevance is NaN there (no judgement: the guard never trips on NaN) rather than a low
+score that would drop every such pair.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ import numpy as np
 import pyarrow as pa
 
 RELEVANCE_COLUMN = "relevance"
+LATIN_MIN = 0.5  # below this share of Latin letters a text is out of the embedder's reach
+_LATIN_END = 0x250  # Basic Latin to Latin Extended-B: English, French, German, Vietnamese...
+
+
+def latin_share(text: str) -> float:
+    """The share of ``text``'s letters in the Latin script (1.0 when it has none)."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 1.0
+    return sum(ord(c) < _LATIN_END for c in letters) / len(letters)
 
 
 def prompt_text(instruction: str, input_text: str) -> str:
@@ -33,12 +46,13 @@ def prompt_text(instruction: str, input_text: str) -> str:
 def relevance(prompts: Sequence[str], answers: Sequence[str],
               embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """Cosine of ``embed(prompt)`` and ``embed(answer)`` per row (float64); NaN where the
-    prompt or the answer is blank (nothing to compare: the guard never trips on NaN)."""
+    prompt or the answer is blank (nothing to compare) or mostly outside the Latin script
+    (:data:`LATIN_MIN`: beyond the default embedder)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
     out = np.full(len(prompts), np.nan)
     rows = [i for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
-            if p.strip() and a.strip()]
+            if p.strip() and a.strip() and min(latin_share(p), latin_share(a)) >= LATIN_MIN]
     if not rows:
         return out
     vectors = np.asarray(embed([prompts[i] for i in rows] + [answers[i] for i in rows]),

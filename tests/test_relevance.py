@@ -7,7 +7,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from car_engine.relevance import RELEVANCE_COLUMN, prompt_text, records_relevance, relevance
+from car_engine.relevance import (
+    RELEVANCE_COLUMN,
+    latin_share,
+    prompt_text,
+    records_relevance,
+    relevance,
+)
 
 PROMPTS = ["How do I boil an egg?", "Name three primary colors.",
            "Translate 'good morning' into French."]
@@ -34,6 +40,23 @@ def test_relevance_is_the_cosine_of_the_two_embeddings_and_nan_when_blank():
     assert np.isnan(relevance(["q"], [""], embed)).all()
     with pytest.raises(ValueError):
         relevance(["q"], [], embed)
+
+
+def test_text_mostly_outside_the_latin_script_gets_no_judgement():
+    assert latin_share("Bonjour, ça va? Über naïve") == 1.0
+    assert latin_share("1234 !!") == 1.0  # no letters: nothing says it is out of reach
+    assert latin_share("고등교육의 필요성 essay") < 0.5
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.ones((len(texts), 4))
+
+    got = relevance(["고등교육의 필요성에 관한 에세이", "Écris un poème", "Name a color"],
+                    ["Higher education matters.", "Les roses sont rouges.", "Это синий."],
+                    embed)
+    assert np.isnan(got[0]) and got[1] == pytest.approx(1.0) and np.isnan(got[2])
+    assert calls == [["Écris un poème", "Les roses sont rouges."]]
 
 
 def test_prompt_text_joins_the_input_only_when_there_is_one():

@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the quality guard but drop its relevance bound (the answer's "
                    "similarity to its own instruction, which stops answers pasted to the wrong "
                    "prompt): it also drops context-less follow-up turns such as 'continue', "
-                   "and the default embedding model is English-only, so it can drop "
-                   "non-English pairs; this flag keeps both")
+                   "and judges non-English Latin-script pairs with an English embedder "
+                   "(text mostly in other scripts is never judged); this flag keeps them")
     options.add_limit(p)
     p.add_argument("--strict", action="store_true", help="stop at the first bad item")
     options.add_fields(p)
