@@ -440,6 +440,20 @@ def test_damaged_files_never_raise(entries, fmt, gz, data):
         check_accounting(path, load_corpus(path))
 
 
+def test_a_flipped_byte_anywhere_in_a_parquet_file_never_raises():
+    """Every byte of a small Parquet file flipped in turn (found by the property above: a
+    flip inside a column name made pyarrow raise UnicodeDecodeError, which escaped)."""
+    raw = encode([{"instruction": "a", "input": "", "output": "b"},
+                  {"instruction": "bb", "input": "x", "output": "cc"}], "parquet")
+    with folder() as tmp:
+        path = tmp / "flipped.parquet"
+        for at in range(len(raw)):
+            damaged = bytearray(raw)
+            damaged[at] ^= 0x80
+            path.write_bytes(bytes(damaged))
+            check_accounting(path, load_corpus(path))
+
+
 # --------------------------------------------------------------------------- huge fields
 
 HUGE = 10 * 1024 * 1024

@@ -92,6 +92,11 @@ def _jsonl_items(stream: io.BufferedIOBase, keep: Keep = None) -> Iterator[tuple
 
 
 
+# What reading a damaged Arrow or Parquet file raises: pyarrow's own errors, the stream's, and
+# UnicodeDecodeError (pyarrow decodes the footer's column names as UTF-8 in Python, so a
+# flipped byte there surfaces as that).
+ARROW_READ_ERRORS = (pa.ArrowException, UnicodeDecodeError, *STREAM_ERRORS)
+
 def _parquet_items(stream: io.BufferedIOBase, batch_size: int, keep: Keep = None,
                    arrow: bool = False) -> Iterator[tuple[str, Any]]:
     index = 0
@@ -104,7 +109,7 @@ def _parquet_items(stream: io.BufferedIOBase, batch_size: int, keep: Keep = None
             for item in _kept_rows(batch, index, keep):
                 yield f"item {index}", item
                 index += 1
-    except (pa.ArrowException, *STREAM_ERRORS) as err:
+    except ARROW_READ_ERRORS as err:
         what = "Arrow" if arrow else "Parquet"
         if index == 0:
             yield "item 0", UnreadableFile(f"not a readable {what} file: {err}")
@@ -287,6 +292,6 @@ def read_table(path: str | os.PathLike) -> pa.Table:
             if "id" not in table.column_names:
                 raise CorpusError(f"{path}: no 'id' column")
             ids = table.column("id").cast(pa.string())
-        except (pa.ArrowException, *STREAM_ERRORS) as err:  # pyarrow's IO error is an OSError
+        except ARROW_READ_ERRORS as err:  # pyarrow's IO error is an OSError
             raise CorpusError(f"{path}: not a readable table: {err}") from None
     return table.set_column(table.column_names.index("id"), "id", ids)
