@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from car_engine.config import IFD_TEMPLATES
+from car_engine.corpus.records import user_text
 from car_engine.errors import CorpusError, ModelError, UsageError
 
 OK = "ok"
@@ -45,9 +46,9 @@ RESPONSE_HEADER = "### Response:"
 
 def prompt_text(template: str, instruction: str, input: str, tokenizer: Any = None) -> str:
     """The prompt a template preset builds from an instruction and its (maybe empty) input."""
-    user = f"{instruction}\n{input}" if input else instruction
+    user = user_text(instruction, input)
     if template == "none":
-        return f"{instruction}\n{input}\n" if input else f"{instruction}\n"
+        return f"{user}\n"
     if template == "alpaca":
         fmt = _ALPACA_INPUT if input else _ALPACA
         return fmt.format(instruction=instruction, input=input)

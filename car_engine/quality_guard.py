@@ -110,8 +110,8 @@ def below_floor(floors: Floors, iqs: np.ndarray | None = None,
                 relevance: np.ndarray | None = None,
                 repetition: np.ndarray | None = None) -> np.ndarray:
     """Rows the guard drops: IQS or relevance under its floor, a direct-pass loss or the
-    repetition above its ceiling. A missing value (NaN: no score) never trips
-    a bound (IFD already leaves such rows out)."""
+    repetition above its ceiling. A missing value (NaN: no score) never trips a bound (IFD
+    already leaves such rows out)."""
     arrays = [np.asarray(a, dtype=np.float64) for a in (iqs, loss_direct, relevance,
                                                          repetition) if a is not None]
     if not arrays:

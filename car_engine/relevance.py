@@ -3,7 +3,7 @@ sentence embeddings (the default embedder, all-MiniLM-L6-v2, was trained on ques
 pairs among others, so this is its semantic-search score).
 
 The IFD quality guard (car_engine/quality_guard.py) reads it to stop answers of other
-instructions: they are fluent, so neither the IQS floor nor the direct-loss bounds see them,
+instructions: they are fluent, so neither the IQS floor nor the direct-loss ceiling sees them,
 and their IFD sits among the real top picks (benchmarks/RESULTS.md, "IFD quality guard"). On
 the IQS robustness suite the own answer is closer to its instruction than another
 instruction's answer in 100% of the validation pairs.
@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from car_engine.corpus.records import user_text
+
 RELEVANCE_COLUMN = "relevance"
 LATIN_MIN = 0.5  # below this share of Latin letters a text is out of the embedder's reach
 _LATIN_END = 0x250  # Basic Latin to Latin Extended-B: English, French, German, Vietnamese...
@@ -39,8 +41,7 @@ def latin_share(text: str) -> float:
 
 def prompt_text(instruction: str, input_text: str) -> str:
     """What the answer should fit: the instruction, then its input (when there is one)."""
-    instruction, input_text = instruction.strip(), input_text.strip()
-    return f"{instruction}\n{input_text}" if input_text else instruction
+    return user_text(instruction.strip(), input_text.strip())
 
 
 def relevance(prompts: Sequence[str], answers: Sequence[str],
@@ -63,7 +64,8 @@ def relevance(prompts: Sequence[str], answers: Sequence[str],
 
 
 def records_relevance(records: pa.Table, embed: Callable[[list[str]], np.ndarray]) -> pa.Table:
-    """``id`` and :data:`RELEVANCE_COLUMN` (float64, NaN when blank) of every record."""
+    """``id`` and :data:`RELEVANCE_COLUMN` (float64; NaN where :func:`relevance` gives no
+    judgement) of every record."""
     cols = {c: records.column(c).to_pylist() for c in ("instruction", "input", "output")}
     prompts = [prompt_text(i or "", x or "") for i, x in zip(cols["instruction"], cols["input"],
                                                              strict=True)]

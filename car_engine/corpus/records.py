@@ -254,6 +254,12 @@ class RecordRows:
 
 
 
+def user_text(instruction: str, input: str) -> str:
+    """The request as one text: the instruction, then its input on a line of its own when
+    there is one (what a chat user would have typed)."""
+    return f"{instruction}\n{input}" if input else instruction
+
+
 def pair_text(instruction: str, input: str, output: str) -> str:
     """The text IQS and the embedder see (SPEC §1): the ' Input: ' segment is always there."""
     return f"Instruction: {instruction} Input: {input} Response: {output}"
