@@ -172,8 +172,13 @@ def guarded_run(tmp_path_factory) -> dict:
             "rows": pq.read_table(out / "scores.parquet").to_pylist()}
 
 
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    """A score column of scores.parquet's rows as floats (a null is NaN)."""
+    return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
+
+
 def _ifd(rows: list[dict]) -> np.ndarray:
-    return np.array([np.nan if r["ifd_ppl"] is None else r["ifd_ppl"] for r in rows])
+    return _column(rows, "ifd_ppl")
 
 
 def _clean_kept(rows: list[dict], floored: np.ndarray) -> tuple[set[int], set[int]]:
@@ -192,10 +197,8 @@ def _clean(run: dict) -> list[dict]:
 
 
 def _floored(rows: list[dict], floors: Floors) -> np.ndarray:
-    def column(key: str) -> np.ndarray:
-        return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
-    return below_floor(floors, column("iqs"), column("loss_direct"), column("relevance"),
-                       column("repetition"))
+    return below_floor(floors, *(_column(rows, key) for key in
+                                 ("iqs", "loss_direct", "relevance", "repetition")))
 
 
 @pytest.mark.slow  # the default IQS model and SmolLM2 on a few dozen real pairs

@@ -91,11 +91,11 @@ def _jsonl_items(stream: io.BufferedIOBase, keep: Keep = None) -> Iterator[tuple
         yield f"line {number + 1}", fault(f"file is cut short or corrupt: {err}")
 
 
-
 # What reading a damaged Arrow or Parquet file raises: pyarrow's own errors, the stream's, and
 # UnicodeDecodeError (pyarrow decodes the footer's column names as UTF-8 in Python, so a
 # flipped byte there surfaces as that).
 ARROW_READ_ERRORS = (pa.ArrowException, UnicodeDecodeError, *STREAM_ERRORS)
+
 
 def _parquet_items(stream: io.BufferedIOBase, batch_size: int, keep: Keep = None,
                    arrow: bool = False) -> Iterator[tuple[str, Any]]:
