@@ -15,12 +15,8 @@ from packed_models import copy_minilm_tokenizer
 
 from car_engine.errors import UsageError
 from car_engine.iqs import IQSScorer
-from car_engine.iqs.composite_train import (
-    FAMILIES,
-    CompositeOptions,
-    chunked_features,
-    train_composite,
-)
+from car_engine.iqs.composite_data import chunked_features
+from car_engine.iqs.composite_train import FAMILIES, CompositeOptions, train_composite
 from car_engine.iqs.extra_answers import ExtraAnswers, visible
 from car_engine.iqs.features import scores_from_cache
 from car_engine.iqs.model import ORDER_POOLS, order_pools, pool_masks, segment_pools
@@ -87,7 +83,8 @@ def composite_folder(tmp_path_factory, expert_revised_dir) -> tuple[Path, Path, 
               progress=False)
         options = CompositeOptions(epochs=2, batch_pairs=8, hidden_sizes=[8], train_length=64,
                                    extra_corpus=str(_answers_corpus(root / "answers.jsonl")),
-                                   extra_skip=2, extra_limit=12, extra_valid=6)
+                                   extra_skip=2, extra_limit=12, extra_valid=6,
+                                   token_stats=True)
         result = train_composite(train_csv, valid_csv, root / "composite", root / "expert",
                                  options, progress=False)
     finally:
@@ -106,6 +103,7 @@ def test_composite_trains_saves_and_scores_in_score_states(composite_folder):
     expert, _ = load_model(root / "expert")
     assert model.config.head_input == "composite"
     assert model.config.penalty_outputs == len(FAMILIES)
+    assert model.stat_penalty is not None  # the token statistics train and ship with it
     texts = read_pairs(valid_csv).texts
     batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -68,6 +68,10 @@ def register(subparsers) -> None:
     train.add_argument("--penalty-gate", type=float, default=0.1,
                        help="composite: penalty outputs below -GATE on real answers, above "
                        "+GATE for a corrupted copy's family")
+    train.add_argument("--token-stats", action="store_true",
+                       help="composite: the penalties also read token statistics computed in "
+                       "the model (repeated 4-grams, the answer's ending, its word overlap "
+                       "with the prompt; car_engine/iqs/token_stats.py)")
     train.add_argument("--extra-answers", metavar="CORPUS", default="",
                        help="composite: real answers of another corpus (e.g. builtin:sharegpt) "
                        "the penalties must leave alone, with corrupted copies they must flag")
@@ -177,7 +181,7 @@ def _train_composite(args: argparse.Namespace, hidden: list[int]) -> int:
         hidden_sizes=hidden, dropout=args.dropout, train_length=args.train_length or 256,
         seed=args.seed, ema=args.ema, extra_corpus=args.extra_answers,
         extra_skip=args.extra_skip, extra_limit=args.extra_limit,
-        extra_weight=args.extra_weight, encoder_lr=args.encoder_lr,
+        extra_weight=args.extra_weight, encoder_lr=args.encoder_lr, token_stats=args.token_stats,
         train_blocks=0 if args.freeze_backbone or args.train_blocks is None else args.train_blocks)
     best = train_composite(args.train, args.valid, args.out, args.expert_model,
                            composite)["best"]

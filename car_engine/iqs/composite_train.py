@@ -1,8 +1,8 @@
 """Train the composite IQS head (issue #21): a frozen expert model's score minus relu-gated
 penalties learned on corrupted copies of the training answers (see ``model.py``).
 
-The features come from one encoder pass per text (``features.py``, order pools, cached in
-chunks so a long pass can stop and resume); an epoch only runs the penalty mix and heads.
+The features come from one encoder pass per text (``composite_data.py``); an epoch only runs
+the penalty mix and heads (and the top encoder blocks, when they train).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,89 +20,20 @@ import torch
 from tqdm.auto import tqdm
 
 from car_engine.errors import UsageError
-from car_engine.iqs.extra_answers import ExtraAnswers, visible
-from car_engine.iqs.features import CachedFeatures, cached_features, pooled_from_cache
+from car_engine.iqs.composite_data import FeatureSets, feature_sets
+from car_engine.iqs.extra_answers import ExtraAnswers
+from car_engine.iqs.features import pooled_from_cache
 from car_engine.iqs.model import IQSConfig, IQSModel, encoder_blocks
-from car_engine.iqs.pairs import Pairs, pairwise_accuracy, read_pairs
-from car_engine.iqs.robustness import KINDS, SUITE_SEED, Corruption, corrupt, win_shares
+from car_engine.iqs.pairs import pairwise_accuracy
+from car_engine.iqs.robustness import KINDS, Corruption, win_shares
 from car_engine.iqs.store import load_model, save_model, segment_markers, trained_state
+from car_engine.iqs.token_stats import stat_token_ids
 from car_engine.iqs.train import (
     NOT_AN_ANSWER,
     copies_by_pair,
     negative_batch,
     negative_loss,
-    pick_negatives,
 )
-
-CHUNK = 1024  # texts per cached feature file
-FOCUS = ("truncate", "shuffle")  # the kinds the earlier heads missed: always drawn
-
-
-@dataclass
-class FeatureSets:
-    """Everything an epoch reads: the pairs, the negatives and the suite, with features."""
-
-    train: Pairs
-    valid: Pairs
-    negatives: list[Corruption]
-    suite: list[Corruption]
-    feats: dict[str, CachedFeatures]
-    extra_negatives: list[Corruption] = field(default_factory=list)  # of feats["extra"]
-    extra_suite: list[Corruption] = field(default_factory=list)  # of feats["extra-valid"]
-
-
-def chunked_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str,
-                     length: int, batch_size: int, boundary: int | None = None
-                     ) -> CachedFeatures:
-    """:func:`cached_features` over ``texts`` in CHUNK-sized files (a prefix of the list
-    reuses the same files), concatenated; with ``boundary``, hidden state ``boundary``'s
-    token states too (what a trained top block reads)."""
-    parts = [cached_features(model, tokenizer, texts[s:s + CHUNK], f"{name}-{s // CHUNK}",
-                             boundary, batch_size, length) for s in range(0, len(texts), CHUNK)]
-    states = None if boundary is None else [t for p in parts for t in p.states or []]
-    return CachedFeatures(torch.cat([p.pooled for p in parts], dim=1),
-                          torch.cat([p.starts for p in parts]), states)
-
-
-def feature_sets(model: IQSModel, tokenizer: Any, train_csv: str | os.PathLike,
-                 valid_csv: str | os.PathLike, per_pair: int, seed: int, length: int,
-                 batch_size: int, limit: int = 0, extra: ExtraAnswers | None = None,
-                 boundary: int | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> FeatureSets:
-    """The training pairs (the first ``limit`` when given), ``per_pair`` negatives of each
-    (the FOCUS kinds first; fresh draws from the training split only), the validation pairs
-    and their robustness suite, all encoded at ``length`` tokens; with ``extra``, that
-    corpus's real answers with ``per_pair`` visible negatives each, and a held-out slice of
-    it with its own suite (reported, never trained on). ``boundary``: see
-    :func:`chunked_features`."""
-    train, valid = read_pairs(train_csv), read_pairs(valid_csv)
-    n = len(train) if limit <= 0 else min(limit, len(train))
-    drawn = [c for c in corrupt(train, seed=seed + SUITE_SEED + 1) if c.pair < n]
-    negatives = pick_negatives(drawn, per_pair, seed, FOCUS)
-    suite = corrupt(valid)
-    texts = {Path(valid_csv).stem: valid.texts, "valid-suite": [c.bad for c in suite],
-             Path(train_csv).stem: train.texts[: 2 * n],
-             f"train-negatives{per_pair}": [c.bad for c in negatives]}
-    keys = ["valid", "suite", "train", "negatives"]
-    extra_negatives: list[Corruption] = []
-    extra_suite: list[Corruption] = []
-    if extra is not None:
-        answers, held = extra.pairs()
-        drawn = visible(tokenizer, corrupt(answers, seed=seed + SUITE_SEED + 2), length)
-        extra_negatives = pick_negatives(drawn, per_pair, seed, FOCUS)
-        extra_suite = visible(tokenizer, corrupt(held), length)
-        texts |= {"extra-answers": answers.texts[1::2],
-                  f"extra-negatives{per_pair}": [c.bad for c in extra_negatives],
-                  "extra-valid": held.texts[1::2],
-                  "extra-valid-suite": [c.bad for c in extra_suite]}
-        keys += ["extra", "extra-negatives", "extra-valid", "extra-suite"]
-    feats = {}
-    for key, name in zip(keys, texts):
-        log(f"{name}: {len(texts[name])} texts")
-        feats[key] = chunked_features(model, tokenizer, texts[name], name, length, batch_size,
-                                      boundary)
-    return FeatureSets(train, valid, negatives, suite, feats, extra_negatives, extra_suite)
-
 
 # One penalty output per corruption family; each negative's own family output must fire.
 FAMILIES = (("random-same", "random-long", "loop"), ("off-topic", "swap-instruction"),
@@ -138,6 +69,7 @@ class CompositeOptions:
     extra_valid: int = 500  # the next records: false alarms reported on them
     extra_weight: float = 1.0
     train_blocks: int = 0  # top encoder blocks trained with the penalties (their input cached)
+    token_stats: bool = False  # the penalties also read token statistics (token_stats.py)
     encoder_lr: float = 3e-5
 
 
@@ -161,6 +93,7 @@ def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions)
                        head_input="composite", segment_markers=segment_markers(tokenizer),
                        penalty_hidden_sizes=list(options.hidden_sizes),
                        penalty_outputs=len(FAMILIES),
+                       token_stat_ids=stat_token_ids(tokenizer) if options.token_stats else {},
                        trained_encoder_layers=list(range(len(blocks) - options.train_blocks,
                                                          len(blocks))))
     model = IQSModel(expert.encoder, config)
@@ -169,6 +102,8 @@ def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions)
     model.requires_grad_(False)
     model.penalty_mix.requires_grad_(True)
     model.penalty.requires_grad_(True)
+    if model.stat_penalty is not None:
+        model.stat_penalty.requires_grad_(True)
     blocks[len(blocks) - options.train_blocks:].requires_grad_(True)  # model.encoder's own
     return model.eval()
 
@@ -179,8 +114,9 @@ def _boundary(model: IQSModel) -> int | None:
     return layers[0] if layers else None
 
 
-def _penalty(model: IQSModel, pooled: torch.Tensor) -> torch.Tensor:
-    return model.penalty_logits(model.penalty_mix(pooled))
+def _penalty(model: IQSModel, pooled: torch.Tensor, stats: torch.Tensor | None
+             ) -> torch.Tensor:
+    return model.penalty_logits(model.penalty_mix(pooled), stats)
 
 
 @torch.no_grad()
@@ -206,11 +142,13 @@ class Outputs:
     def __call__(self, key: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(expert scores, penalty outputs)`` of texts ``rows`` of ``sets.feats[key]``."""
         feats = self.sets.feats[key]
+        picked = torch.from_numpy(rows)
+        stats = None if feats.stats is None else feats.stats[picked]
         if self.boundary is None:
-            picked = torch.from_numpy(rows)
-            return self.fixed[key][picked], _penalty(self.model, feats.pooled[:, picked])
+            return self.fixed[key][picked], _penalty(self.model, feats.pooled[:, picked], stats)
         pooled = pooled_from_cache(self.model, feats, rows, self.boundary)
-        return self.model.score_pools(self.model.layer_mix(pooled)), _penalty(self.model, pooled)
+        return (self.model.score_pools(self.model.layer_mix(pooled)),
+                _penalty(self.model, pooled, stats))
 
     @torch.no_grad()
     def scores(self, key: str, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +278,8 @@ def train_composite(train_csv: str | os.PathLike, valid_csv: str | os.PathLike,
     by_answer = copies_by_pair(sets.extra_negatives)
     extra_families, extra_strict = _kind_tensors(sets.extra_negatives)
     answers = sets.feats["extra"].pooled.shape[1] if "extra" in sets.feats else 0
-    heads = [*model.penalty_mix.parameters(), *model.penalty.parameters()]
+    heads = [*model.penalty_mix.parameters(), *model.penalty.parameters(),
+             *(model.stat_penalty.parameters() if model.stat_penalty is not None else [])]
     blocks = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": heads, "lr": options.lr},
                                    {"params": blocks, "lr": options.encoder_lr}],

@@ -23,6 +23,7 @@ from car_engine.batching import length_batches, pad_batch, pad_states, tokenize
 from car_engine.devices import cpu_has_native_bf16
 from car_engine.io import atomic_path
 from car_engine.iqs.model import ORDER_POOLS, IQSModel, encoder_blocks, order_pools, run_blocks
+from car_engine.iqs.token_stats import STAT_NAMES
 from car_engine.models.registry import DEFAULT, cache_dir
 
 BLOCK_TOKENS = 8192  # padded tokens per run of the trained blocks on cached states
@@ -37,6 +38,7 @@ class CachedFeatures:
     starts: torch.Tensor  # [texts] int64: first response token (= length when there is none)
     states: list[torch.Tensor] | None  # per text [tokens, hidden] fp16, fed to the first
     # trained block (None when the whole backbone is frozen)
+    stats: torch.Tensor | None = None  # [texts, STAT_NAMES] for a model with token statistics
 
 
 def _cache_stem(model: IQSModel, texts: list[str], name: str, max_length: int) -> str:
@@ -111,6 +113,23 @@ def cached_features(model: IQSModel, tokenizer: Any, texts: list[str], name: str
     return feats
 
 
+@torch.no_grad()
+def token_statistics(model: IQSModel, tokenizer: Any, texts: list[str], max_length: int,
+                     batch_size: int = 64) -> torch.Tensor | None:
+    """The token statistics (``token_stats.py``) of ``texts`` truncated at ``max_length``, as
+    the model computes them in its forward (None for a model without them). Cheap next to the
+    encoder: not cached."""
+    if model.token_stats is None:
+        return None
+    token_ids = tokenize(tokenizer, texts, max_length)
+    out = torch.zeros((len(texts), len(STAT_NAMES)))
+    for idx in length_batches(token_ids, batch_size):
+        ids, mask = (torch.from_numpy(a)
+                     for a in pad_batch(token_ids, idx, tokenizer.pad_token_id or 0))
+        out[torch.from_numpy(idx)] = model.token_stats(ids, mask, model.response_mask(ids, mask))
+    return out
+
+
 def pooled_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
                       boundary: int) -> torch.Tensor:
     """Per-layer pools ``[layers, texts, pools, hidden]`` of texts ``idx``: the cached frozen
@@ -145,7 +164,8 @@ def pooled_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
 def scores_from_cache(model: IQSModel, feats: CachedFeatures, idx: np.ndarray,
                       boundary: int) -> torch.Tensor:
     """Scores of texts ``idx`` from cached frozen features plus the trained top blocks."""
-    return model.score_pooled(pooled_from_cache(model, feats, idx, boundary))
+    stats = None if feats.stats is None else feats.stats[torch.from_numpy(idx)]
+    return model.score_pooled(pooled_from_cache(model, feats, idx, boundary), stats)
 
 
 @torch.no_grad()

@@ -17,7 +17,9 @@ they are (copied in, frozen while training) and subtracts relu-gated penalties: 
 pools plus the response's start, halves and middle third, and [CLS]), into a feed-forward
 head with ``penalty_outputs`` outputs, ``score = expert - sum(relu(outputs))``. On a real
 answer every output is below 0, so the expert's ranking of real answers is kept exactly;
-an output above 0 flags a corruption family (nonsense, wrong topic, cut, reordered).
+an output above 0 flags a corruption family (nonsense, wrong topic, cut, reordered). With
+``token_stat_ids`` the outputs also add a linear term of the token statistics
+(``token_stats.py``: repeated n-grams, the answer's ending, its word overlap with the prompt).
 
 Mean pooling and the layer mix are both linear, so ``pool(mix(h)) == mix(pool(h))``: the
 trainer uses that to cache pooled per-layer vectors of frozen layers (see ``train.py``).
@@ -36,6 +38,7 @@ from torch import nn
 
 from car_engine.config import IQS_HEAD_INPUTS
 from car_engine.errors import ModelError
+from car_engine.iqs.token_stats import STAT_NAMES, TokenStatistics
 
 LAYER_TRANSFORMS = ("sparsemax", "softmax")
 HEAD_INPUTS = IQS_HEAD_INPUTS
@@ -241,6 +244,7 @@ class IQSConfig:
     # composite only: the penalty heads' widths (empty: [H]) and how many gated outputs
     penalty_hidden_sizes: list[int] = field(default_factory=list)
     penalty_outputs: int = 0
+    token_stat_ids: dict[str, list[int]] = field(default_factory=dict)  # empty: no statistics
     metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -282,6 +286,10 @@ class IQSModel(nn.Module):
             self.penalty = build_head(config.hidden_size * PENALTY_WIDTH,
                                       config.penalty_hidden_sizes or [config.hidden_size],
                                       config.activation, config.dropout, config.penalty_outputs)
+        self.token_stats = (TokenStatistics(config.token_stat_ids)
+                            if self.composite and config.token_stat_ids else None)
+        self.stat_penalty = (nn.Linear(len(STAT_NAMES), config.penalty_outputs)
+                             if self.token_stats is not None else None)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """All hidden states (embeddings + every block), stacked as
@@ -302,18 +310,34 @@ class IQSModel(nn.Module):
         composite has a second one for its penalty heads)."""
         return [self.layer_mix, self.penalty_mix] if self.composite else [self.layer_mix]
 
-    def penalty_logits(self, pools: torch.Tensor) -> torch.Tensor:
+    def penalty_logits(self, pools: torch.Tensor, stats: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """The composite's raw penalty outputs ``[batch, penalty_outputs]`` from the
-        penalty-mixed order pools; each counts only above 0 (relu)."""
-        return self.penalty(penalty_features(pools))
+        penalty-mixed order pools (and the token statistics, for a model that reads them);
+        each counts only above 0 (relu)."""
+        logits = self.penalty(penalty_features(pools))
+        if self.stat_penalty is not None:
+            if stats is None:
+                raise ModelError("this IQS model reads token statistics: pass them")
+            logits = logits + self.stat_penalty(stats)
+        return logits
 
-    def score_pooled(self, pooled_layers: torch.Tensor) -> torch.Tensor:
+    def statistics(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response: torch.Tensor) -> torch.Tensor | None:
+        """The token statistics the penalties read (None for a model without them)."""
+        if self.token_stats is None:
+            return None
+        return self.token_stats(input_ids, attention_mask, response)
+
+    def score_pooled(self, pooled_layers: torch.Tensor, stats: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         """Scores from per-layer pools ``[layers, batch, pools, hidden]`` (the feature
-        cache's order pools; mean and segments heads read the first of them)."""
+        cache's order pools; mean and segments heads read the first of them) and, for a
+        composite that reads them, the texts' token statistics."""
         scores = self.score_pools(self.layer_mix(pooled_layers))
         if self.composite:
             scores = scores - torch.relu(
-                self.penalty_logits(self.penalty_mix(pooled_layers))).sum(dim=-1)
+                self.penalty_logits(self.penalty_mix(pooled_layers), stats)).sum(dim=-1)
         return scores
 
     def score_pools(self, pools: torch.Tensor) -> torch.Tensor:
@@ -330,7 +354,8 @@ class IQSModel(nn.Module):
         expert = self.head(masked_mean(mixed[0], attention_mask)).squeeze(-1)
         response = self.response_mask(input_ids, attention_mask)
         pools = order_pools(mixed[1], attention_mask, response)
-        return expert - torch.relu(self.penalty_logits(pools)).sum(dim=-1)
+        stats = self.statistics(input_ids, attention_mask, response)
+        return expert - torch.relu(self.penalty_logits(pools, stats)).sum(dim=-1)
 
     def score_mixed(self, mixed: torch.Tensor, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> torch.Tensor:

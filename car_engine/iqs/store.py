@@ -86,7 +86,7 @@ def trained_state(model: IQSModel) -> dict[str, torch.Tensor]:
     config = model.config
     keep_prefixes = ["layer_mix.", "head."]
     if model.composite:
-        keep_prefixes += ["penalty_mix.", "penalty."]
+        keep_prefixes += ["penalty_mix.", "penalty.", "stat_penalty."]
     blocks = encoder_blocks(model.encoder)
     block_names = {id(m): n for n, m in model.encoder.named_modules()}
     keep_prefixes += [f"encoder.{block_names[id(blocks[i])]}."
