@@ -88,7 +88,7 @@ def composite_model(expert: IQSModel, tokenizer: Any, options: CompositeOptions)
     base = expert.config
     config = IQSConfig(backbone=base.backbone, num_layers=base.num_layers,
                        hidden_size=base.hidden_size, hidden_sizes=list(base.hidden_sizes),
-                       activation=base.activation, dropout=base.dropout,
+                       activation=base.activation, dropout=options.dropout,
                        layer_transform=base.layer_transform, max_length=base.max_length,
                        head_input="composite", segment_markers=segment_markers(tokenizer),
                        penalty_hidden_sizes=list(options.hidden_sizes),
