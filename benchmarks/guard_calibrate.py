@@ -1,6 +1,7 @@
 """Calibrate the IFD quality guard's bounds once (issue #22), on the IQS robustness suite.
 
     python -m benchmarks.guard_calibrate [--limit N] [--max-length 256] [--out scores.parquet]
+                                         [--no-ifd] [--iqs-model default|robust|FOLDER]
 
 The validation split's expert-revised answers are the good texts; their corrupted copies
 (car_engine/iqs/robustness.py, the suite's seed) the bad ones. Scores every text with the
@@ -38,9 +39,10 @@ def _records(texts: list[str]) -> pa.Table:
     return pa.table(rows)
 
 
-def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Table:
-    """kind ('good' or a corruption), IQS, relevance and the IFD columns of every suite
-    text (the IFD columns NaN without ``ifd_pass``)."""
+def scores(limit: int | None, max_length: int, ifd_pass: bool = True,
+           iqs_model: str = "default") -> pa.Table:
+    """kind ('good' or a corruption), IQS (of ``iqs_model``), relevance and the IFD columns of
+    every suite text (the IFD columns NaN without ``ifd_pass``)."""
     from car_engine.embed import Embedder
     from car_engine.ifd import IFDScorer
     from car_engine.iqs import IQSScorer
@@ -52,7 +54,7 @@ def scores(limit: int | None, max_length: int, ifd_pass: bool = True) -> pa.Tabl
     good = sorted({c.pair for c in corruptions})
     texts = [pairs.texts[2 * k + 1] for k in good] + [c.bad for c in corruptions]
     kinds = ["good"] * len(good) + [c.kind for c in corruptions]
-    iqs = IQSScorer.load().score_texts(texts)
+    iqs = IQSScorer.load(iqs_model).score_texts(texts)
     embedder = Embedder()
     records = _records(texts)
     relevance = records_relevance(records, lambda t: embedder.embed(t, progress=False))
@@ -115,8 +117,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-ifd", action="store_true", help="IQS and relevance floors only")
+    parser.add_argument("--iqs-model", default="default", help="the IQS model whose floor to "
+                        "calibrate (default, robust or a folder)")
     args = parser.parse_args()
-    table = scores(args.limit, args.max_length, not args.no_ifd)
+    table = scores(args.limit, args.max_length, not args.no_ifd, args.iqs_model)
     if args.out:
         write_parquet(args.out, table)
     names = tuple(b[0] for b in BOUNDS if not (args.no_ifd and b[1] == "loss_direct"))

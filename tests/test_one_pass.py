@@ -25,6 +25,7 @@ from car_engine.iqs.store import (
     resolve_model_dir,
     save_model,
 )
+from car_engine.iqs.token_stats import stat_token_ids
 from car_engine.one_pass import OnePassEncoder, encode_records, two_pass_reason
 from car_engine.pipeline import run
 
@@ -83,6 +84,27 @@ def test_the_segments_head_reads_the_same_states(records, tmp_path):
     reference = eager_scorer(str(folder)).score_texts(texts, progress=False)
     assert np.std(reference) > 1e-3
     np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
+
+
+def test_a_composite_head_with_token_statistics_reads_the_same_states(records, tmp_path):
+    """A composite head (expert score minus penalties) that reads token statistics scores in
+    the one pass as its eager forward does: the penalties and statistics read the shared
+    states and the same token ids (long texts through the second forward at 512)."""
+    torch.manual_seed(4)
+    tokenizer = load_model("default")[1]
+    model, _ = new_model("default", head_input="composite", penalty_outputs=4,
+                         token_stat_ids=stat_token_ids(tokenizer))
+    assert model.stat_penalty is not None
+    for p in [*model.head.parameters(), *model.penalty.parameters(),
+              *model.stat_penalty.parameters()]:
+        torch.nn.init.normal_(p, std=0.2)  # outputs that tell texts apart, penalties firing
+    folder = save_model(model, tmp_path / "composite")
+    texts = pair_texts(records)
+    scores, _ = OnePassEncoder(str(folder), dtype="fp32").encode_texts(texts, progress=False)
+    reference = eager_scorer(str(folder)).score_texts(texts, progress=False)
+    assert np.std(reference) > 1e-3
+    # random std-0.2 weights give scores of magnitude ~5: fp32 rounding is relative there
+    np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_keeps_the_ranking_and_reads_long_texts_at_512(records, encoder):
