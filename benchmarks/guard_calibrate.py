@@ -1,7 +1,7 @@
 """Calibrate the IFD quality guard's bounds once (issue #22), on the IQS robustness suite.
 
     python -m benchmarks.guard_calibrate [--limit N] [--max-length 256] [--out scores.parquet]
-                                         [--no-ifd] [--iqs-model default|robust|FOLDER]
+                                         [--no-ifd] [--iqs-model default|FOLDER]
 
 The validation split's expert-revised answers are the good texts; their corrupted copies
 (car_engine/iqs/robustness.py, the suite's seed) the bad ones. Scores every text with the
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-ifd", action="store_true", help="IQS and relevance floors only")
     parser.add_argument("--iqs-model", default="default", help="the IQS model whose floor to "
-                        "calibrate (default, robust or a folder)")
+                        "calibrate ('default' or a model folder)")
     args = parser.parse_args()
     table = scores(args.limit, args.max_length, not args.no_ifd, args.iqs_model)
     if args.out:

@@ -73,13 +73,19 @@ def tokenizer():
     return load_model("default")[1]
 
 
-def test_statistics_match_a_plain_reference_on_a_padded_batch(tokenizer) -> None:
-    lists = stat_token_ids(tokenizer)
+@pytest.fixture(scope="module")
+def batch(tokenizer) -> tuple[list[list[int]], torch.Tensor, np.ndarray]:
+    """TEXTS tokenized at 256, their response masks and their statistics (one padded batch)."""
     tokens = tokenize(tokenizer, TEXTS, 256)
     ids, mask = (torch.from_numpy(a) for a in pad_batch(tokens, np.arange(len(TEXTS)), 0))
     response = response_mask(ids, mask, segment_markers(tokenizer))
-    got = TokenStatistics(lists)(ids, mask, response).numpy()
-    table = {k: set(v) for k, v in lists.items()}
+    stats = TokenStatistics(stat_token_ids(tokenizer))(ids, mask, response).numpy()
+    return tokens, response, stats
+
+
+def test_statistics_match_a_plain_reference_on_a_padded_batch(tokenizer, batch) -> None:
+    tokens, response, got = batch
+    table = {k: set(v) for k, v in stat_token_ids(tokenizer).items()}
     for row, text_ids in enumerate(tokens):
         found = bool(response[row].any())
         start = int(response[row].to(torch.int64).argmax()) if found else len(text_ids)
@@ -88,11 +94,8 @@ def test_statistics_match_a_plain_reference_on_a_padded_batch(tokenizer) -> None
                                    err_msg=f"text {row}: {dict(zip(STAT_NAMES, got[row]))}")
 
 
-def test_statistics_say_what_they_name(tokenizer) -> None:
-    tokens = tokenize(tokenizer, TEXTS, 256)
-    ids, mask = (torch.from_numpy(a) for a in pad_batch(tokens, np.arange(len(TEXTS)), 0))
-    stats = TokenStatistics(stat_token_ids(tokenizer))(
-        ids, mask, response_mask(ids, mask, segment_markers(tokenizer))).numpy()
+def test_statistics_say_what_they_name(batch) -> None:
+    stats = batch[2]
     named = [dict(zip(STAT_NAMES, row)) for row in stats]
     assert named[0]["repeated"] == 0 and named[0]["open-end"] == 0
     assert named[0]["answer-in-prompt"] > 0.1 and named[1]["answer-in-prompt"] == 0
